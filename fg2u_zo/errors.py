@@ -1,0 +1,83 @@
+"""Exception and warning classes.
+
+Every error raised by the library derives from :class:`FG2UError` *and* from the
+builtin it specialises, so callers can write either ``except fz.FG2UError`` or
+``except ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FG2UError",
+    "FG2UValueError",
+    "FG2UTypeError",
+    "InnerSolverError",
+    "ConfigError",
+    "CheckpointError",
+    "FG2UWarning",
+    "NoiseWarning",
+]
+
+
+class FG2UError(Exception):
+    """Base class of every error raised by fg2u-zo."""
+
+
+class FG2UValueError(FG2UError, ValueError):
+    """An argument has the right type but an invalid value (shape, sign, finiteness)."""
+
+
+class FG2UTypeError(FG2UError, TypeError):
+    """An argument has the wrong type."""
+
+
+class InnerSolverError(FG2UError, RuntimeError):
+    """The inner solver failed: it raised, returned garbage, timed out or crashed.
+
+    Attributes
+    ----------
+    kind : str
+        Short failure category: ``"exception"``, ``"nonfinite"``, ``"shape"``,
+        ``"type"``, ``"timeout"``, ``"crash"``, ``"returncode"``, ``"output"``,
+        ``"not_converged"`` ...
+    detail : str
+        The tail of the solver's traceback or stderr, when there is one.
+    workdir : str or None
+        Working directory kept for inspection (external commands only).
+    """
+
+    def __init__(self, message: str, *, kind: str = "exception", detail: str = "",
+                 workdir: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.detail = detail
+        self.workdir = workdir
+
+    def __reduce__(self):
+        # Keep the keyword attributes when the error crosses a process boundary.
+        return (_rebuild_inner_solver_error,
+                (self.args[0] if self.args else "", self.kind, self.detail, self.workdir))
+
+
+def _rebuild_inner_solver_error(message, kind, detail, workdir):
+    return InnerSolverError(message, kind=kind, detail=detail, workdir=workdir)
+
+
+class ConfigError(FG2UError, ValueError):
+    """A configuration file or mapping is invalid (unknown key, wrong type, missing file)."""
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+class CheckpointError(FG2UError, RuntimeError):
+    """A checkpoint cannot be read, or does not match the run it should resume."""
+
+
+class FG2UWarning(UserWarning):
+    """Base class of every warning emitted by fg2u-zo."""
+
+
+class NoiseWarning(FG2UWarning):
+    """Noise in the inner solver's output limits the accuracy of finite differences."""
