@@ -12,6 +12,9 @@ __all__ = [
     "FG2UValueError",
     "FG2UTypeError",
     "InnerSolverError",
+    "InvalidSolverOutputError",
+    "SolverOutputTypeError",
+    "inner_solver_error",
     "ConfigError",
     "CheckpointError",
     "FG2UWarning",
@@ -56,11 +59,31 @@ class InnerSolverError(FG2UError, RuntimeError):
     def __reduce__(self):
         # Keep the keyword attributes when the error crosses a process boundary.
         return (_rebuild_inner_solver_error,
-                (self.args[0] if self.args else "", self.kind, self.detail, self.workdir))
+                (type(self), self.args[0] if self.args else "", self.kind, self.detail,
+                 self.workdir))
 
 
-def _rebuild_inner_solver_error(message, kind, detail, workdir):
-    return InnerSolverError(message, kind=kind, detail=detail, workdir=workdir)
+def _rebuild_inner_solver_error(cls, message, kind, detail, workdir):
+    return cls(message, kind=kind, detail=detail, workdir=workdir)
+
+
+class InvalidSolverOutputError(InnerSolverError, ValueError):
+    """The inner solver returned values of the wrong shape, or NaN/inf."""
+
+
+class SolverOutputTypeError(InnerSolverError, TypeError):
+    """The inner solver returned something that is not an array of numbers."""
+
+
+_KIND_CLASSES = {"shape": InvalidSolverOutputError, "nonfinite": InvalidSolverOutputError,
+                 "type": SolverOutputTypeError}
+
+
+def inner_solver_error(message: str, *, kind: str, detail: str = "",
+                       workdir: str | None = None) -> InnerSolverError:
+    """The :class:`InnerSolverError` subclass that matches a failure ``kind``."""
+    return _KIND_CLASSES.get(kind, InnerSolverError)(message, kind=kind, detail=detail,
+                                                     workdir=workdir)
 
 
 class ConfigError(FG2UError, ValueError):

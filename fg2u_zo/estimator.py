@@ -1,0 +1,135 @@
+"""What every meta-gradient estimator shares: the evaluator scope, the projection
+combine and the torch ``backward`` bridge."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from .errors import FG2UTypeError, FG2UValueError
+from .evaluation import Evaluator
+
+__all__ = ["Estimator", "combine_projections", "frame_block_size"]
+
+
+def combine_projections(direct, V, c, *, pairs=False, block_size=None):
+    """``g = direct + (1/b) sum_i c_i v_i`` and its per-coordinate standard error.
+
+    Parameters
+    ----------
+    direct : ndarray, shape (N,)
+        The deterministic part (``d_phi f``; zero for a fully black-box estimate).
+    V : ndarray, shape (b, N)
+        Directions with E[v v^T] = I.
+    c : ndarray, shape (b,)
+        Directional derivatives ``c_i ~ <grad, v_i>`` of the projected term.
+    pairs : bool
+        Rows ``2k, 2k+1`` are an antithetic pair: the standard error is then taken over
+        pair means, the independent units.
+    block_size : int, optional
+        The rows come in blocks of ``block_size`` (= N) drawn without replacement from
+        an orthonormal frame (``orthogonal`` and ``coordinate`` families). A full block
+        sums to exactly N times the projected gradient, so only the last, partial block
+        of ``r`` rows carries noise: the i.i.d. standard error is scaled by
+        ``sqrt(r (N - r) / ((N - 1) b))``, the finite-population correction (zero when
+        ``b`` is a multiple of N).
+
+    Returns
+    -------
+    grad, stderr : ndarray, shape (N,)
+    """
+    contrib = c[:, None] * V
+    b = contrib.shape[0]
+    grad = direct + contrib.mean(axis=0)
+    units = contrib.reshape(b // 2, 2, -1).mean(axis=1) if pairs else contrib
+    if block_size is not None and not pairs:
+        n, r = block_size, b % block_size
+        factor = 0.0 if n == 1 or r == 0 else np.sqrt(r * (n - r) / ((n - 1) * b))
+        if factor == 0.0:
+            return grad, np.zeros_like(grad)
+        stderr = factor * units.std(axis=0, ddof=1) / np.sqrt(b) if b > 1 else np.full(
+            grad.shape, np.inf)
+        return grad, stderr
+    if units.shape[0] < 2:
+        stderr = np.full(grad.shape, np.inf)
+    else:
+        stderr = units.std(axis=0, ddof=1) / np.sqrt(units.shape[0])
+    return grad, stderr
+
+
+def frame_block_size(directions: str, num_params: int, num_dropped: int = 0):
+    """``block_size`` for :func:`combine_projections`, or None when rows are i.i.d.
+
+    Dropped rows break the full-block structure, so the i.i.d. formula is used then.
+    """
+    if directions in ("orthogonal", "coordinate") and num_dropped == 0:
+        return num_params
+    return None
+
+
+class Estimator:
+    """Base class: subclasses implement :meth:`estimate`."""
+
+    name = "estimator"
+
+    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
+                 **evaluator_options):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, problem, phi, **kwargs):
+        """Estimate the meta-gradient at ``phi`` and accumulate it into ``phi.grad``.
+
+        This lets any ``torch.optim`` optimizer drive the outer loop::
+
+            phi = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+            opt = torch.optim.Adam([phi], lr=1e-2)
+            for _ in range(100):
+                opt.zero_grad()
+                est.backward(problem, phi, rng=rng)
+                opt.step()
+
+        Parameters
+        ----------
+        problem : BilevelProblem
+        phi : torch.Tensor, shape (N,)
+            A leaf tensor; its ``.grad`` receives the estimate (added, as autograd does).
+        **kwargs
+            Passed on to :meth:`estimate` (``rng``, ``evaluator``, ``backend`` ...).
+
+        Returns
+        -------
+        MetaGradient
+        """
+        if not isinstance(phi, torch.Tensor):
+            raise FG2UTypeError(
+                f"`phi` must be a torch.Tensor for backward(), got {type(phi).__name__}; "
+                "use estimate() for numpy arrays")
+        result = self.estimate(problem, phi.detach().cpu().numpy(), **kwargs)
+        g = torch.as_tensor(result.grad, dtype=phi.dtype, device=phi.device).reshape(phi.shape)
+        if phi.grad is None:
+            phi.grad = g.clone()
+        else:
+            phi.grad.add_(g)
+        return result
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _evaluator_scope(evaluator, backend, n_jobs, options):
+        """Use the caller's evaluator, or make one for this call and close it after."""
+        if evaluator is not None:
+            if backend is not None or n_jobs is not None or options:
+                raise FG2UValueError(
+                    "pass either `evaluator=` or `backend=`/`n_jobs=`/evaluator options, "
+                    "not both: configure the Evaluator you pass instead")
+            if not isinstance(evaluator, Evaluator):
+                raise FG2UTypeError(
+                    f"`evaluator` must be a fg2u_zo.Evaluator, got {type(evaluator).__name__}")
+            yield evaluator
+            return
+        own = Evaluator(backend=backend, n_jobs=n_jobs, **options)
+        try:
+            yield own
+        finally:
+            own.close()

@@ -1,0 +1,168 @@
+"""Exact estimators through a torch inner solver.
+
+FG2U pushes random directions through the solver in forward mode
+(``torch.func.jvp``, vmapped over chunks of directions): memory does not grow with
+the unroll depth. RGU is plain reverse-mode unrolling, the exact gradient whose
+memory grows with the depth; it is the reference in checks and benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch.func import jvp, vmap
+
+from ._validation import as_generator, check_choice, check_phi, check_positive_int
+from .directions import DIRECTION_FAMILIES, sample_directions
+from .errors import FG2UTypeError, FG2UValueError, InnerSolverError
+from .estimator import Estimator, combine_projections, frame_block_size
+from .result import MetaGradient
+
+__all__ = ["FG2U", "RGU"]
+
+
+def _check_theta(theta, who):
+    if not isinstance(theta, torch.Tensor):
+        raise FG2UTypeError(
+            f"`inner_torch` must return a torch.Tensor, got {type(theta).__name__} ({who})")
+    if not bool(torch.isfinite(theta).all()):
+        raise InnerSolverError(
+            f"the torch inner solver returned non-finite values ({who})", kind="nonfinite")
+    return theta
+
+
+@dataclass(frozen=True)
+class FG2U(Estimator):
+    """FG²U: forward gradient unrolling with exact Jacobian-vector products.
+
+    ``g = d_phi f + (1/b) sum_i <grad_theta f, J_S v_i> v_i`` with ``J_S v_i`` from
+    ``torch.func.jvp`` through ``problem.inner_torch``. Unbiased; memory flat in the
+    unroll depth.
+
+    Parameters
+    ----------
+    num_directions : int
+        Number b of random directions.
+    directions : str
+        Direction family (see :func:`fg2u_zo.sample_directions`).
+    antithetic : bool
+        Use pairs ``v, -v``.
+    chunk_size : int, optional
+        Directions pushed through the solver together by ``torch.func.vmap``; memory
+        grows with it. Default: all ``num_directions`` at once.
+    vectorize : bool
+        If False, loop over directions instead of ``vmap`` (for solvers with
+        data-dependent control flow that vmap cannot batch).
+
+    Notes
+    -----
+    ``nfev`` counts ``1 + num_directions`` solves: one plain forward pass at phi and one
+    forward-mode pass per direction. The torch path runs in the calling process;
+    ``backend``/``n_jobs`` are accepted for interface symmetry and ignored.
+    """
+
+    num_directions: int = 16
+    directions: str = "gaussian"
+    antithetic: bool = False
+    chunk_size: int | None = None
+    vectorize: bool = True
+
+    name: ClassVar[str] = "FG2U"
+
+    def __post_init__(self):
+        check_positive_int(self.num_directions, "num_directions")
+        check_choice(self.directions, "directions", DIRECTION_FAMILIES)
+        if self.chunk_size is not None:
+            check_positive_int(self.chunk_size, "chunk_size")
+        if self.antithetic and self.num_directions % 2:
+            raise FG2UValueError(
+                f"`num_directions` must be even with antithetic=True, got {self.num_directions}")
+
+    def directional_derivatives(self, problem, phi, V, g_theta):
+        """``c_i = <g_theta, J_S v_i>`` for each row of ``V``, chunk by chunk."""
+        phi_t = torch.as_tensor(phi, dtype=torch.float64)
+        g_t = torch.as_tensor(g_theta, dtype=torch.float64).reshape(-1)
+        fn = problem.inner_torch
+
+        def tangent(v):
+            return jvp(fn, (phi_t,), (v,))[1].reshape(-1) @ g_t
+
+        chunk = self.chunk_size or V.shape[0]
+        out = []
+        for start in range(0, V.shape[0], chunk):
+            block = torch.as_tensor(V[start:start + chunk], dtype=torch.float64)
+            if self.vectorize:
+                try:
+                    vals = vmap(tangent)(block)
+                except RuntimeError as exc:
+                    raise FG2UValueError(
+                        "torch.func.vmap could not batch the inner solver over directions "
+                        f"({exc}); pass FG2U(vectorize=False) to loop over them") from exc
+            else:
+                vals = torch.stack([tangent(v) for v in block])
+            out.append(vals.detach().numpy())
+        c = np.concatenate(out)
+        if not np.all(np.isfinite(c)):
+            raise InnerSolverError("a forward-mode solve returned non-finite tangents",
+                                   kind="nonfinite")
+        return c
+
+    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
+                 **evaluator_options) -> MetaGradient:
+        """Estimate the meta-gradient at ``phi`` (see :meth:`FG2UZO.estimate`)."""
+        wall_start = time.perf_counter()
+        problem.require_torch_inner("FG2U")
+        problem.require_differentiable_outer("FG2U")
+        phi = check_phi(phi, problem.num_params)
+        rng = as_generator(rng)
+        rng.integers(2**31 - 1)  # keep the generator in step with FG2UZO: same directions
+        V = sample_directions(self.directions, phi.size, self.num_directions, rng,
+                              antithetic=self.antithetic)
+        solve_start = time.perf_counter()
+        with torch.no_grad():
+            theta0 = _check_theta(problem.inner_torch(torch.as_tensor(phi)), "at phi")
+        theta0 = theta0.detach().numpy().astype(np.float64)
+        value, g_theta, direct = problem.outer_parts(theta0, phi)
+        c = self.directional_derivatives(problem, phi, V, g_theta)
+        solver_time = time.perf_counter() - solve_start
+        block = None if self.antithetic else frame_block_size(self.directions, phi.size)
+        grad, stderr = combine_projections(direct, V, c, pairs=self.antithetic, block_size=block)
+        return MetaGradient(
+            grad=grad, value=value, stderr=stderr, nfev=1 + V.shape[0],
+            num_directions=V.shape[0], failures=[], theta=theta0, estimator=self.name,
+            solver_time=solver_time, wall_time=time.perf_counter() - wall_start)
+
+
+@dataclass(frozen=True)
+class RGU(Estimator):
+    """Reverse-mode gradient unrolling: the exact meta-gradient by backpropagation.
+
+    Differentiates ``outer(inner_torch(phi), phi)`` with torch autograd. Exact, one
+    solve, but memory grows with the unroll depth of the inner solver (the whole
+    computation graph is kept). ``stderr`` is zero.
+    """
+
+    name: ClassVar[str] = "RGU"
+
+    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
+                 **evaluator_options) -> MetaGradient:
+        """Exact meta-gradient at ``phi``; ``rng`` and the backend options are ignored."""
+        wall_start = time.perf_counter()
+        problem.require_torch_inner("RGU")
+        problem.require_differentiable_outer("RGU")
+        phi = check_phi(phi, problem.num_params)
+        phi_t = torch.tensor(phi, dtype=torch.float64, requires_grad=True)
+        theta = _check_theta(problem.inner_torch(phi_t), "at phi")
+        loss = problem.outer_torch(theta, phi_t)
+        (grad,) = torch.autograd.grad(loss, (phi_t,), allow_unused=True)
+        grad = np.zeros_like(phi) if grad is None else grad.detach().numpy().copy()
+        solver_time = time.perf_counter() - wall_start
+        return MetaGradient(
+            grad=grad, value=float(loss.detach()), stderr=np.zeros_like(phi), nfev=1,
+            num_directions=0, failures=[], theta=theta.detach().numpy().astype(np.float64),
+            estimator=self.name, solver_time=solver_time,
+            wall_time=time.perf_counter() - wall_start)

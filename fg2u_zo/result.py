@@ -1,0 +1,135 @@
+"""Typed results: what an estimate, a failure and a gradient check report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Failure", "MetaGradient", "GradientCheck"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One inner-solver evaluation that failed for good (after its retries).
+
+    Attributes
+    ----------
+    index : int
+        Position of the evaluation in the estimate's plan (0-based).
+    direction : int or None
+        Index of the random direction the evaluation belonged to; ``None`` for the
+        base point.
+    kind : str
+        ``"exception"``, ``"nonfinite"``, ``"shape"``, ``"type"``, ``"timeout"``,
+        ``"crash"`` (the worker process died), ...
+    message : str
+        The tail of the error message, traceback or stderr.
+    attempts : int
+        How many times the evaluation was tried.
+    """
+
+    index: int
+    direction: int | None
+    kind: str
+    message: str
+    attempts: int = 1
+
+
+@dataclass(frozen=True, repr=False)
+class MetaGradient:
+    """A meta-gradient estimate ``g_hat ~ grad F(phi)`` with its diagnostics.
+
+    Attributes
+    ----------
+    grad : ndarray, shape (N,)
+        The estimate.
+    value : float
+        The outer loss ``F(phi) = f(S(phi), phi)`` at the base point.
+    stderr : ndarray, shape (N,)
+        Per-coordinate Monte-Carlo standard error of ``grad`` (zeros for deterministic
+        estimators, ``inf`` when a single direction gives no spread to measure).
+    nfev : int
+        Inner-solver evaluations spent, counted where results were gathered, failed
+        attempts and retries included. On the torch path: one per solve, one per
+        direction for the forward-mode (jvp) solves.
+    num_directions : int
+        Directions that entered the estimate (after dropping failed ones).
+    failures : list of Failure
+        Evaluations that failed for good and were dropped.
+    theta : ndarray
+        The inner solution ``S(phi)`` at the base point.
+    estimator : str
+        Name of the estimator that produced it.
+    step : float or None
+        Finite-difference step (Euclidean length of the perturbation), ``None`` on
+        exact paths.
+    scheme : str or None
+        ``"forward"`` or ``"central"`` for finite differences.
+    solver_time : float
+        Seconds spent inside the inner solver, summed over evaluations.
+    wall_time : float
+        Seconds of wall-clock time for the whole estimate.
+    """
+
+    grad: np.ndarray
+    value: float
+    stderr: np.ndarray
+    nfev: int
+    num_directions: int
+    failures: list = field(default_factory=list)
+    theta: np.ndarray | None = None
+    estimator: str = ""
+    step: float | None = None
+    scheme: str | None = None
+    solver_time: float = 0.0
+    wall_time: float = 0.0
+    noise: object = None
+
+    @property
+    def snr(self) -> float:
+        """Signal-to-noise ratio ``||grad|| / ||stderr||`` (``inf`` for exact estimates)."""
+        noise = float(np.linalg.norm(self.stderr))
+        signal = float(np.linalg.norm(self.grad))
+        if noise == 0.0:
+            return np.inf
+        return signal / noise
+
+    def __repr__(self) -> str:
+        return (f"MetaGradient(estimator={self.estimator!r}, value={self.value:.6g}, "
+                f"|grad|={np.linalg.norm(self.grad):.4g}, snr={self.snr:.3g}, "
+                f"nfev={self.nfev}, num_directions={self.num_directions}, "
+                f"failures={len(self.failures)})")
+
+
+@dataclass(frozen=True)
+class GradientCheck:
+    """Outcome of :func:`fg2u_zo.check_meta_gradient`.
+
+    Attributes
+    ----------
+    rel_err : float
+        ``||g - g_ref|| / ||g_ref||``.
+    cosine : float
+        Cosine similarity between the estimate and the reference.
+    estimate, reference : MetaGradient
+        The two gradients compared.
+    """
+
+    rel_err: float
+    cosine: float
+    estimate: MetaGradient
+    reference: MetaGradient
+
+    def __str__(self) -> str:
+        lines = [
+            f"estimator : {self.estimate.estimator} ({self.estimate.nfev} solves)",
+            f"reference : {self.reference.estimator} ({self.reference.nfev} solves)",
+            f"rel_err   : {self.rel_err:.3e}",
+            f"cosine    : {self.cosine:.6f}",
+        ]
+        if self.estimate.step is not None:
+            lines.append(f"step      : {self.estimate.step:.3e} ({self.estimate.scheme})")
+        if self.estimate.noise is not None:
+            lines.append(f"noise     : {self.estimate.noise}")
+        return "\n".join(lines)

@@ -1,0 +1,272 @@
+"""Zeroth-order estimators: directional finite differences through a black box.
+
+FG2UZO differentiates the outer loss exactly and replaces each Jacobian-vector
+product of the inner solver by a finite difference; BlackBoxES differences the whole
+outer objective; CoordinateFD is the deterministic N-direction reference.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ._validation import as_generator, check_choice, check_phi, check_positive_int
+from .directions import DIRECTION_FAMILIES, sample_directions
+from .errors import FG2UValueError, InnerSolverError
+from .estimator import Estimator, combine_projections, frame_block_size
+from .result import Failure, MetaGradient
+from .steps import check_step, default_step
+
+__all__ = ["FG2UZO", "BlackBoxES", "CoordinateFD"]
+
+SCHEMES = ("forward", "central")
+
+
+class _PerturbedPoints:
+    """The plan's points ``phi + sign * h * u_i``, built on demand (no b x N copy).
+
+    Central scheme: point ``2i`` is ``+h u_i`` and ``2i + 1`` is ``-h u_i``;
+    forward scheme: point ``i`` is ``+h u_i``.
+    """
+
+    def __init__(self, phi, U, h, scheme):
+        self.phi, self.U, self.h = phi, U, h
+        self.per_direction = 2 if scheme == "central" else 1
+
+    def __len__(self):
+        return self.U.shape[0] * self.per_direction
+
+    def __getitem__(self, k):
+        i, side = divmod(k, self.per_direction)
+        sign = -1.0 if side else 1.0
+        # Adding the displacement first and differencing against phi would re-round it;
+        # the solver sees exactly phi + (sign * h) * u_i.
+        return self.phi + (sign * self.h) * self.U[i]
+
+    def direction(self, k):
+        return k // self.per_direction
+
+
+def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, project,
+                                evaluator, seed, pairs, directions, exact_basis=False):
+    """Shared body of the finite-difference estimators.
+
+    ``project="inner"``: reduce each perturbed theta to ``<grad_theta f, theta - theta0>``
+    (FG2U-ZO); ``project="value"``: reduce it to ``F(point) - F(phi)`` (black box).
+    Each output is reduced to one number as it arrives and then dropped, so memory
+    stays O(N + M) whatever the number of directions.
+    """
+    wall_start = time.perf_counter()
+    theta0, base_stats = evaluator.solve(problem.inner, phi, seed=seed)
+    if project == "inner":
+        value, g_theta, direct = problem.outer_parts(theta0, phi)
+        g_flat = g_theta.ravel()
+        theta0_flat = theta0.ravel()
+
+        def reduce(k, theta):
+            return float(np.dot(g_flat, theta.ravel() - theta0_flat))
+    else:
+        value = problem.outer_value(theta0, phi)
+        direct = np.zeros_like(phi)
+
+        def reduce(k, theta):
+            return problem.outer_value(theta, points[k]) - value
+
+    h = default_step(phi, scheme) if step == "auto" else step
+    norms = np.linalg.norm(V, axis=1)
+    U = V / norms[:, None]
+    points = _PerturbedPoints(phi, U, h, scheme)
+    diffs = np.full(len(points), np.nan)
+
+    def on_result(k, theta):
+        diffs[k] = reduce(k, theta)
+
+    stats = evaluator.map(problem.inner, points, on_result, seed=seed, warm_start=theta0,
+                          expected_shape=theta0.shape)
+
+    b = V.shape[0]
+    failed_dirs = {points.direction(f.index) for f in stats.failures}
+    if pairs:  # an antithetic pair enters whole or not at all
+        failed_dirs |= {i ^ 1 for i in failed_dirs}
+    if exact_basis and failed_dirs:
+        # Dropping a coordinate would silently zero that component: refuse instead.
+        first = stats.failures[0]
+        raise InnerSolverError(
+            f"{len(stats.failures)} coordinate evaluation(s) failed; CoordinateFD needs all "
+            f"of them (first failure, {first.kind}):\n{first.message}",
+            kind=first.kind, detail=first.message)
+    ok = np.array([i not in failed_dirs for i in range(b)])
+    if not ok.any():
+        # Unreachable with max_failure_fraction < 1, kept as a guard against a NaN result.
+        raise FG2UValueError("every direction failed; no estimate can be formed")
+    if scheme == "central":
+        c = norms * (diffs[0::2] - diffs[1::2]) / (2.0 * h)
+    else:
+        c = norms * diffs / h
+    block = None if pairs else frame_block_size(directions, phi.size, b - int(ok.sum()))
+    grad, stderr = combine_projections(direct, V[ok], c[ok], pairs=pairs, block_size=block)
+    failures = [Failure(f.index, points.direction(f.index), f.kind, f.message, f.attempts)
+                for f in stats.failures]
+    return MetaGradient(
+        grad=grad, value=value, stderr=stderr, nfev=base_stats.nfev + stats.nfev,
+        num_directions=int(ok.sum()), failures=failures, theta=theta0,
+        estimator=estimator.name, step=h, scheme=scheme,
+        solver_time=base_stats.solver_time + stats.solver_time,
+        wall_time=time.perf_counter() - wall_start)
+
+
+@dataclass(frozen=True)
+class _RandomFD(Estimator):
+    num_directions: int = 16
+    scheme: str = "central"
+    step: object = "auto"
+    directions: str = "gaussian"
+    antithetic: bool = False
+
+    _project: ClassVar[str] = "inner"
+
+    def __post_init__(self):
+        check_positive_int(self.num_directions, "num_directions")
+        check_choice(self.scheme, "scheme", SCHEMES)
+        check_step(self.step)
+        check_choice(self.directions, "directions", DIRECTION_FAMILIES)
+        if self.antithetic and self.num_directions % 2:
+            raise FG2UValueError(
+                f"`num_directions` must be even with antithetic=True, got {self.num_directions}")
+
+    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
+                 **evaluator_options) -> MetaGradient:
+        """Estimate the meta-gradient of ``problem`` at ``phi``.
+
+        Parameters
+        ----------
+        problem : BilevelProblem
+        phi : array_like, shape (N,)
+        rng : None, int or numpy.random.Generator
+            Draws the directions (and the common seed handed to stochastic solvers),
+            always in this process.
+        evaluator : Evaluator, optional
+            Reuse an evaluator (and its workers) across calls.
+        backend, n_jobs, **evaluator_options
+            Otherwise, options of a temporary :class:`Evaluator`.
+
+        Returns
+        -------
+        MetaGradient
+        """
+        phi = check_phi(phi, problem.num_params)
+        if self._project == "inner":
+            problem.require_differentiable_outer(type(self).__name__)
+        rng = as_generator(rng)
+        # The seed is drawn first, always, so the directions do not depend on whether
+        # the solver takes a seed.
+        seed = int(rng.integers(2**31 - 1))
+        V = sample_directions(self.directions, phi.size, self.num_directions, rng,
+                              antithetic=self.antithetic)
+        with self._evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
+            return _finite_difference_estimate(
+                self, problem, phi, V, step=self.step, scheme=self.scheme,
+                project=self._project, evaluator=ev, seed=seed, pairs=self.antithetic,
+                directions=self.directions)
+
+
+@dataclass(frozen=True)
+class FG2UZO(_RandomFD):
+    """FG²U-ZO: forward gradient unrolling with finite-difference JVPs through a black box.
+
+    ``g = d_phi f + (1/b) sum_i <grad_theta f, J_S v_i> v_i``, where the outer partials
+    come from torch autograd and ``J_S v_i`` from a finite difference of the inner
+    solver along ``v_i``. Unbiased up to the O(h) (forward) or O(h^2) (central) bias of
+    the differences.
+
+    Parameters
+    ----------
+    num_directions : int
+        Number b of random directions.
+    scheme : {"central", "forward"}
+        ``"central"``: 2b perturbed solves, O(h^2) bias. ``"forward"``: b perturbed
+        solves, O(h) bias. Both add one solve at phi (value, theta and the outer
+        gradient).
+    step : "auto" or float
+        Length of the perturbation in phi-space (see :mod:`fg2u_zo.steps`). ``"auto"``:
+        ``sqrt(eps)`` (forward) or ``eps**(1/3)`` (central) times ``max(1, rms(phi))``.
+    directions : {"gaussian", "rademacher", "sphere", "orthogonal", "coordinate"}
+        Direction family; all have E[v v^T] = I.
+    antithetic : bool
+        Use pairs ``v, -v`` (``num_directions`` even).
+
+    Examples
+    --------
+    >>> import numpy as np, torch, fg2u_zo as fz
+    >>> A = np.array([[2.0, 0.0], [1.0, 3.0]])
+    >>> problem = fz.BilevelProblem(inner=lambda phi: A @ phi,
+    ...                             outer=lambda theta, phi: 0.5 * (theta ** 2).sum())
+    >>> g = fz.FG2UZO(num_directions=2, directions="coordinate").estimate(
+    ...     problem, np.array([1.0, 1.0]), rng=0)
+    >>> np.allclose(g.grad, A.T @ A @ np.ones(2), rtol=1e-6)
+    True
+    """
+
+    name: ClassVar[str] = "FG2UZO"
+
+
+@dataclass(frozen=True)
+class BlackBoxES(_RandomFD):
+    """Gaussian-smoothing (evolution strategies) gradient of the whole objective.
+
+    ``g = (1/b) sum_i (F(phi + mu v_i) - F(phi)) / mu * v_i`` (or central), for outer
+    losses that are not differentiable. Same parameters as :class:`FG2UZO`.
+    """
+
+    name: ClassVar[str] = "BlackBoxES"
+    _project: ClassVar[str] = "value"
+
+
+@dataclass(frozen=True)
+class CoordinateFD(Estimator):
+    """Finite differences along every coordinate: the deterministic reference.
+
+    N + 1 (forward) or 2N + 1 (central) solves. With a differentiable outer loss the
+    outer partials are exact and only the inner solver is differenced
+    (``through="inner"``); ``through="value"`` differences the whole objective.
+
+    Parameters
+    ----------
+    scheme : {"central", "forward"}
+    step : "auto" or float
+    through : {"auto", "inner", "value"}
+        ``"auto"``: ``"inner"`` when the outer loss is differentiable.
+    """
+
+    scheme: str = "central"
+    step: object = "auto"
+    through: str = "auto"
+
+    name: ClassVar[str] = "CoordinateFD"
+
+    def __post_init__(self):
+        check_choice(self.scheme, "scheme", SCHEMES)
+        check_step(self.step)
+        check_choice(self.through, "through", ("auto", "inner", "value"))
+
+    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
+                 **evaluator_options) -> MetaGradient:
+        """Difference along each coordinate; ``rng`` only seeds stochastic solvers."""
+        phi = check_phi(phi, problem.num_params)
+        through = self.through
+        if through == "auto":
+            through = "inner" if problem.differentiable_outer else "value"
+        if through == "inner":
+            problem.require_differentiable_outer("CoordinateFD(through='inner')")
+        seed = int(as_generator(rng).integers(2**31 - 1))
+        # sqrt(N) e_j has identity second moment; with b = N rows the projection
+        # (1/N) sum_j c_j v_j is exactly the coordinate finite-difference gradient.
+        V = np.sqrt(phi.size) * np.eye(phi.size)
+        with self._evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
+            return _finite_difference_estimate(
+                self, problem, phi, V, step=self.step, scheme=self.scheme, project=through,
+                evaluator=ev, seed=seed, pairs=False, directions="coordinate",
+                exact_basis=True)
