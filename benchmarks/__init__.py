@@ -1,0 +1,1 @@
+"""Side-by-side measurements; each benchmark prints its figures as one JSON line last."""
