@@ -27,6 +27,7 @@ _EXPORTS = {
     "Burgers": ".spectral",
     "KdV": ".spectral",
     "AllenCahn": ".spectral",
+    "load_raissi_mat": "._mat",
 }
 
 __all__ = sorted(_EXPORTS)

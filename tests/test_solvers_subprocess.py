@@ -1,0 +1,333 @@
+"""Tests of solvers.Subprocess: a legacy executable (tests/data/sim.py) as an inner solver."""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import pickle
+import sys
+import time
+
+import joblib
+import numpy as np
+import pytest
+
+from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
+from solvers import Subprocess
+
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+SIM = str(DATA / "sim.py")
+PHI = np.array([0.1, 1.0 / 3.0, -2.5e10, 1e-300, math.pi])
+
+
+def known(phi):
+    # Same formula and the same libm as sim.py, so the round trip must be exact.
+    return np.array([math.sin(v) for v in phi] + [v * v for v in phi])
+
+
+def sim(*args, **kwargs):
+    kwargs.setdefault("output", "out.txt")
+    kwargs.setdefault("timeout", 60)
+    return Subprocess([sys.executable, SIM, *args], **kwargs)
+
+
+def write_with_seed(phi, workdir, *, seed=None, warm_start=None):
+    extra = [float(seed)] if seed is not None else []
+    extra += [] if warm_start is None else [float(np.sum(warm_start))]
+    with open(os.path.join(workdir, "input.txt"), "w") as fh:
+        fh.write(" ".join(repr(v) for v in [*phi.tolist(), *extra]))
+
+
+def write_plain(phi, workdir):
+    with open(os.path.join(workdir, "input.txt"), "w") as fh:
+        fh.write(" ".join(map(repr, phi.tolist())))
+
+
+def read_and_negate(workdir):
+    return -np.loadtxt(os.path.join(workdir, "out.txt"))
+
+
+def _alive(pid):
+    """True if ``pid`` runs; a zombie (exited, not yet reaped by init) counts as dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+# -- known answers ---------------------------------------------------------------------
+
+def test_whole_vector_template_round_trips_exactly(tmp_path):
+    solver = sim("ok", template="{phi}\n", workdir_root=tmp_path)
+    theta = solver(PHI)
+    assert theta.dtype == np.float64 and theta.shape == (10,)
+    np.testing.assert_array_equal(theta, known(PHI))
+
+
+def test_named_indexed_and_seed_placeholders(tmp_path):
+    template = pathlib.Path(tmp_path / "deck.tmpl")
+    template.write_text("{alpha} {phi[1]}\n{beta:.3f} {n} {seed} {{not a placeholder}}\n")
+    # The command echoes its input minus the literal-brace text, which is not a number.
+    solver = Subprocess([sys.executable, "-c",
+                         "t = open('input.txt').read().replace('{not a placeholder}', '');"
+                         "open('out.txt', 'w').write(t)"],
+                        template=template, names=["alpha", "beta"], output="out.txt",
+                        timeout=60, workdir_root=tmp_path)
+    phi = np.array([0.1, 2.0 / 3.0])
+    theta = solver(phi, seed=7)
+    np.testing.assert_array_equal(theta, [0.1, 2.0 / 3.0, 0.667, 2, 7])
+    with pytest.raises(FG2UValueError, match="seed"):
+        solver(phi)
+
+
+def test_writer_gets_seed_and_warm_start_and_reader_is_used(tmp_path):
+    solver = sim("ok", writer=write_with_seed, output=None, reader=read_and_negate,
+                 workdir_root=tmp_path)
+    phi = np.array([0.5, 1.5])
+    theta = solver(phi, seed=3, warm_start=np.array([1.0, 1.0]))
+    np.testing.assert_array_equal(theta, -known([0.5, 1.5, 3.0, 2.0]))
+    np.testing.assert_array_equal(solver(phi), -known(phi))
+
+
+def test_csv_with_fortran_exponents_and_comments(tmp_path):
+    theta = sim("csv", template="{phi}", workdir_root=tmp_path)(PHI[:3])
+    np.testing.assert_allclose(theta, known(PHI[:3]), rtol=1e-15, atol=0)
+
+
+def test_npy_output_and_files_copied_or_linked(tmp_path):
+    code = ("import numpy as np; a = np.loadtxt('input.txt', ndmin=1);"
+            "b = np.loadtxt('table.txt'); np.save('out.npy', a * b)")
+    table = tmp_path / "table.txt"
+    table.write_text("2.0\n")
+    for link in (False, True):
+        solver = Subprocess([sys.executable, "-c", code], template="{phi}", output="out.npy",
+                            files=[table], link=link, timeout=60, workdir_root=tmp_path)
+        np.testing.assert_array_equal(solver(np.array([1.5, -3.0])), [3.0, -6.0])
+
+
+def test_staged_files_by_relative_name(tmp_path):
+    solver = Subprocess([sys.executable, "sim.py", "ok"], files=[SIM], template="{phi}",
+                        output="out.txt", timeout=60, workdir_root=tmp_path)
+    np.testing.assert_array_equal(solver(PHI), known(PHI))
+    # The executable itself staged into the working directory and run as ./name.
+    exe = tmp_path / "legacy.sh"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" sim.py ok\n')
+    exe.chmod(0o755)
+    staged = Subprocess(["./legacy.sh"], files=[exe, SIM], template="{phi}", output="out.txt",
+                        timeout=60, workdir_root=tmp_path)
+    np.testing.assert_array_equal(staged(PHI), known(PHI))
+
+
+# -- working directory ------------------------------------------------------------------
+
+def test_workdir_removed_on_success_kept_on_failure(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    sim("ok", template="{phi}", workdir_root=root)(PHI)
+    assert list(root.iterdir()) == []
+
+    with pytest.raises(InnerSolverError) as info:
+        sim("nooutput", template="{phi}", workdir_root=root)(PHI)
+    kept = list(root.iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith("fg2u-")
+    assert info.value.workdir == str(kept[0])
+    assert str(kept[0]) in str(info.value)
+    assert (kept[0] / "input.txt").exists()
+
+
+def test_keep_workdir_keeps_every_directory(tmp_path):
+    solver = sim("ok", template="{phi}", workdir_root=tmp_path, keep_workdir=True)
+    solver(PHI)
+    solver(PHI)
+    kept = sorted(tmp_path.iterdir())
+    assert len(kept) == 2
+    np.testing.assert_array_equal(np.loadtxt(kept[0] / "out.txt"), known(PHI))
+
+
+# -- failures ----------------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ignore_term", [False, True], ids=["sigterm", "sigkill"])
+def test_timeout_kills_the_whole_process_group(tmp_path, ignore_term):
+    extra = ["ignore_term"] if ignore_term else []
+    solver = sim("sleep", "2", *extra, timeout=2.0, kill_grace=0.3, workdir_root=tmp_path)
+    start = time.monotonic()
+    with pytest.raises(InnerSolverError) as info:
+        solver(PHI)
+    elapsed = time.monotonic() - start
+    assert info.value.kind == "timeout"
+    assert "timed out" in str(info.value)
+    assert elapsed < 2.0 + 1.0, f"took {elapsed:.2f} s for a 2 s timeout"
+
+    pids = [int(p) for p in (pathlib.Path(info.value.workdir) / "pids.txt").read_text().split()]
+    # child, grandchild and great-grandchild all started before the timeout
+    assert len(pids) == 3
+    deadline = time.monotonic() + 1.0
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [p for p in pids if _alive(p)] == []
+
+
+def test_nonzero_exit_reports_code_and_stderr_tail(tmp_path):
+    with pytest.raises(InnerSolverError) as info:
+        sim("fail", template="{phi}", workdir_root=tmp_path)(PHI)
+    err = info.value
+    assert err.kind == "returncode"
+    msg = str(err)
+    assert "return code 3" in msg
+    assert "stderr line 29" in msg and "stderr line 10\n" in msg
+    assert "stderr line 9\n" not in msg  # only the last 20 lines
+    assert err.detail.splitlines()[-1] == "stderr line 29"
+
+
+def test_missing_output_names_the_file(tmp_path):
+    with pytest.raises(InnerSolverError) as info:
+        sim("nooutput", template="{phi}", workdir_root=tmp_path)(PHI)
+    assert info.value.kind == "output"
+    assert "'out.txt'" in str(info.value) and "not written" in str(info.value)
+
+
+def test_garbage_output_shows_first_lines(tmp_path):
+    with pytest.raises(InnerSolverError) as info:
+        sim("garbage", template="{phi}", workdir_root=tmp_path)(PHI)
+    assert info.value.kind == "output"
+    msg = str(info.value)
+    assert "'out.txt'" in msg and "hello world" in msg and "segmentation fault" in msg
+
+
+def test_nonfinite_and_wrong_length_output(tmp_path):
+    with pytest.raises(InnerSolverError) as info:
+        sim("nan", template="{phi}", workdir_root=tmp_path)(PHI)
+    assert info.value.kind == "nonfinite"
+    with pytest.raises(InnerSolverError) as info:
+        sim("ok", template="{phi}", n_outputs=3, workdir_root=tmp_path)(PHI)
+    assert info.value.kind == "shape" and "n_outputs" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_placeholder_refused_before_anything_runs(tmp_path, bad):
+    root = tmp_path / "runs"
+    root.mkdir()
+    marker = tmp_path / "ran"
+    solver = sim("marker", str(marker), template="{a} {b}", names=["a", "b"],
+                 workdir_root=root)
+    with pytest.raises(FG2UValueError, match="finite"):
+        solver(np.array([1.0, bad]))
+    assert not marker.exists()
+    assert list(root.iterdir()) == []
+    # The same solver with finite values does run: the marker check can fail.
+    np.testing.assert_array_equal(solver(np.array([1.0, 2.0])), known([1.0, 2.0]))
+    assert marker.exists()
+
+
+def test_shell_string_refused():
+    with pytest.raises(FG2UTypeError, match="no shell"):
+        Subprocess(f"{sys.executable} {SIM} ok", output="out.txt")
+    with pytest.raises(TypeError):  # also a builtin TypeError
+        Subprocess(b"ls", output="out.txt")
+
+
+def test_constructor_errors_name_the_argument(tmp_path):
+    with pytest.raises(FG2UValueError, match=r"`timeout` must be > 0, got -1"):
+        sim("ok", template="{phi}", timeout=-1)
+    with pytest.raises(FG2UValueError, match=r"unknown template placeholder \{gamma\}"):
+        sim("ok", template="{alpha} {gamma}", names=["alpha"])
+    with pytest.raises(FG2UValueError, match="only phi can be indexed"):
+        sim("ok", template="{alpha[0]}", names=["alpha"])
+    with pytest.raises(FG2UValueError, match="exactly one of `output`"):
+        Subprocess([sys.executable, SIM, "ok"])
+    with pytest.raises(FG2UValueError, match="does not exist"):
+        sim("ok", files=[tmp_path / "missing.dat"])
+    with pytest.raises(FG2UValueError, match="relative path"):
+        Subprocess(["./sim.py"], output="out.txt")
+    with pytest.raises(FG2UValueError, match="'./sim.py'"):
+        Subprocess(["sim.py"], files=[SIM], output="out.txt")
+    with pytest.raises(FG2UValueError, match=r"`kill_grace` must be > 0, got -2"):
+        sim("ok", kill_grace=-2)
+    with pytest.raises(FG2UValueError, match="either `template` or `writer`"):
+        sim("ok", template="{phi}", writer=write_plain)
+
+
+def test_missing_executable(tmp_path):
+    with pytest.raises(FG2UValueError, match="no-such-simulator-xyz"):
+        Subprocess(["no-such-simulator-xyz"], output="out.txt")
+    solver = Subprocess(["no-such-simulator-xyz"], output="out.txt", check_executable=False,
+                        install_hint="build it with make", workdir_root=tmp_path)
+    with pytest.raises(InnerSolverError) as info:
+        solver(PHI)
+    assert info.value.kind == "missing_executable"
+    assert "no-such-simulator-xyz" in str(info.value) and "build it with make" in str(info.value)
+
+
+def test_thread_variables_default_to_one(tmp_path, monkeypatch):
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                 "VECLIB_MAXIMUM_FRAMEWORK_THREADS", "NUMEXPR_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    np.testing.assert_array_equal(sim("env", workdir_root=tmp_path)(PHI), [1, 1, 1, 1, 1])
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    solver = sim("env", env={"MKL_NUM_THREADS": "2"}, workdir_root=tmp_path)
+    np.testing.assert_array_equal(solver(PHI), [4, 1, 2, 1, 1])
+
+
+# -- parallel backends -------------------------------------------------------------------
+
+def _points():
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=4) for _ in range(4)]
+
+
+def test_pickle_round_trip(tmp_path):
+    for solver in (sim("ok", template="{phi}", workdir_root=tmp_path),
+                   sim("ok", writer=write_plain, workdir_root=tmp_path)):
+        clone = pickle.loads(pickle.dumps(solver))
+        np.testing.assert_array_equal(clone(PHI), solver(PHI))
+
+
+@pytest.mark.timeout(120)
+def test_loky_matches_serial():
+    solver = sim("ok", writer=write_plain)
+    points = _points()
+    serial = [solver(p) for p in points]
+    parallel = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(solver)(p)
+                                                         for p in points)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.dask
+@pytest.mark.timeout(120)
+def test_dask_matches_serial(dask_client, tmp_path):
+    solver = sim("ok", template="{phi}")
+    points = _points()
+    serial = [solver(p) for p in points]
+    futures = [dask_client.submit(solver, p, pure=False) for p in points]
+    for a, b in zip(serial, dask_client.gather(futures)):
+        np.testing.assert_array_equal(a, b)
+    # A failure on a worker comes back as InnerSolverError with its kind intact.
+    bad = dask_client.submit(sim("fail", template="{phi}", workdir_root=tmp_path), points[0],
+                             pure=False)
+    with pytest.raises(InnerSolverError) as info:
+        bad.result()
+    assert info.value.kind == "returncode"
+    assert info.value.workdir.startswith(str(tmp_path))
