@@ -16,6 +16,7 @@ from .errors import (CheckpointError, ConfigError, FG2UError, FG2UTypeError, FG2
 from .estimator import Estimator
 from .evaluation import Evaluator
 from .exact import FG2U, RGU
+from .noise import NoiseEstimate, estimate_noise, noise_needs_refresh
 from .problem import BilevelProblem
 from .result import Failure, GradientCheck, MetaGradient
 from .zeroth_order import FG2UZO, BlackBoxES, CoordinateFD
@@ -28,6 +29,8 @@ __all__ = [
     "Evaluator",
     # results and checks
     "MetaGradient", "Failure", "GradientCheck", "check_meta_gradient",
+    # noise and step selection
+    "NoiseEstimate", "estimate_noise", "noise_needs_refresh",
     # directions
     "sample_directions", "DIRECTION_FAMILIES",
     # errors and warnings

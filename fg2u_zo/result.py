@@ -70,6 +70,13 @@ class MetaGradient:
         Seconds spent inside the inner solver, summed over evaluations.
     wall_time : float
         Seconds of wall-clock time for the whole estimate.
+    noise : NoiseEstimate or None
+        For finite differences with ``step="auto"`` (or a ``noise=`` passed in): the
+        noise estimate the step came from, with its predicted error
+        (``noise.predicted_error(scheme)``, ``noise.relative_error(scheme)``) and the
+        size of this estimate's differences against the noise
+        (``noise.difference_to_noise``). Pass it back as ``noise=`` to reuse it.
+        ``None`` for a fixed step and on exact paths.
     """
 
     grad: np.ndarray

@@ -17,8 +17,9 @@ from ._validation import as_generator, check_choice, check_phi, check_positive_i
 from .directions import DIRECTION_FAMILIES, sample_directions
 from .errors import FG2UValueError, InnerSolverError
 from .estimator import Estimator, combine_projections, frame_block_size
+from .noise import auto_step, check_noise_estimate, difference_ratio, probe_lines, probe_noise
 from .result import Failure, MetaGradient
-from .steps import check_step, default_step
+from .steps import check_step
 
 __all__ = ["FG2UZO", "BlackBoxES", "CoordinateFD"]
 
@@ -51,13 +52,18 @@ class _PerturbedPoints:
 
 
 def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, project,
-                                evaluator, seed, pairs, directions, exact_basis=False):
+                                evaluator, seed, pairs, directions, exact_basis=False,
+                                noise=None, probe_lines=None):
     """Shared body of the finite-difference estimators.
 
     ``project="inner"``: reduce each perturbed theta to ``<grad_theta f, theta - theta0>``
     (FG2U-ZO); ``project="value"``: reduce it to ``F(point) - F(phi)`` (black box).
     Each output is reduced to one number as it arrives and then dropped, so memory
     stays O(N + M) whatever the number of directions.
+
+    ``step="auto"`` takes the noise-optimal step of ``noise`` (a NoiseEstimate to
+    reuse) or, when it is None, probes the noise along ``probe_lines`` first,
+    sharing the base solve; the probe's solves are counted in ``nfev``.
     """
     wall_start = time.perf_counter()
     theta0, base_stats = evaluator.solve(problem.inner, phi, seed=seed)
@@ -75,7 +81,14 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
         def reduce(k, theta):
             return problem.outer_value(theta, points[k]) - value
 
-    h = default_step(phi, scheme) if step == "auto" else step
+    probe_nfev, probe_time = 0, 0.0
+    if step == "auto" and noise is None:
+        noise = probe_noise(problem, phi, probe_lines, theta0=theta0,
+                            g_theta=g_theta if project == "inner" else None,
+                            quantity=project, evaluator=evaluator, seed=seed, scheme=scheme,
+                            stacklevel=4)
+        probe_nfev, probe_time = noise.nfev, noise.solver_time
+    h = auto_step(noise, phi, scheme) if step == "auto" else step
     norms = np.linalg.norm(V, axis=1)
     U = V / norms[:, None]
     points = _PerturbedPoints(phi, U, h, scheme)
@@ -106,16 +119,21 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
         c = norms * (diffs[0::2] - diffs[1::2]) / (2.0 * h)
     else:
         c = norms * diffs / h
+    if noise is not None:
+        # How far the differences rose above the noise: the refresh diagnostic.
+        noise = difference_ratio(noise, diffs[0::2] - diffs[1::2] if scheme == "central"
+                                 else diffs)
     block = None if pairs else frame_block_size(directions, phi.size, b - int(ok.sum()))
     grad, stderr = combine_projections(direct, V[ok], c[ok], pairs=pairs, block_size=block)
     failures = [Failure(f.index, points.direction(f.index), f.kind, f.message, f.attempts)
                 for f in stats.failures]
     return MetaGradient(
-        grad=grad, value=value, stderr=stderr, nfev=base_stats.nfev + stats.nfev,
+        grad=grad, value=value, stderr=stderr,
+        nfev=base_stats.nfev + probe_nfev + stats.nfev,
         num_directions=int(ok.sum()), failures=failures, theta=theta0,
         estimator=estimator.name, step=h, scheme=scheme,
-        solver_time=base_stats.solver_time + stats.solver_time,
-        wall_time=time.perf_counter() - wall_start)
+        solver_time=base_stats.solver_time + probe_time + stats.solver_time,
+        wall_time=time.perf_counter() - wall_start, noise=noise)
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,7 @@ class _RandomFD(Estimator):
                 f"`num_directions` must be even with antithetic=True, got {self.num_directions}")
 
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 **evaluator_options) -> MetaGradient:
+                 noise=None, **evaluator_options) -> MetaGradient:
         """Estimate the meta-gradient of ``problem`` at ``phi``.
 
         Parameters
@@ -152,10 +170,22 @@ class _RandomFD(Estimator):
             Reuse an evaluator (and its workers) across calls.
         backend, n_jobs, **evaluator_options
             Otherwise, options of a temporary :class:`Evaluator`.
+        noise : NoiseEstimate, optional
+            A previous noise estimate (``estimate_noise(...)`` or an earlier
+            ``MetaGradient.noise``) whose step ``step="auto"`` reuses, with no extra
+            solves. ``None`` with ``step="auto"``: probe the noise first (its solves
+            are counted in ``nfev``). With a fixed ``step`` it is only reported.
 
         Returns
         -------
         MetaGradient
+            ``step`` is the step used; ``noise`` the NoiseEstimate behind it (with
+            ``difference_to_noise`` of this estimate), or None for a fixed step.
+
+        Warns
+        -----
+        NoiseWarning
+            When the probe finds that output precision limits the accuracy.
         """
         phi = check_phi(phi, problem.num_params)
         if self._project == "inner":
@@ -166,11 +196,15 @@ class _RandomFD(Estimator):
         seed = int(rng.integers(2**31 - 1))
         V = sample_directions(self.directions, phi.size, self.num_directions, rng,
                               antithetic=self.antithetic)
+        noise = check_noise_estimate(noise, phi.size, self._project)
+        # Drawn after the directions, so a seed gives the same directions whatever the step.
+        U = (probe_lines(rng, phi.size, self.directions)
+             if self.step == "auto" and noise is None else None)
         with self._evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
             return _finite_difference_estimate(
                 self, problem, phi, V, step=self.step, scheme=self.scheme,
                 project=self._project, evaluator=ev, seed=seed, pairs=self.antithetic,
-                directions=self.directions)
+                directions=self.directions, noise=noise, probe_lines=U)
 
 
 @dataclass(frozen=True)
@@ -192,7 +226,13 @@ class FG2UZO(_RandomFD):
         gradient).
     step : "auto" or float
         Length of the perturbation in phi-space (see :mod:`fg2u_zo.steps`). ``"auto"``:
-        ``sqrt(eps)`` (forward) or ``eps**(1/3)`` (central) times ``max(1, rms(phi))``.
+        measure the solver's noise and curvature along a few random lines drawn
+        like the directions (:func:`fg2u_zo.estimate_noise`: 8 extra solves when the
+        outputs are exact to double precision, about 15-40 when they are noisy, none
+        when a previous estimate is passed as ``noise=``) and take the step that
+        balances truncation against noise; where the noise is at double-precision
+        rounding, ``sqrt(eps)`` (forward) or ``eps**(1/3)`` (central) times
+        ``max(1, rms(phi))``. A float is used as is, with no probe.
     directions : {"gaussian", "rademacher", "sphere", "orthogonal", "coordinate"}
         Direction family; all have E[v v^T] = I.
     antithetic : bool
@@ -237,6 +277,7 @@ class CoordinateFD(Estimator):
     ----------
     scheme : {"central", "forward"}
     step : "auto" or float
+        As for :class:`FG2UZO` (``"auto"`` probes the noise first).
     through : {"auto", "inner", "value"}
         ``"auto"``: ``"inner"`` when the outer loss is differentiable.
     """
@@ -253,20 +294,29 @@ class CoordinateFD(Estimator):
         check_choice(self.through, "through", ("auto", "inner", "value"))
 
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 **evaluator_options) -> MetaGradient:
-        """Difference along each coordinate; ``rng`` only seeds stochastic solvers."""
+                 noise=None, **evaluator_options) -> MetaGradient:
+        """Difference along each coordinate.
+
+        ``rng`` seeds stochastic solvers and draws the noise-probe direction
+        (``step="auto"`` without ``noise=``); the other arguments are those of
+        :meth:`FG2UZO.estimate`.
+        """
         phi = check_phi(phi, problem.num_params)
         through = self.through
         if through == "auto":
             through = "inner" if problem.differentiable_outer else "value"
         if through == "inner":
             problem.require_differentiable_outer("CoordinateFD(through='inner')")
-        seed = int(as_generator(rng).integers(2**31 - 1))
+        rng = as_generator(rng)
+        seed = int(rng.integers(2**31 - 1))
         # sqrt(N) e_j has identity second moment; with b = N rows the projection
         # (1/N) sum_j c_j v_j is exactly the coordinate finite-difference gradient.
         V = np.sqrt(phi.size) * np.eye(phi.size)
+        noise = check_noise_estimate(noise, phi.size, through)
+        U = (probe_lines(rng, phi.size, "coordinate")
+             if self.step == "auto" and noise is None else None)
         with self._evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
             return _finite_difference_estimate(
                 self, problem, phi, V, step=self.step, scheme=self.scheme, project=through,
                 evaluator=ev, seed=seed, pairs=False, directions="coordinate",
-                exact_basis=True)
+                exact_basis=True, noise=noise, probe_lines=U)
