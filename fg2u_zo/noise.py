@@ -80,6 +80,11 @@ EXACT_RELATIVE_NOISE = 64 * _EPS
 #: Outputs whose values along the probe line all have at most this many significant
 #: decimal digits (or mantissa bits) are taken as printed with that precision.
 _MAX_PRINTED_DIGITS = 14
+#: The table must see noise above this relative level (a thousand ulps) before the
+#: printed precision of the outputs is read: short decimals are otherwise a
+#: coincidence of round evaluation points.
+_PRINTED_MIN_RELATIVE = 1e3 * np.finfo(np.float64).eps
+_TINY = np.finfo(np.float64).tiny
 _MAX_PRINTED_BITS = 44
 
 #: Outputs examined for their printed precision (those carrying the most variation).
@@ -432,13 +437,26 @@ def _classify(f, scale, thetas, line):
     * *table* (ECnoise): the first order whose scaled level changes sign and agrees,
       within a factor 4, with the next two.
     """
-    m = len(f) - 1
     if np.ptp(f) > _MAX_RELATIVE_CHANGE * scale:
         return _Table("too_large")
     d = np.diff(thetas, axis=0)
     moving = np.any(d != 0, axis=0)
     if not moving.any():
         return _Table("too_small")  # identical outputs: the spacing is below their resolution
+    table = _table_decision(f, thetas)
+    # Short printed values alone prove nothing: a full-precision model evaluated at
+    # round numbers along a coordinate line returns short decimals too. Read the
+    # printed precision only once the table has seen noise above round-off.
+    if table.status == "too_small" or (
+            table.status == "ok" and table.noise > _PRINTED_MIN_RELATIVE * max(scale, _TINY)):
+        printed = _printed_precision(f, thetas, line)
+        if printed is not None:
+            return printed
+    return table
+
+
+def _printed_precision(f, thetas, line):
+    """The :class:`_Table` read from the unit of the last printed digit, or None."""
     # Each output's share of the examined scalar, to which its rounding is relative.
     w = line.weights * np.mean(thetas * thetas, axis=0)
     nonzero = np.any(thetas != 0, axis=0)
@@ -447,21 +465,27 @@ def _classify(f, scale, thetas, line):
     candidates = np.argsort(-w)[:min(_PRECISION_SAMPLE, int(nonzero.sum()))]
     kind, precision = _rounding_units(thetas, candidates)
     printed = precision > 0
-    if kind is not None and w[candidates[printed]].sum() >= 0.5 * w[candidates].sum():
-        # Outputs not examined are taken to be printed like the examined ones. Outputs
-        # that did not move at this spacing are rounded all the same: a finite
-        # difference with a longer step will see their rounding error.
-        per_output = np.full(thetas.shape[1], int(precision[printed].max()))
-        per_output[candidates] = np.where(printed, precision, 0)
-        q = _unit_of_last_digit(thetas, kind, np.maximum(per_output, 1)[None, :])
-        out = np.sqrt(np.mean(q * q, axis=0) / 12.0)
-        # Examined outputs at full precision: the floor of their table bounds their noise.
-        full = np.zeros(thetas.shape[1], dtype=bool)
-        full[candidates[~printed]] = True
-        if full.any():
-            out[full] = _difference_levels(thetas[:, full])[0].min(axis=0)
-        return _Table("ok", line.noise_from_outputs(out), 0, kind, out,
-                      int(precision[printed].max()))
+    if kind is None or w[candidates[printed]].sum() < 0.5 * w[candidates].sum():
+        return None
+    # Outputs not examined are taken to be printed like the examined ones. Outputs
+    # that did not move at this spacing are rounded all the same: a finite
+    # difference with a longer step will see their rounding error.
+    per_output = np.full(thetas.shape[1], int(precision[printed].max()))
+    per_output[candidates] = np.where(printed, precision, 0)
+    q = _unit_of_last_digit(thetas, kind, np.maximum(per_output, 1)[None, :])
+    out = np.sqrt(np.mean(q * q, axis=0) / 12.0)
+    # Examined outputs at full precision: the floor of their table bounds their noise.
+    full = np.zeros(thetas.shape[1], dtype=bool)
+    full[candidates[~printed]] = True
+    if full.any():
+        out[full] = _difference_levels(thetas[:, full])[0].min(axis=0)
+    return _Table("ok", line.noise_from_outputs(out), 0, kind, out,
+                  int(precision[printed].max()))
+
+
+def _table_decision(f, thetas):
+    """ECnoise's reading of the difference table of ``f``."""
+    m = len(f) - 1
     if np.count_nonzero(np.diff(f) == 0) >= (m + 1) / 2:
         return _Table("too_small")  # half the values repeat (ECnoise's test)
     levels, signs = _difference_levels(f)

@@ -490,3 +490,21 @@ def test_freefem_default_precision_is_detected_and_warned():
         g17 = est.estimate(fine, phi, rng=0)
     assert g17.noise.status in ("exact", "ok") and g17.noise.method == "table"
     assert rel_err(g17) < 1e-5
+
+
+def test_full_precision_model_at_round_points_is_not_taken_for_printed_output():
+    # A float64 model evaluated at round numbers along a coordinate line on which it is
+    # affine (the offset phi[2]) returns short decimals: that is not rounding noise.
+    t = np.linspace(0.0, 3.0, 12)
+
+    def decay(phi):
+        return phi[0] * np.exp(-phi[1] * t) + phi[2]
+
+    problem = fz.BilevelProblem(inner=decay, outer=lambda th, ph: 0.5 * (th ** 2).sum())
+    phi = np.array([1.0, 1.0, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fz.NoiseWarning)
+        g = fz.CoordinateFD().estimate(problem, phi, rng=0)
+    assert g.noise.relative_noise < 1e-12, g.noise
+    exact = fz.CoordinateFD(step=1e-6).estimate(problem, phi).grad
+    np.testing.assert_allclose(g.grad, exact, rtol=1e-6)
