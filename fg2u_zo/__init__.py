@@ -16,17 +16,26 @@ from .errors import (CheckpointError, ConfigError, FG2UError, FG2UTypeError, FG2
 from .estimator import Estimator
 from .evaluation import Evaluator
 from .exact import FG2U, RGU
+from .checkpoint import read_checkpoint
+from .history import StepRecord, read_history
+from .optimize import OptimizeResult, Phase, minimize, resume
 from .noise import NoiseEstimate, estimate_noise, noise_needs_refresh
+from .implicit import Neumann
 from .problem import BilevelProblem
 from .result import Failure, GradientCheck, MetaGradient
+from .truncated import TRGU
 from .zeroth_order import FG2UZO, BlackBoxES, CoordinateFD
 
 __all__ = [
     "__version__",
     # problem and estimators
     "BilevelProblem", "Estimator", "FG2UZO", "FG2U", "BlackBoxES", "RGU", "CoordinateFD",
+    "TRGU", "Neumann",
     # evaluation
     "Evaluator",
+    # outer optimization
+    "minimize", "resume", "Phase", "OptimizeResult", "StepRecord", "read_history",
+    "read_checkpoint",
     # results and checks
     "MetaGradient", "Failure", "GradientCheck", "check_meta_gradient",
     # noise and step selection

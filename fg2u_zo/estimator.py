@@ -74,6 +74,13 @@ class Estimator:
 
     name = "estimator"
 
+    def check_problem(self, problem) -> None:
+        """Raise a clear error if ``problem`` lacks what this estimator needs.
+
+        Called by every ``estimate`` and, before step 0, by :func:`fg2u_zo.minimize` for
+        every phase, so a run fails at once rather than at phase 2.
+        """
+
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
                  **evaluator_options):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -82,6 +82,10 @@ class FG2U(Estimator):
             raise FG2UValueError(
                 f"`num_directions` must be even with antithetic=True, got {self.num_directions}")
 
+    def check_problem(self, problem) -> None:
+        problem.require_torch_inner("FG2U")
+        problem.require_differentiable_outer("FG2U")
+
     def directional_derivatives(self, problem, phi, V, g_theta):
         """``c_i = <g_theta, J_S v_i>`` for each row of ``V``, chunk by chunk."""
         phi_t = torch.as_tensor(phi, dtype=torch.float64)
@@ -115,8 +119,7 @@ class FG2U(Estimator):
                  **evaluator_options) -> MetaGradient:
         """Estimate the meta-gradient at ``phi`` (see :meth:`FG2UZO.estimate`)."""
         wall_start = time.perf_counter()
-        problem.require_torch_inner("FG2U")
-        problem.require_differentiable_outer("FG2U")
+        self.check_problem(problem)
         phi = check_phi(phi, problem.num_params)
         rng = as_generator(rng)
         rng.integers(2**31 - 1)  # keep the generator in step with FG2UZO: same directions
@@ -148,12 +151,15 @@ class RGU(Estimator):
 
     name: ClassVar[str] = "RGU"
 
+    def check_problem(self, problem) -> None:
+        problem.require_torch_inner("RGU")
+        problem.require_differentiable_outer("RGU")
+
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
                  **evaluator_options) -> MetaGradient:
         """Exact meta-gradient at ``phi``; ``rng`` and the backend options are ignored."""
         wall_start = time.perf_counter()
-        problem.require_torch_inner("RGU")
-        problem.require_differentiable_outer("RGU")
+        self.check_problem(problem)
         phi = check_phi(phi, problem.num_params)
         phi_t = torch.tensor(phi, dtype=torch.float64, requires_grad=True)
         theta = _check_theta(problem.inner_torch(phi_t), "at phi")

@@ -155,6 +155,10 @@ class _RandomFD(Estimator):
             raise FG2UValueError(
                 f"`num_directions` must be even with antithetic=True, got {self.num_directions}")
 
+    def check_problem(self, problem) -> None:
+        if self._project == "inner":
+            problem.require_differentiable_outer(type(self).__name__)
+
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
                  noise=None, **evaluator_options) -> MetaGradient:
         """Estimate the meta-gradient of ``problem`` at ``phi``.
@@ -188,8 +192,7 @@ class _RandomFD(Estimator):
             When the probe finds that output precision limits the accuracy.
         """
         phi = check_phi(phi, problem.num_params)
-        if self._project == "inner":
-            problem.require_differentiable_outer(type(self).__name__)
+        self.check_problem(problem)
         rng = as_generator(rng)
         # The seed is drawn first, always, so the directions do not depend on whether
         # the solver takes a seed.
@@ -293,6 +296,15 @@ class CoordinateFD(Estimator):
         check_step(self.step)
         check_choice(self.through, "through", ("auto", "inner", "value"))
 
+    def _through(self, problem) -> str:
+        if self.through == "auto":
+            return "inner" if problem.differentiable_outer else "value"
+        return self.through
+
+    def check_problem(self, problem) -> None:
+        if self._through(problem) == "inner":
+            problem.require_differentiable_outer("CoordinateFD(through='inner')")
+
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
                  noise=None, **evaluator_options) -> MetaGradient:
         """Difference along each coordinate.
@@ -302,11 +314,8 @@ class CoordinateFD(Estimator):
         :meth:`FG2UZO.estimate`.
         """
         phi = check_phi(phi, problem.num_params)
-        through = self.through
-        if through == "auto":
-            through = "inner" if problem.differentiable_outer else "value"
-        if through == "inner":
-            problem.require_differentiable_outer("CoordinateFD(through='inner')")
+        self.check_problem(problem)
+        through = self._through(problem)
         rng = as_generator(rng)
         seed = int(rng.integers(2**31 - 1))
         # sqrt(N) e_j has identity second moment; with b = N rows the projection

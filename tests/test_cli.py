@@ -1,0 +1,281 @@
+"""The fg2u-zo command line and its TOML configs: end to end on an external simulator,
+validation before anything runs, plots."""
+
+import json
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+import fg2u_zo as fz
+from fg2u_zo.cli import main
+from fg2u_zo.config import load_config
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+CASE_FILES = ("cli_sim.py", "cli_template.txt", "cli_obs.txt", "cli_model.py")
+
+# -S: no site import, so each simulator process starts in ~30 ms instead of ~150 ms.
+CONFIG = f"""
+[solver]
+kind = "subprocess"
+argv = [{json.dumps(sys.executable)}, "-S", "cli_sim.py"]
+template = "cli_template.txt"
+input_name = "params.txt"
+output = "out.txt"
+timeout = 60
+
+[outer]
+kind = "least_squares"
+data = "cli_obs.txt"
+
+[parameters]
+init = [1.0, 1.0, 0.0]
+names = ["amplitude", "rate", "offset"]
+bounds = [[0.0, 0.1, -5.0], [10.0, 5.0, 5.0]]
+
+[estimator]
+name = "FG2UZO"
+num_directions = 3
+directions = "orthogonal"
+scheme = "forward"
+step = 1e-6
+
+[optimizer]
+name = "adam"
+lr = 0.2
+steps = 10
+
+[output]
+checkpoint = "out/run.ckpt"
+history = "out/run.jsonl"
+seed = 0
+"""
+
+PYTHON_CONFIG = """
+[solver]
+kind = "python"
+entry = "cli_model.py:decay"
+kwargs = { t_max = 3.0 }
+
+[outer]
+data = "cli_obs.txt"
+
+[parameters]
+init = [1.0, 1.0, 0.5]
+
+[estimator]
+name = "FG2UZO"
+num_directions = 3
+directions = "orthogonal"
+step = "auto"
+
+[optimizer]
+steps = 5
+"""
+
+
+@pytest.fixture
+def case(tmp_path):
+    """A directory with the simulator, its template, the data and a config.toml."""
+    d = tmp_path / "case"
+    d.mkdir()
+    for name in CASE_FILES:
+        shutil.copy(os.path.join(DATA, name), d / name)
+    (d / "config.toml").write_text(CONFIG)
+    return d
+
+
+def _value(output):
+    return float(re.search(r"value\s+(\S+)", output).group(1))
+
+
+# -- help -----------------------------------------------------------------------------------
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "resume", "plot", "check-gradient"):
+        assert re.search(rf"^\s+{command}\b", out, re.MULTILINE), command
+
+
+# -- end to end -----------------------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_run_then_resume_an_external_simulator(case, tmp_path, monkeypatch, capsys):
+    """10 steps of FG2UZO through `python cli_sim.py` (40 processes) cut the loss by more
+    than 10x (about 21x measured); resume to 15 steps cuts it further (about 75x)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative paths must resolve against the config's dir
+    assert main(["run", str(case / "config.toml"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    ckpt, history = case / "out" / "run.ckpt", case / "out" / "run.jsonl"
+    assert ckpt.exists() and history.exists()
+    records = fz.read_history(history)
+    assert [r.step for r in records] == list(range(10))
+    first, after10 = records[0].value, _value(out)
+    assert after10 < first / 10, (first, after10)
+    assert os.listdir(elsewhere) == []  # nothing written where the command was run
+
+    assert main(["resume", str(ckpt), "--steps", "15", "--no-progress"]) == 0
+    after15 = _value(capsys.readouterr().out)
+    assert after15 < after10
+    assert [r.step for r in fz.read_history(history)] == list(range(15))
+    saved = fz.read_checkpoint(ckpt)
+    assert saved.step == 15 and saved.metadata["config_path"] == str(case / "config.toml")
+
+
+@pytest.mark.timeout(60)
+def test_run_refuses_to_overwrite_and_resume_refuses_an_edited_config(case, capsys):
+    config = str(case / "config.toml")
+    assert main(["run", config, "--steps", "2", "--no-progress"]) == 0
+    assert main(["run", config, "--no-progress"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    ckpt = str(case / "out" / "run.ckpt")
+    (case / "config.toml").write_text(CONFIG.replace("lr = 0.2", "lr = 0.3"))
+    assert main(["resume", ckpt, "--no-progress"]) == 2
+    assert "changed since" in capsys.readouterr().err
+    # --force reads the edited file, and the checkpoint still refuses the new lr.
+    assert main(["resume", ckpt, "--force", "--no-progress"]) == 2
+    assert "lr: checkpoint has 0.2, this run has 0.3" in capsys.readouterr().err
+    (case / "config.toml").write_text(CONFIG)
+    assert main(["run", config, "--overwrite", "--steps", "1", "--no-progress"]) == 0
+
+
+# -- validation -----------------------------------------------------------------------------
+BAD_CONFIGS = [
+    pytest.param(("num_directions = 3", "num_direction = 3"),
+                 "config.toml: [estimator] has an unknown key 'num_direction'; did you mean "
+                 "'num_directions'?", id="unknown-key"),
+    pytest.param(("num_directions = 3", 'num_directions = "ten"'),
+                 "config.toml: [estimator] num_directions must be an integer >= 1, got 'ten'",
+                 id="wrong-type"),
+    pytest.param(('data = "cli_obs.txt"', 'data = "missing.npy"'),
+                 "config.toml: [outer] data names a file that does not exist: 'missing.npy'",
+                 id="missing-file"),
+    pytest.param((f"argv = [{json.dumps(sys.executable)}", 'argv = ["no-such-simulator-xyz"'),
+                 "config.toml: [solver] argv[0] executable 'no-such-simulator-xyz' not found "
+                 "on PATH", id="missing-executable"),
+    pytest.param(('name = "FG2UZO"', 'name = "FG2UZ0"'),
+                 "config.toml: [estimator] name must be one of", id="bad-estimator-name"),
+    pytest.param(("[optimizer]", "[optimiser]"),
+                 "config.toml: the top level has an unknown key 'optimiser'; did you mean "
+                 "'optimizer'?", id="unknown-section"),
+    pytest.param(("lr = 0.2", 'lr = "fast"'),
+                 "config.toml: [optimizer] lr must be a number, got 'fast'", id="wrong-lr"),
+    pytest.param(('template = "cli_template.txt"', 'template = "cli_template.tx"'),
+                 "config.toml: [solver] template names a file that does not exist",
+                 id="missing-template"),
+    pytest.param(("init = [1.0, 1.0, 0.0]", "init = [1.0, 1.0]"),
+                 "config.toml: [parameters] names has 3 names for 2 parameters",
+                 id="wrong-length"),
+    pytest.param(("steps = 10", "steps = 10\n[[optimizer.phases]]\nsteps = 3\nlrr = 0.1"),
+                 "did you mean 'lr'?", id="unknown-phase-key"),
+]
+
+
+@pytest.mark.parametrize("edit, message", BAD_CONFIGS)
+def test_bad_config_exits_2_with_one_message_and_writes_nothing(case, monkeypatch, capsys,
+                                                                  edit, message):
+    old, new = edit
+    assert old in CONFIG
+    (case / "config.toml").write_text(CONFIG.replace(old, new, 1))
+    monkeypatch.chdir(case)
+    before = sorted(os.listdir(case))
+    for command in (["run", "config.toml"], ["check-gradient", "config.toml"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert err.count("\n") == 1  # one clear line
+    assert sorted(os.listdir(case)) == before  # no checkpoint, no history, no out/
+
+
+def test_config_suggests_for_near_misses_in_values(case):
+    (case / "config.toml").write_text(CONFIG.replace('scheme = "forward"',
+                                                     'scheme = "forwards"'))
+    with pytest.raises(fz.ConfigError, match=r"\[estimator\] scheme must be one of"):
+        load_config(case / "config.toml")
+
+
+def test_config_builds_phases_with_a_low_fidelity_solver(case):
+    text = PYTHON_CONFIG.replace("[optimizer]\nsteps = 5", """[optimizer]
+lr = 0.1
+[[optimizer.phases]]
+steps = 4
+estimator = { num_directions = 1, directions = "gaussian" }
+solver = { kwargs = { t_max = 2.0 } }
+[[optimizer.phases]]
+steps = 2
+lr = 0.05
+""")
+    (case / "config.toml").write_text(text)
+    cfg = load_config(case / "config.toml")
+    low, full = cfg.phases
+    assert (low.steps, full.steps, full.lr) == (4, 2, 0.05)
+    assert low.estimator.num_directions == 1 and low.estimator.step == "auto"
+    assert low.solver.keywords == {"t_max": 2.0} and full.solver is None
+    phi = np.array([1.0, 1.0, 0.5])
+    assert not np.allclose(low.solver(phi), cfg.problem.inner(phi))
+
+
+# -- check-gradient and plot ----------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_check_gradient_prints_the_report(case, capsys):
+    (case / "config.toml").write_text(PYTHON_CONFIG)
+    assert main(["check-gradient", str(case / "config.toml"), "--tol", "1e-5"]) == 0
+    out = capsys.readouterr().out
+    for field in ("estimator : FG2UZO", "reference : CoordinateFD", "rel_err", "cosine",
+                  "step      :", "noise     :"):
+        assert field in out, out
+    rel_err = float(re.search(r"rel_err\s+:\s+(\S+)", out).group(1))
+    assert rel_err < 1e-5
+
+
+@pytest.fixture(scope="module")
+def history_file(tmp_path_factory):
+    from fg2u_zo.testing import RidgeHyperproblem
+
+    path = tmp_path_factory.mktemp("plot") / "run.jsonl"
+    fz.minimize(RidgeHyperproblem().problem(), np.zeros(5), lr=0.1, rng=0, history=path,
+                progress=False, phases=[
+                    fz.Phase(steps=4, estimator=fz.FG2UZO(num_directions=2, step=1e-6)),
+                    fz.Phase(steps=4, estimator=fz.FG2UZO(num_directions=6, step=1e-6))])
+    return path
+
+
+def test_plot_writes_a_png_of_the_stated_size(history_file, tmp_path, capsys):
+    import matplotlib.image
+
+    out = tmp_path / "figure.png"
+    assert main(["plot", str(history_file), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    pixels = matplotlib.image.imread(out)
+    assert pixels.shape[:2] == (800, 1200)  # 12 x 8 in at 100 dpi
+    # Default output: next to the history.
+    assert main(["plot", str(history_file)]) == 0
+    assert os.path.exists(str(history_file)[:-len(".jsonl")] + ".png")
+
+
+def test_figure_has_the_stated_axes(history_file):
+    from fg2u_zo.plotting import AXIS_LABELS, DPI, FIGSIZE, history_figure
+
+    fig = history_figure(history_file)
+    labels = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
+    assert labels == list(AXIS_LABELS)
+    assert labels[1][0].startswith("inner solves") and labels[2][0].startswith("wall-clock")
+    assert "SNR" in labels[3][1]
+    assert tuple(fig.get_size_inches()) == FIGSIZE and fig.dpi == DPI
+    # Value panels plot one point per step.
+    assert len(fig.axes[0].lines[0].get_xdata()) == 8
+
+
+def test_plot_errors_exit_2(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "none.jsonl")]) == 2
+    assert "not found" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["plot", str(empty)]) == 2
+    assert "no steps" in capsys.readouterr().err

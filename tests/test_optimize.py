@@ -1,0 +1,495 @@
+"""fz.minimize: convergence against deterministic references, phases, bounds, transforms,
+stopping rules, failures, signals and reporting."""
+
+import importlib.util
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize as sp_minimize
+
+import fg2u_zo as fz
+from fg2u_zo.schedules import Constant, Cosine, Linear, as_schedule
+from fg2u_zo.testing import RidgeHyperproblem
+from fg2u_zo.transforms import ParameterTransform, as_bounds
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOUNDS = (-3.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def ridge():
+    return RidgeHyperproblem()
+
+
+@pytest.fixture(scope="module")
+def ridge_optimum(ridge):
+    """F* of the bounded ridge hyperproblem by L-BFGS-B on the closed-form hypergradient."""
+    problem = ridge.problem()
+
+    def fun(phi):
+        return problem.outer_value(ridge.inner(phi), phi), ridge.hypergradient(phi)
+
+    res = sp_minimize(fun, np.zeros(5), jac=True, method="L-BFGS-B", bounds=[BOUNDS] * 5,
+                      options={"gtol": 1e-12, "ftol": 1e-15})
+    assert res.success
+    return res.fun
+
+
+def assert_within_bounds(result, lo, hi):
+    for record in result.history:
+        assert np.all(record.phi >= lo) and np.all(record.phi <= hi), record
+    assert np.all(result.phi >= lo) and np.all(result.phi <= hi)
+
+
+# -- convergence ---------------------------------------------------------------------------
+# Tolerance: the final value within 1e-3 (relative) of F*. With 8 gaussian directions the
+# estimates are noisy (snr ~ 1-3); the decaying schedules below bring each optimizer to
+# about 1e-5 .. 3e-4 of F* in 100 steps at this seed.
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("optimizer, lr, schedule, options", [
+    ("adam", 0.2, "cosine", {}),
+    ("sgd", 30.0, "linear", {"momentum": 0.9}),
+    (torch.optim.RMSprop, 0.1, "linear", {}),
+], ids=["adam", "sgd-momentum", "RMSprop-class"])
+def test_converges_to_bounded_optimum(ridge, ridge_optimum, optimizer, lr, schedule, options):
+    res = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=8, step=1e-6),
+                      optimizer=optimizer, optimizer_options=options, lr=lr,
+                      schedule=schedule, steps=100, bounds=BOUNDS, rng=0, progress=False)
+    assert res.success and res.status == "steps" and res.nit == 100
+    assert res.value <= ridge_optimum * (1 + 1e-3), (res.value, ridge_optimum)
+    assert_within_bounds(res, *BOUNDS)
+    # nfev: 1 + 2b per step, plus the final evaluation of F(phi).
+    assert res.nfev == 100 * 17 + 1 == res.history[-1].nfev_total + 1
+    assert len(res.history) == 100 and [r.step for r in res.history] == list(range(100))
+
+
+@pytest.mark.timeout(60)
+def test_two_phase_few_then_many_directions(ridge, ridge_optimum):
+    """Black-box path with the full solver: 100 cheap steps (2 directions, 5 solves) then
+    40 with 8 directions (17 solves) reach F* within 1e-3, for 1181 solves against the
+    1701 of the single-phase run above."""
+    res = fz.minimize(ridge.problem(), np.zeros(5), rng=0, bounds=BOUNDS, progress=False,
+                      phases=[
+                          fz.Phase(steps=100, lr=0.3,
+                                   estimator=fz.FG2UZO(num_directions=2, step=1e-6)),
+                          fz.Phase(steps=40, lr=0.2, schedule="cosine",
+                                   estimator=fz.FG2UZO(num_directions=8, step=1e-6)),
+                      ])
+    assert res.value <= ridge_optimum * (1 + 1e-3)
+    assert res.nfev == 100 * 5 + 40 * 17 + 1
+    assert [r.phase for r in res.history] == [0] * 100 + [1] * 40
+    assert_within_bounds(res, *BOUNDS)
+
+
+class _QuadraticInner:
+    """Inner loss ``theta' A theta / 2 - b' theta + sum exp(phi) theta^2 / 2`` and its
+    gradient (module level: picklable). With A's eigenvalues in [1, 1.5], phi in
+    [-2, 1] and step 0.25, unrolled gradient descent contracts by <= 0.72 per step, so
+    truncating to the last K steps leaves a bias ~0.72^K."""
+
+    def __init__(self, rng=0, n=5):
+        rng = np.random.default_rng(rng)
+        Q = rng.standard_normal((n, n))
+        self.A = torch.as_tensor(0.5 * Q @ Q.T / n + np.eye(n))
+        self.b = torch.as_tensor(rng.standard_normal(n))
+        self.target = torch.as_tensor(0.5 * rng.standard_normal(n))
+
+    def loss(self, theta, phi):
+        return 0.5 * theta @ self.A @ theta - self.b @ theta + 0.5 * (
+            torch.exp(phi) * theta ** 2).sum()
+
+    def grad(self, theta, phi):
+        return self.A @ theta - self.b + torch.exp(phi) * theta
+
+    def outer(self, theta, phi):
+        return 0.5 * ((theta - self.target) ** 2).sum() + 0.005 * (phi ** 2).sum()
+
+
+@pytest.mark.timeout(60)
+def test_two_phase_torch_path_trgu_then_fg2u():
+    """Torch path: 60 steps of truncated backprop (TRGU, K=5 of T=30, biased, one solve
+    each) then 20 of unbiased FG2U; within 1e-3 of F* from L-BFGS-B on the exact (RGU)
+    hypergradient."""
+    TorchUnrolled = pytest.importorskip("solvers").TorchUnrolled
+    q = _QuadraticInner()
+    inner = TorchUnrolled(q.loss, theta0=np.zeros(5), steps=30, lr=0.25, inner_grad=q.grad)
+    problem = fz.BilevelProblem(inner=inner, outer=q.outer, num_params=5)
+    bounds = (-2.0, 1.0)
+    rgu = fz.RGU()
+
+    def fun(phi):
+        g = rgu.estimate(problem, phi)
+        return g.value, g.grad
+
+    ref = sp_minimize(fun, np.zeros(5), jac=True, method="L-BFGS-B", bounds=[bounds] * 5,
+                      options={"gtol": 1e-10, "ftol": 1e-14})
+    res = fz.minimize(problem, np.zeros(5), rng=0, bounds=bounds, progress=False, phases=[
+        fz.Phase(steps=60, estimator=fz.TRGU(backprop_steps=5), lr=0.1),
+        fz.Phase(steps=20, estimator=fz.FG2U(num_directions=4), lr=0.05, schedule="cosine"),
+    ])
+    assert res.value <= ref.fun * (1 + 1e-3), (res.value, ref.fun)
+    assert [r.estimator for r in res.history] == ["TRGU"] * 60 + ["FG2U"] * 20
+    assert_within_bounds(res, *bounds)
+
+
+def _load_benchmark():
+    path = os.path.join(REPO, "benchmarks", "two_phase.py")
+    spec = importlib.util.spec_from_file_location("_bench_two_phase", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so that its classes pickle by reference
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(90)
+def test_two_phase_low_fidelity_same_loss_less_solver_time():
+    """The documented benchmark, quick setting: 30 steps on a 200-node solver, then 10 on
+    the 20000-node one, against 40 steps on the 20000-node one.
+
+    Stated tolerances: both final losses within 2% of F* (L-BFGS-B on the high-fidelity
+    solver) and within 1% of each other; the two-phase run spends at most 30% of the
+    single-phase run's high-fidelity solves and at most 70% of its summed solver time
+    (about 40% measured: the 200-node solves are ~40x cheaper, not free).
+    """
+    bench = _load_benchmark()
+    out = bench.run(steps=40)
+    single, two = out["single"], out["two_phase"]
+    f_star, _ = bench.reference_optimum(out["problem"], single.phi)
+    assert single.value <= f_star * 1.02 and two.value <= f_star * 1.02, (single.value,
+                                                                         two.value, f_star)
+    assert abs(two.value - single.value) <= 0.01 * f_star
+    high_nfev_two = sum(r.nfev for r in two.history if r.phase == 1)
+    high_nfev_single = sum(r.nfev for r in single.history)
+    assert high_nfev_two <= 0.3 * high_nfev_single
+    assert two.solver_time <= 0.7 * single.solver_time, (two.solver_time, single.solver_time)
+
+
+# -- bounds and transforms -------------------------------------------------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transform", [None, "log"])
+def test_bounds_hold_at_every_step(ridge, transform):
+    lo, hi = (0.5, 2.0)
+    seen = []
+
+    def check(record):
+        seen.append(record.step)
+        assert np.all(record.phi >= lo) and np.all(record.phi <= hi)
+
+    # A large learning rate drives several entries onto the bounds.
+    res = fz.minimize(ridge.problem(), np.ones(5), fz.FG2UZO(num_directions=4, step=1e-6),
+                      lr=1.0, steps=25, bounds=(lo, hi), transform=transform, rng=1,
+                      callback=check, progress=False)
+    assert seen == list(range(25))
+    assert_within_bounds(res, lo, hi)
+    assert np.any(res.phi == hi) and np.any(res.phi == lo)  # the bounds were active
+
+
+@pytest.mark.timeout(30)
+def test_logit_transform_keeps_phi_inside(ridge):
+    lo = np.array([-1.0, -2.0, -1.0, 0.0, -3.0])
+    hi = np.array([1.0, 2.5, 1.0, 3.0, 3.0])
+    res = fz.minimize(ridge.problem(), np.full(5, 0.5), fz.FG2UZO(num_directions=4, step=1e-6),
+                      lr=0.5, steps=40, bounds=(lo, hi), transform="logit", rng=2,
+                      progress=False)
+    assert_within_bounds(res, lo, hi)
+    start = ridge.problem().outer_value(ridge.inner(np.full(5, 0.5)), np.full(5, 0.5))
+    assert res.value < start
+
+
+def test_transform_chain_rule_matches_finite_differences():
+    bounds = as_bounds(([-np.inf, 0.0, -1.0, -np.inf], [np.inf, 10.0, 2.0, np.inf]), 4)
+    T = ParameterTransform.from_spec([(slice(0, 2), "log"), ([2], "logit")], 4, bounds)
+    assert T.kinds == ("log", "log", "logit", "identity")
+    z = np.array([0.3, -0.7, 0.4, 1.5])
+    w = np.array([1.0, -2.0, 0.5, 3.0])  # F(phi) = w . phi, so dF/dz = w * T'(z)
+    h = 1e-6
+    fd = np.array([(w @ T.forward(z + h * e) - w @ T.forward(z - h * e)) / (2 * h)
+                   for e in np.eye(4)])
+    np.testing.assert_allclose(T.chain(z, w), fd, rtol=1e-8)
+    np.testing.assert_allclose(T.forward(T.inverse(np.array([2.0, 5.0, 0.5, -3.0]))),
+                               [2.0, 5.0, 0.5, -3.0], rtol=1e-14)
+
+
+def test_projection_on_log_entries_is_exact_to_the_ulp():
+    bounds = as_bounds((0.1, 3.0), 3)
+    T = ParameterTransform.from_spec("log", 3, bounds)
+    z, changed = T.project(np.array([5.0, -9.0, 0.2]))
+    assert changed.tolist() == [True, True, False]
+    phi = T.forward(z)
+    assert np.all(phi >= 0.1) and np.all(phi <= 3.0)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("logit", "finite bounds"),
+    (["log", "log"], "length 3"),
+    ("tanh", "transform"),
+])
+def test_transform_errors_name_the_argument(spec, message):
+    with pytest.raises(fz.FG2UValueError, match=message):
+        ParameterTransform.from_spec(spec, 3, as_bounds(None, 3))
+
+
+def test_start_outside_bounds_is_refused(ridge):
+    with pytest.raises(fz.FG2UValueError, match="phi0.*inside `bounds`"):
+        fz.minimize(ridge.problem(), np.full(5, 4.0), fz.FG2UZO(), bounds=BOUNDS, steps=1)
+
+
+# -- schedules -------------------------------------------------------------------------------
+def test_schedules():
+    assert [Linear()(k, 4) for k in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert Cosine()(0, 10) == 1.0 and abs(Cosine()(5, 10) - 0.5) < 1e-15
+    assert Constant()(3, 4) == 1.0
+    assert as_schedule(lambda k, n: 0.5)(0, 1) == 0.5
+    with pytest.raises(fz.FG2UValueError, match="schedule"):
+        as_schedule("exponential")
+
+
+@pytest.mark.timeout(30)
+def test_learning_rate_follows_schedule_per_phase(ridge):
+    res = fz.minimize(ridge.problem(), np.zeros(5), lr=0.1, schedule="linear", rng=0,
+                      progress=False, phases=[
+                          fz.Phase(steps=4, estimator=fz.FG2UZO(num_directions=2, step=1e-6)),
+                          fz.Phase(steps=2, estimator=fz.FG2UZO(num_directions=2, step=1e-6),
+                                   lr=0.05, schedule=lambda k, n: 2.0),
+                      ])
+    lrs = [r.lr for r in res.history]
+    np.testing.assert_allclose(lrs, [0.1, 0.075, 0.05, 0.025, 0.1, 0.1])
+
+
+# -- stopping rules --------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("option, status", [
+    ({"target": 0.17}, "target"),
+    ({"gtol": 1e9}, "gtol"),
+    ({"max_nfev": 40}, "max_nfev"),
+    ({"max_time": 1e-9}, "max_time"),
+    ({"callback": lambda record: record.step == 2}, "callback"),
+])
+def test_stopping_rules(ridge, option, status):
+    res = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6),
+                      lr=0.1, steps=50, rng=0, progress=False, **option)
+    assert res.status == status and res.success
+    assert res.nit < 50
+    if status == "target":
+        assert res.history[-1].value <= 0.17 < res.history[-2].value
+    if status == "max_nfev":
+        assert res.history[-1].nfev_total >= 40 > res.history[-2].nfev_total
+    if status == "callback":
+        assert res.nit == 3
+
+
+# -- evaluator, failures ---------------------------------------------------------------------
+class _CountingEvaluator(fz.Evaluator):
+    instances = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.closed = 0
+        _CountingEvaluator.instances.append(self)
+
+    def close(self):
+        self.closed += 1
+        super().close()
+
+
+@pytest.mark.timeout(30)
+def test_one_evaluator_for_the_whole_run(ridge, monkeypatch):
+    import fg2u_zo.optimize as optimize_module
+
+    _CountingEvaluator.instances = []
+    monkeypatch.setattr(optimize_module, "Evaluator", _CountingEvaluator)
+    fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6),
+                lr=0.1, steps=5, rng=0, progress=False)
+    assert len(_CountingEvaluator.instances) == 1 and _CountingEvaluator.instances[0].closed == 1
+    mine = _CountingEvaluator()
+    fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6),
+                lr=0.1, steps=5, rng=0, progress=False, evaluator=mine)
+    assert mine.closed == 0  # the caller's evaluator stays open
+
+
+@pytest.mark.timeout(30)
+def test_parallel_run_is_identical_to_the_serial_one(ridge):
+    # Directions are drawn in the parent: the backend must not change a single bit.
+    est = fz.FG2UZO(num_directions=4, step=1e-6)
+    kwargs = dict(lr=0.1, steps=4, rng=0, progress=False)
+    serial = fz.minimize(ridge.problem(), np.zeros(5), est, **kwargs)
+    threaded = fz.minimize(ridge.problem(), np.zeros(5), est, backend="threading", n_jobs=2,
+                           **kwargs)
+    assert threaded.phi.tobytes() == serial.phi.tobytes() and threaded.nfev == serial.nfev
+
+
+class BreakingSolver:
+    """Ridge solver that fails on every call once ``broken`` is set (a crashed simulator)."""
+
+    def __init__(self, ridge):
+        self.ridge = ridge
+        self.broken = False
+
+    def __call__(self, phi):
+        if self.broken:
+            raise RuntimeError("license server unreachable")
+        return self.ridge.inner(phi)
+
+
+class _BreakAt:
+    def __init__(self, solver, step):
+        self.solver, self.step = solver, step
+
+    def __call__(self, record):
+        if record.step == self.step:
+            self.solver.broken = True
+
+
+@pytest.mark.timeout(30)
+def test_inner_solver_failure_writes_checkpoint_then_resume_continues(ridge, tmp_path):
+    est = fz.FG2UZO(num_directions=4, step=1e-6)
+    kwargs = dict(lr=0.2, steps=10, rng=3, bounds=BOUNDS, progress=False)
+    reference = fz.minimize(ridge.problem(), np.zeros(5), est, **kwargs)
+
+    solver = BreakingSolver(ridge)
+    problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(fz.InnerSolverError) as info:
+        fz.minimize(problem, np.zeros(5), est, checkpoint=ckpt, checkpoint_every=100,
+                    history=tmp_path / "h.jsonl", callback=_BreakAt(solver, 5), **kwargs)
+    assert str(ckpt) in str(info.value) and "license server" in str(info.value)
+    assert info.value.checkpoint == str(ckpt)
+    saved = fz.read_checkpoint(ckpt)
+    assert saved.step == 6 and saved.status == "failed"  # steps 0..5 done, 6 failed
+
+    solver.broken = False  # the user fixes the simulator
+    res = fz.resume(ckpt, problem, progress=False)
+    assert res.phi.tobytes() == reference.phi.tobytes()
+    lines = (tmp_path / "h.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(10))
+
+
+@pytest.mark.timeout(30)
+def test_failure_without_checkpoint_path_still_saves(ridge):
+    solver = BreakingSolver(ridge)
+    solver.broken = True
+    problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
+    with pytest.raises(fz.InnerSolverError) as info:
+        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2), steps=3,
+                    progress=False)
+    path = info.value.checkpoint
+    try:
+        assert path in str(info.value) and os.path.exists(path)
+        assert fz.read_checkpoint(path).step == 0
+    finally:
+        os.unlink(path)
+
+
+# -- signals ---------------------------------------------------------------------------------
+class _InterruptAt:
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, record):
+        if record.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigint_finishes_step_checkpoints_and_raises(ridge, tmp_path):
+    est = fz.FG2UZO(num_directions=4, step=1e-6)
+    kwargs = dict(lr=0.1, steps=8, rng=0, progress=False)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt, match=str(ckpt)):
+        fz.minimize(ridge.problem(), np.zeros(5), est, checkpoint=ckpt, checkpoint_every=100,
+                    callback=_InterruptAt(2), **kwargs)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    saved = fz.read_checkpoint(ckpt)
+    assert saved.step == 3 and saved.status == "interrupted"
+    resumed = fz.resume(ckpt, ridge.problem(), progress=False)
+    reference = fz.minimize(ridge.problem(), np.zeros(5), est, **kwargs)
+    assert resumed.phi.tobytes() == reference.phi.tobytes()
+
+
+# -- reporting -------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_history_jsonl_lines(ridge, tmp_path):
+    path = tmp_path / "run.jsonl"
+    res = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=4), lr=0.1,
+                      steps=6, rng=0, history=path, progress=False)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 6
+    keys = {"step", "phase", "estimator", "value", "grad_norm", "stderr_norm", "snr", "nfev",
+            "nfev_total", "solver_time", "solver_time_total", "wall_time", "failures",
+            "fd_step", "lr", "phi"}
+    assert keys <= set(lines[0])
+    assert np.cumsum([line["nfev"] for line in lines]).tolist() == [
+        line["nfev_total"] for line in lines]
+    assert lines[0]["fd_step"] > 0 and lines[0]["snr"] > 0
+    back = fz.read_history(path)
+    assert [r.value for r in back] == [r.value for r in res.history]
+    np.testing.assert_array_equal(back[3].phi, res.history[3].phi)
+
+
+@pytest.mark.timeout(30)
+def test_exact_estimator_history_snr_is_null(tmp_path):
+    from fg2u_zo.testing import UnrolledQuadratic
+
+    uq = UnrolledQuadratic(num_params=3, steps=10)
+    problem = fz.BilevelProblem(inner=uq, outer=uq.outer, inner_torch=uq.torch)
+    path = tmp_path / "run.jsonl"
+    fz.minimize(problem, np.zeros(3), fz.RGU(), lr=0.1, steps=3, history=path, progress=False)
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first["snr"] is None and first["fd_step"] is None
+    assert fz.read_history(path)[0].snr == np.inf
+
+
+@pytest.mark.timeout(30)
+def test_progress_bar_and_no_prints(ridge, capsys, monkeypatch):
+    est = fz.FG2UZO(num_directions=2, step=1e-6)
+    fz.minimize(ridge.problem(), np.zeros(5), est, lr=0.1, steps=3, rng=0, progress=False)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    pytest.importorskip("tqdm")
+    fz.minimize(ridge.problem(), np.zeros(5), est, lr=0.1, steps=3, rng=0, progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "nfev" in err and "value" in err
+    # Without tqdm: no bar, no error.
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    res = fz.minimize(ridge.problem(), np.zeros(5), est, lr=0.1, steps=3, rng=0, progress=True)
+    assert res.nit == 3 and capsys.readouterr().err == ""
+
+
+# -- argument errors -------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"optimizer": "lbfgs"}, fz.FG2UValueError, "closure"),
+    ({"optimizer": "nadamw"}, fz.FG2UValueError, "torch.optim"),
+    ({"optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1)},
+     fz.FG2UTypeError, "class, not an instance"),
+    ({"phases": [object()]}, fz.FG2UTypeError, r"phases\[0\]"),
+    ({"lr": -1.0}, fz.FG2UValueError, "lr"),
+    ({"callback": 3}, fz.FG2UTypeError, "callback"),
+    ({"resume": "yes"}, fz.FG2UValueError, "resume"),
+])
+def test_argument_errors(ridge, kwargs, error, message):
+    kwargs = {"steps": 2, "progress": False, **kwargs}
+    with pytest.raises(error, match=message):
+        fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(), **kwargs)
+
+
+def test_phase_validation():
+    with pytest.raises(fz.FG2UValueError, match="Phase steps"):
+        fz.Phase(steps=0)
+    with pytest.raises(fz.FG2UTypeError, match="estimator"):
+        fz.Phase(steps=2, estimator="FG2UZO")
+
+
+def test_torch_estimator_on_a_numpy_phase_solver_fails_before_running(ridge):
+    with pytest.raises(fz.FG2UValueError, match="phase 1"):
+        fz.minimize(ridge.problem(), np.zeros(5), progress=False, phases=[
+            fz.Phase(steps=2, estimator=fz.FG2UZO()),
+            fz.Phase(steps=2, estimator=fz.FG2U(), solver=ridge.inner),
+        ])
