@@ -5,45 +5,60 @@ The public API, and nothing else::
     import fg2u_zo as fz
     problem = fz.BilevelProblem(inner=solver, outer=outer_loss)
     g = fz.FG2UZO(num_directions=16).estimate(problem, phi, rng=0)
+
+Submodules load on first use: a parallel worker that only runs a numpy solver never
+pays for importing torch (seconds per worker process).
 """
 
+import importlib
+
 from ._version import __version__
-from .checks import check_meta_gradient
-from .directions import DIRECTION_FAMILIES, sample_directions
 from .errors import (CheckpointError, ConfigError, FG2UError, FG2UTypeError, FG2UValueError,
                      FG2UWarning, InnerSolverError, InvalidSolverOutputError, NoiseWarning,
                      SolverOutputTypeError)
-from .estimator import Estimator
-from .evaluation import Evaluator
-from .exact import FG2U, RGU
-from .checkpoint import read_checkpoint
-from .history import StepRecord, read_history
-from .optimize import OptimizeResult, Phase, minimize, resume
-from .noise import NoiseEstimate, estimate_noise, noise_needs_refresh
-from .implicit import Neumann
-from .problem import BilevelProblem
-from .result import Failure, GradientCheck, MetaGradient
-from .truncated import TRGU
-from .zeroth_order import FG2UZO, BlackBoxES, CoordinateFD
+
+_EXPORTS = {
+    # problem and estimators
+    "BilevelProblem": "problem",
+    "Estimator": "estimator",
+    "FG2UZO": "zeroth_order", "BlackBoxES": "zeroth_order", "CoordinateFD": "zeroth_order",
+    "FG2U": "exact", "RGU": "exact",
+    "TRGU": "truncated",
+    "Neumann": "implicit",
+    # evaluation
+    "Evaluator": "evaluation",
+    # outer optimization
+    "minimize": "optimize", "resume": "optimize", "Phase": "optimize",
+    "OptimizeResult": "optimize",
+    "StepRecord": "history", "read_history": "history",
+    "read_checkpoint": "checkpoint",
+    # results and checks
+    "MetaGradient": "result", "Failure": "result", "GradientCheck": "result",
+    "check_meta_gradient": "checks",
+    # noise and step selection
+    "NoiseEstimate": "noise", "estimate_noise": "noise", "noise_needs_refresh": "noise",
+    # directions
+    "sample_directions": "directions", "DIRECTION_FAMILIES": "directions",
+}
 
 __all__ = [
-    "__version__",
-    # problem and estimators
-    "BilevelProblem", "Estimator", "FG2UZO", "FG2U", "BlackBoxES", "RGU", "CoordinateFD",
-    "TRGU", "Neumann",
-    # evaluation
-    "Evaluator",
-    # outer optimization
-    "minimize", "resume", "Phase", "OptimizeResult", "StepRecord", "read_history",
-    "read_checkpoint",
-    # results and checks
-    "MetaGradient", "Failure", "GradientCheck", "check_meta_gradient",
-    # noise and step selection
-    "NoiseEstimate", "estimate_noise", "noise_needs_refresh",
-    # directions
-    "sample_directions", "DIRECTION_FAMILIES",
+    "__version__", *_EXPORTS,
     # errors and warnings
     "FG2UError", "FG2UValueError", "FG2UTypeError", "InnerSolverError",
     "InvalidSolverOutputError", "SolverOutputTypeError", "ConfigError",
     "CheckpointError", "FG2UWarning", "NoiseWarning",
 ]
+
+
+def __getattr__(name):
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'fg2u_zo' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
