@@ -40,18 +40,15 @@ largest T; target >= 10).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import gc
 import json
 import os
-import re
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from fg2u_zo.testing import can_reset_peak, peak_memory_mb
 
 FULL_T = (10, 100, 1000, 5000)
 QUICK_T = (10, 500)
@@ -119,51 +116,6 @@ def make_estimator(name, *, directions=16, backprop_steps=10):
 
 
 # -- measuring in the child -----------------------------------------------------------------
-def _status_kb(field):
-    with open("/proc/self/status") as fh:
-        match = re.search(rf"^{field}:\s+(\d+)\s+kB", fh.read(), re.MULTILINE)
-    return int(match.group(1))
-
-
-def _release_free_heap():
-    # Freed tensors stay in glibc's heap and would be reused by the measured run
-    # without raising the RSS; hand them back first so the peak counts them.
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if name:
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-def _reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory_mb(fn):
-    """Run ``fn()``; return ``(result, MB of resident memory it added at its peak, method)``."""
-    _release_free_heap()
-    if _reset_peak():
-        before = _status_kb("VmRSS")
-        out = fn()
-        return out, (_status_kb("VmHWM") - before) / 1024.0, "VmHWM-VmRSS"
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return out, (after - before) / 1024.0, "ru_maxrss"
-
-
-def can_reset_peak() -> bool:
-    """Whether this kernel lets a process reset its peak RSS (several cases per child)."""
-    return _reset_peak()
-
-
 def _child(args, cases):
     import torch
 
@@ -183,7 +135,7 @@ def _child(args, cases):
         problem = build_problem(args.size, T, seed=args.seed)
         start = time.perf_counter()
         result, peak, method = peak_memory_mb(
-            lambda: estimators[name].estimate(problem, phi, rng=0))
+            lambda est=estimators[name], problem=problem: est.estimate(problem, phi, rng=0))
         seconds = time.perf_counter() - start
         del problem
         print(json.dumps({"estimator": name, "T": T, "peak_mb": peak, "seconds": seconds,

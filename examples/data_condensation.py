@@ -36,13 +36,8 @@ largest T of the memory table), the seconds per meta-step and the settings.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import gc
 import json
 import os
-import re
-import resource
 import subprocess
 import sys
 import time
@@ -52,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 import fg2u_zo as fz
+from fg2u_zo.testing import can_reset_peak, map_large_blocks_separately, peak_memory_mb
 from solvers import TorchUnrolled
 
 NUM_CLASSES = 10
@@ -143,60 +139,12 @@ def condense(problem, phi0, estimator, *, steps, lr, seed):
 
 
 # -- memory ----------------------------------------------------------------------------------
-def _status_kb(field):
-    with open("/proc/self/status") as fh:
-        return int(re.search(rf"^{field}:\s+(\d+)\s+kB", fh.read(), re.MULTILINE).group(1))
-
-
-def _reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _release_free_heap():
-    # Freed tensors stay in glibc's heap, where the measured call would reuse them
-    # without raising the RSS: hand them back so that its peak is counted in full.
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if name:
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-def _map_large_blocks_separately():
-    # glibc's adaptive mmap threshold moves freed large blocks into the heap, where
-    # fragmentation then inflates the RSS beyond the live tensors (and drifts with the
-    # number of steps); a fixed 128 KiB threshold makes every larger tensor its own
-    # mapping, returned to the OS when freed, so the RSS follows the live tensors.
-    name = ctypes.util.find_library("c")
-    if name:
-        try:
-            ctypes.CDLL(name).mallopt(-3, 128 * 1024)  # -3 = M_MMAP_THRESHOLD
-        except (OSError, AttributeError):
-            pass
-
-
-def peak_memory_mb(fn):
-    """MB of resident memory ``fn()`` adds at its peak, or None if it cannot be reset."""
-    _release_free_heap()
-    if not _reset_peak():
-        return None
-    before = _status_kb("VmRSS")
-    fn()
-    return (_status_kb("VmHWM") - before) / 1024.0
-
-
 def _memory_case(problem_kwargs, data, labels, phi0, estimator, T):
     problem = make_problem(*data, labels, steps=T, **problem_kwargs)
     # Warm-up at T = 2 so torch's lazily loaded kernels are not counted.
     estimator.estimate(make_problem(*data, labels, steps=2, **problem_kwargs), phi0, rng=0)
-    return peak_memory_mb(lambda: estimator.estimate(problem, phi0, rng=0))
+    _, mb, method = peak_memory_mb(lambda: estimator.estimate(problem, phi0, rng=0))
+    return mb if method == "VmHWM-VmRSS" else None
 
 
 def _memory_in_child(args, name, T):
@@ -216,10 +164,9 @@ def _child_memory_case(args, problem_kwargs, data, labels, phi0):
     est = make_estimators(args)[name]
     est.estimate(make_problem(*data, labels, steps=2, **problem_kwargs), phi0, rng=0)
     problem = make_problem(*data, labels, steps=T, **problem_kwargs)
-    gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    est.estimate(problem, phi0, rng=0)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0)
+    # A fresh process: where the peak counter cannot be reset, ru_maxrss still works.
+    _, mb, _ = peak_memory_mb(lambda: est.estimate(problem, phi0, rng=0))
+    print(mb)
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -287,9 +234,9 @@ def main(argv=None):
               flush=True)
 
     # Peak memory of one meta-gradient against T (same problem, fresh depth each time).
-    in_process = _reset_peak()
+    in_process = can_reset_peak()
     if in_process:
-        _map_large_blocks_separately()
+        map_large_blocks_separately()
     memory = {name: [] for name in estimators}
     for T in args.memory_T:
         for name, est in estimators.items():

@@ -1,4 +1,5 @@
-"""Bilevel problems with known meta-gradients, for tests, benchmarks and examples.
+"""Bilevel problems with known meta-gradients, and a peak-memory probe, for tests,
+benchmarks and examples.
 
 :class:`RidgeHyperproblem` has a closed-form hypergradient and a numpy black-box
 inner solver; :class:`UnrolledQuadratic` is a smooth torch inner solver (unrolled
@@ -7,13 +8,20 @@ gradient descent) that serves both the exact and the zeroth-order path.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
+import re
+import resource
+
 import numpy as np
 import torch
 
 from ._validation import as_generator, check_positive_int
 from .problem import BilevelProblem
 
-__all__ = ["RidgeHyperproblem", "UnrolledQuadratic"]
+__all__ = ["RidgeHyperproblem", "UnrolledQuadratic", "peak_memory_mb", "can_reset_peak",
+           "map_large_blocks_separately"]
 
 
 class RidgeHyperproblem:
@@ -119,3 +127,78 @@ class UnrolledQuadratic:
     def problem(self) -> BilevelProblem:
         return BilevelProblem(inner=self, outer=self.outer, num_params=self.num_params,
                               name="unrolled-quadratic")
+
+
+# -- peak memory of a call (Linux) ------------------------------------------------------------
+def _status_kb(field):
+    with open("/proc/self/status") as fh:
+        return int(re.search(rf"^{field}:\s+(\d+)\s+kB", fh.read(), re.MULTILINE).group(1))
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def _release_free_heap():
+    # Freed tensors stay in glibc's heap, where the measured call would reuse them
+    # without raising the RSS: hand them back so that its peak is counted in full.
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def can_reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter of this process; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def map_large_blocks_separately(threshold: int = 128 * 1024) -> None:
+    """Make glibc give every allocation above ``threshold`` bytes its own mapping.
+
+    glibc's adaptive mmap threshold moves freed large blocks into the heap, where
+    fragmentation inflates the RSS beyond the live tensors (and drifts with the number
+    of steps); a fixed threshold returns each large tensor to the OS when freed, so
+    the RSS follows the live tensors. For a child process, setting the environment
+    variable ``MALLOC_MMAP_THRESHOLD_`` does the same.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, int(threshold))  # -3 = M_MMAP_THRESHOLD
+
+
+def peak_memory_mb(fn):
+    """Run ``fn()`` and measure the resident memory it added at its peak.
+
+    CPU tensors live in ``malloc``'d memory, so the RSS sees them (``tracemalloc``
+    would not). Freed heap pages are returned first, then the peak counter is reset
+    (``/proc/self/clear_refs``) and ``VmHWM - VmRSS`` is read after the call. Where
+    the counter cannot be reset, ``ru_maxrss`` after minus before is returned instead:
+    meaningful only in a fresh process whose earlier peak was lower.
+
+    Returns
+    -------
+    result
+        What ``fn()`` returned.
+    mb : float
+        Megabytes added at the peak.
+    method : {"VmHWM-VmRSS", "ru_maxrss"}
+    """
+    _release_free_heap()
+    if can_reset_peak():
+        before = _status_kb("VmRSS")
+        out = fn()
+        return out, (_status_kb("VmHWM") - before) / 1024.0, "VmHWM-VmRSS"
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return out, (after - before) / 1024.0, "ru_maxrss"

@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 # The tests run many tiny torch computations; on a 2-core machine shared with
@@ -7,3 +8,18 @@ import torch
 torch.set_num_threads(1)
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One real dask cluster on 127.0.0.1 (2 worker processes) for the whole session.
+
+    Tests that kill workers start their own cluster instead.
+    """
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()

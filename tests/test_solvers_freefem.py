@@ -91,18 +91,6 @@ def rel_err(a, ref):
     return float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    from dask.distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None)
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 # -- the model is right ------------------------------------------------------------------
 
 @pytest.mark.timeout(60)

@@ -79,18 +79,6 @@ def singular(phi, n=5):
 B_LIN = np.sin(np.arange(50.0))
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    from dask.distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None)
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 # -- SolveIVP ----------------------------------------------------------------------------
 
 def test_solve_ivp_exponential_decay():

@@ -50,18 +50,6 @@ def random_state_of(est):
     return np.array(states, dtype=float)
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    from dask.distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None)
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 # -- known answers ---------------------------------------------------------------------
 
 def test_ridge_with_log_penalty_and_sigmoid_weights_matches_closed_form():

@@ -64,18 +64,6 @@ def _alive(pid):
         return True
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    from dask.distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None)
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 # -- known answers ---------------------------------------------------------------------
 
 def test_whole_vector_template_round_trips_exactly(tmp_path):
