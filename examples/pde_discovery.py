@@ -154,6 +154,7 @@ def main(argv=None):
     parser.add_argument("--init", default=None, help="name=value,... (default: 2 x default)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=0.05, help="Adam step in log-coefficients")
+    parser.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="Adam betas")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--n-jobs", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="short run for a smoke check")
@@ -179,6 +180,7 @@ def main(argv=None):
     # estimate is then exact up to the O(h^2) finite-difference error.
     estimator = fz.FG2UZO(num_directions=len(learn), directions="orthogonal", scheme="central")
     result = fz.minimize(problem, phi0, estimator, optimizer="adam", lr=args.lr, steps=steps,
+                         optimizer_options={"betas": tuple(args.betas)},
                          schedule="linear", rng=args.seed, backend=args.backend,
                          n_jobs=args.n_jobs, progress=False)
     wall = time.perf_counter() - start

@@ -21,6 +21,8 @@ Keys of a line (non-finite floats are written as ``null``)::
     wall_time         seconds of wall-clock time since the run began (summed over resumes)
     failures          evaluations dropped in this step
     fd_step           finite-difference step of the estimate (null on exact paths)
+    fd_error          predicted relative error of one directional difference at that
+                      step, from the noise estimate behind it (null without one)
     lr                learning rate used for the step
     phi               phi at the start of the step, when N <= PHI_MAX_SIZE
 """
@@ -70,6 +72,7 @@ class StepRecord:
     failures: int
     fd_step: float | None
     lr: float
+    fd_error: float | None = None
     phi: np.ndarray | None = None
 
     def to_dict(self) -> dict:

@@ -641,7 +641,7 @@ class _Run:
             nfev_total=self.totals["nfev"], solver_time=float(g.solver_time),
             solver_time_total=self.totals["solver_time"], wall_time=self.wall_time(),
             failures=len(g.failures), fd_step=None if g.step is None else float(g.step),
-            lr=float(lr), phi=phi)
+            lr=float(lr), fd_error=_predicted_fd_error(g), phi=phi)
         self.step += 1
         self.step_in_phase += 1
         if self.history_writer is not None:
@@ -685,6 +685,14 @@ class _Run:
             raise KeyboardInterrupt(msg)
         self.signal_message = msg
         return "sigterm"
+
+
+def _predicted_fd_error(g) -> float | None:
+    """The noise estimate's predicted relative error of one difference, if any."""
+    if g.noise is None or g.scheme is None:
+        return None
+    err = float(g.noise.relative_error(g.scheme))
+    return err if math.isfinite(err) else None
 
 
 _MESSAGES = {

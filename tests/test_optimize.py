@@ -493,3 +493,19 @@ def test_torch_estimator_on_a_numpy_phase_solver_fails_before_running(ridge):
             fz.Phase(steps=2, estimator=fz.FG2UZO()),
             fz.Phase(steps=2, estimator=fz.FG2U(), solver=ridge.inner),
         ])
+
+
+def test_history_reports_the_fd_step_and_its_predicted_error(tmp_path):
+    # Issue: the chosen step and the predicted FD error belong in the run history.
+    from fg2u_zo.testing import RidgeHyperproblem
+
+    ridge = RidgeHyperproblem(num_features=3, rng=0)
+    path = tmp_path / "run.jsonl"
+    fz.minimize(ridge.problem(), np.zeros(3), fz.FG2UZO(num_directions=2), steps=3,
+                history=path, rng=0, progress=False)
+    records = fz.read_history(path)
+    assert len(records) == 3
+    for rec in records:
+        assert rec.fd_step is not None and rec.fd_step > 0
+        # float64 closed-form solver: the difference carries many digits
+        assert rec.fd_error is not None and 0 < rec.fd_error < 1e-6
