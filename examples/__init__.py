@@ -1,0 +1,1 @@
+"""Runnable examples (scripts); a package only so that benchmarks can import ``examples._peers``."""
