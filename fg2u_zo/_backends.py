@@ -300,6 +300,13 @@ class DaskBackend(_Backend):
     def parallelism(self):
         return max(1, self._capacity // 2)
 
+    def workers(self):
+        """Worker threads of the cluster now (it may grow or shrink between calls)."""
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - a cluster that cannot answer: the last count
+            return self.parallelism()
+
     def begin(self, solver, kwargs, expected_shape):
         self.start()
         payload = Payload(uuid.uuid4().hex, _dumps((solver, kwargs, expected_shape), self.name))

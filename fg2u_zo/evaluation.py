@@ -332,8 +332,9 @@ class Evaluator:
     n_jobs : int, optional
         Number of workers; joblib's convention for negative values (``-1``: all CPUs).
         Default: the ``joblib.parallel_config`` value, else 1 for ``"sequential"`` and
-        ``os.cpu_count()`` for the other backends (for an existing dask cluster or ray
-        cluster, the number of its threads/CPUs is used).
+        ``os.cpu_count()`` for the other backends. An existing dask or ray cluster runs
+        as many evaluations at once as it has threads/CPUs, whatever ``n_jobs`` says:
+        :attr:`workers` reports that number.
     timeout : float, optional
         Seconds allowed for one evaluation; ``None``: no limit. An evaluation that runs
         longer is a failure of kind ``"timeout"``.
@@ -496,6 +497,14 @@ class Evaluator:
 
     def __exit__(self, *exc):
         self.close()
+
+    @property
+    def workers(self) -> int:
+        """Evaluations that can run at once: ``n_jobs``, or for an existing dask
+        cluster its worker threads (asked of the scheduler; starts the backend)."""
+        self.start()
+        count = getattr(self._impl, "workers", None)
+        return int(count()) if callable(count) else int(self._impl.parallelism())
 
     def start(self):
         """Start the workers (or cluster) now and wait until they accept work.

@@ -471,3 +471,14 @@ def test_dask_and_ray_are_imported_only_when_asked_for():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=100, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.dask
+@pytest.mark.timeout(120)
+def test_workers_reports_the_cluster_size_not_n_jobs(dask_client):
+    # An existing cluster runs as many evaluations at once as it has threads.
+    with fz.Evaluator(client=dask_client, n_jobs=7) as ev:
+        assert ev.n_jobs == 7
+        assert ev.workers == sum(dask_client.nthreads().values()) == 2
+    with fz.Evaluator("threading", n_jobs=3) as ev:
+        assert ev.workers == 3
