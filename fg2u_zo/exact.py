@@ -160,15 +160,20 @@ class RGU(Estimator):
         """Exact meta-gradient at ``phi``; ``rng`` and the backend options are ignored."""
         wall_start = time.perf_counter()
         self.check_problem(problem)
-        phi = check_phi(phi, problem.num_params)
-        phi_t = torch.tensor(phi, dtype=torch.float64, requires_grad=True)
-        theta = _check_theta(problem.inner_torch(phi_t), "at phi")
-        loss = problem.outer_torch(theta, phi_t)
-        (grad,) = torch.autograd.grad(loss, (phi_t,), allow_unused=True)
-        grad = np.zeros_like(phi) if grad is None else grad.detach().numpy().copy()
-        solver_time = time.perf_counter() - wall_start
-        return MetaGradient(
-            grad=grad, value=float(loss.detach()), stderr=np.zeros_like(phi), nfev=1,
-            num_directions=0, failures=[], theta=theta.detach().numpy().astype(np.float64),
-            estimator=self.name, solver_time=solver_time,
-            wall_time=time.perf_counter() - wall_start)
+        return reverse_mode_gradient(problem, problem.inner_torch, phi, self.name, wall_start)
+
+
+def reverse_mode_gradient(problem, inner, phi, name, wall_start) -> MetaGradient:
+    """One backward pass through ``inner(phi)`` and the outer loss: the reverse-mode
+    estimators' shared body (``inner`` is the full or the truncated torch solver)."""
+    phi = check_phi(phi, problem.num_params)
+    phi_t = torch.tensor(phi, dtype=torch.float64, requires_grad=True)
+    theta = _check_theta(inner(phi_t), "at phi")
+    loss = problem.outer_torch(theta, phi_t)
+    (grad,) = torch.autograd.grad(loss, (phi_t,), allow_unused=True)
+    grad = np.zeros_like(phi) if grad is None else grad.detach().numpy().copy()
+    solver_time = time.perf_counter() - wall_start
+    return MetaGradient(
+        grad=grad, value=float(loss.detach()), stderr=np.zeros_like(phi), nfev=1,
+        num_directions=0, failures=[], theta=theta.detach().numpy().astype(np.float64),
+        estimator=name, solver_time=solver_time, wall_time=time.perf_counter() - wall_start)

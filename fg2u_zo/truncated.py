@@ -13,13 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-import torch
 
-from ._validation import check_phi, check_positive_int
+from ._validation import check_positive_int
 from .errors import FG2UValueError
 from .estimator import Estimator
-from .exact import _check_theta
+from .exact import reverse_mode_gradient
 from .result import MetaGradient
 
 __all__ = ["TRGU"]
@@ -129,15 +127,6 @@ class TRGU(Estimator):
         wall_start = time.perf_counter()
         self.check_problem(problem)
         inner = truncatable_inner(problem, "TRGU")
-        phi = check_phi(phi, problem.num_params)
-        phi_t = torch.tensor(phi, dtype=torch.float64, requires_grad=True)
-        theta = _check_theta(inner(phi_t, backprop_steps=self.backprop_steps), "at phi")
-        loss = problem.outer_torch(theta, phi_t)
-        (grad,) = torch.autograd.grad(loss, (phi_t,), allow_unused=True)
-        grad = np.zeros_like(phi) if grad is None else grad.detach().numpy().copy()
-        solver_time = time.perf_counter() - wall_start
-        return MetaGradient(
-            grad=grad, value=float(loss.detach()), stderr=np.zeros_like(phi), nfev=1,
-            num_directions=0, failures=[], theta=theta.detach().numpy().astype(np.float64),
-            estimator=self.name, solver_time=solver_time,
-            wall_time=time.perf_counter() - wall_start)
+        return reverse_mode_gradient(
+            problem, lambda phi_t: inner(phi_t, backprop_steps=self.backprop_steps), phi,
+            self.name, wall_start)

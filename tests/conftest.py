@@ -14,7 +14,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 def dask_client():
     """One real dask cluster on 127.0.0.1 (2 worker processes) for the whole session.
 
-    Tests that kill workers start their own cluster instead.
+    A test that kills a worker waits until the nanny has restarted it, so the
+    next test finds two workers again.
     """
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
