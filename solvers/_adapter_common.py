@@ -56,6 +56,15 @@ def as_theta(value, *, where, n_outputs=None, workdir=None):
     return theta
 
 
+def finite_vector(value, name):
+    """``value`` as a non-empty finite 1-D float64 array, or an error naming ``name``."""
+    x = np.asarray(value, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise FG2UValueError(f"`{name}` must be a non-empty finite 1-D array, got shape "
+                             f"{x.shape}")
+    return x
+
+
 def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

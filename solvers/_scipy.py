@@ -8,8 +8,8 @@ import numpy as np
 
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, FG2UWarning, InnerSolverError
 
-from ._adapter_common import (as_phi, as_theta, choice, exception_detail, positive_int,
-                              positive_number)
+from ._adapter_common import (as_phi, as_theta, choice, exception_detail, finite_vector,
+                              positive_int, positive_number)
 
 __all__ = ["SolveIVP", "ScipyMinimize", "SparseLinear"]
 
@@ -92,11 +92,7 @@ class SolveIVP:
     def __init__(self, rhs, y0, t_span, t_eval, *, method="DOP853", rtol=1e-10, atol=1e-12,
                  learn_y0=False, jac=None, **options):
         self.rhs = _check_callable(rhs, "rhs", "rhs(t, y, phi) -> dy/dt")
-        y0 = np.asarray(y0, dtype=np.float64)
-        if y0.ndim != 1 or y0.size == 0 or not np.all(np.isfinite(y0)):
-            raise FG2UValueError(f"`y0` must be a non-empty finite 1-D array, got shape "
-                                 f"{y0.shape}")
-        self.y0 = y0
+        self.y0 = finite_vector(y0, "y0")
         t_span = tuple(float(t) for t in t_span)
         if len(t_span) != 2 or not t_span[0] != t_span[1]:
             raise FG2UValueError(f"`t_span` must be (t0, t1) with t0 != t1, got {t_span}")
@@ -215,11 +211,7 @@ class ScipyMinimize:
     def __init__(self, objective, x0, *, method=None, jac=None, bounds=None, tol=1e-10,
                  options=None, on_failure="raise"):
         self.objective = _check_callable(objective, "objective", "objective(theta, phi)")
-        x0 = np.asarray(x0, dtype=np.float64)
-        if x0.ndim != 1 or x0.size == 0 or not np.all(np.isfinite(x0)):
-            raise FG2UValueError(f"`x0` must be a non-empty finite 1-D array, got shape "
-                                 f"{x0.shape}")
-        self.x0 = x0
+        self.x0 = finite_vector(x0, "x0")
         if method is not None and not isinstance(method, str):
             raise FG2UTypeError(f"`method` must be a scipy.optimize.minimize method name "
                                 f"such as 'BFGS' or 'L-BFGS-B', got {type(method).__name__}")
