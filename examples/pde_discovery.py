@@ -9,7 +9,7 @@ the simulated field in torch — is differentiated exactly. ``fz.minimize`` with
 takes the steps.
 
     python examples/pde_discovery.py --quick
-    python examples/pde_discovery.py --equation burgers --data ../shared/data/burgers.mat \\
+    python examples/pde_discovery.py --equation burgers --data examples/data/burgers.mat \\
         --points 100 --truth nu=0.0031830988618379067,lam=1 --learn nu
 
 The data file uses Raissi's layout (``x``, ``tt`` or ``t``, ``uu`` or ``u``); the

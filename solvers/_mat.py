@@ -71,7 +71,7 @@ def load_raissi_mat(path):
 
     Examples
     --------
-    >>> x, t, u = load_raissi_mat("../shared/data/burgers.mat")   # doctest: +SKIP
+    >>> x, t, u = load_raissi_mat("examples/data/burgers.mat")   # doctest: +SKIP
     >>> u.shape == (t.size, x.size)                               # doctest: +SKIP
     True
     """

@@ -20,17 +20,14 @@ from solvers._mat import load_raissi_mat
 from solvers.spectral import AllenCahn, Burgers, KdV
 
 ROOT = Path(__file__).resolve().parents[1]
-# The copy shipped with the examples; the shared original beside the repository is the
-# same file (DESIGN: tests read it from ../shared/data when present).
-DATA_FILES = [ROOT.parent / "shared" / "data" / "burgers.mat",
-              ROOT / "examples" / "data" / "burgers.mat"]
+# Raissi's Burgers data, as shipped with the examples.
+BURGERS_MAT = ROOT / "examples" / "data" / "burgers.mat"
 NU = 0.01 / math.pi
 
 
 @pytest.fixture(scope="module")
 def burgers_data():
-    path = next(p for p in DATA_FILES if p.exists())  # the shipped copy always exists
-    return load_raissi_mat(path)
+    return load_raissi_mat(BURGERS_MAT)
 
 
 def _rel(a, b):
