@@ -66,6 +66,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import pathlib
 import platform
 import signal
@@ -155,16 +156,12 @@ class CallLog:
 
         self.case, self.budget, self.stop_at = case, int(budget), float(stop_at)
         self.groups, self.group_best = [], []
+        self.nfev, self.best = 0, math.inf   # running totals, not recomputed per call
         self._exhausted = BudgetExhausted
         self._num_residuals = None
 
-    @property
-    def nfev(self):
-        return int(sum(self.groups))
-
     def _check(self, count):
-        best = min((v for v in self.group_best if not math.isnan(v)), default=math.inf)
-        if best <= self.stop_at or self.nfev + count > self.budget:
+        if self.best <= self.stop_at or self.nfev + count > self.budget:
             raise self._exhausted
 
     def _value(self, x):
@@ -176,8 +173,10 @@ class CallLog:
 
     def _log(self, values):
         self.groups.append(len(values))
+        self.nfev += len(values)
         finite = [v for v in values if math.isfinite(v)]
         self.group_best.append(min(finite) if finite else math.nan)
+        self.best = min([self.best] + finite)
 
     def f(self, x):
         self._check(1)
@@ -316,8 +315,7 @@ def run_peer(runner, case, setting, seed, budget, stop_at, *, least_squares=Fals
     except Exception as exc:  # a peer crashing is a result too; keep what it did
         status = f"error: {type(exc).__name__}: {exc}"[:200]
     wall = time.perf_counter() - start
-    if status == "budget" and log.group_best and min(
-            (v for v in log.group_best if not math.isnan(v)), default=math.inf) <= stop_at:
+    if status == "budget" and log.best <= stop_at:
         status = "stopped past target"
     return log.trace("", _describe(setting), seed, wall, status,
                      merge_first=case.size + 1 if merge_init else 0)
@@ -692,7 +690,6 @@ def machine():
                 break
     except OSError:
         pass
-    import os
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "numpy": numpy.__version__, "torch": torch.__version__}
 

@@ -68,6 +68,11 @@ class RidgeHyperproblem:
         r = torch.as_tensor(self.X_val) @ theta - torch.as_tensor(self.y_val)
         return 0.5 * (r ** 2).mean()
 
+    def outer_numpy(self, theta, phi):
+        """:meth:`outer` in numpy: the outer loss of a black-box (non-torch) objective."""
+        r = self.X_val @ np.asarray(theta) - self.y_val
+        return 0.5 * float(np.mean(r ** 2))
+
     def grad_theta(self, theta):
         r = self.X_val @ theta - self.y_val
         return self.X_val.T @ r / len(self.y_val)

@@ -179,10 +179,7 @@ def test_noise_of_single_precision_outputs(ridge):
 
 
 def test_noise_of_the_objective_for_blackbox(ridge):
-    def outer_np(theta, phi):
-        return 0.5 * np.mean((ridge.X_val @ theta - ridge.y_val) ** 2)
-
-    problem = fz.BilevelProblem(inner=Printed(ridge.inner, 6), outer=outer_np,
+    problem = fz.BilevelProblem(inner=Printed(ridge.inner, 6), outer=ridge.outer_numpy,
                                 differentiable_outer=False)
     theta = problem.inner(PHI)
     truth = rounding_noise(ridge.grad_theta(theta), theta, last_digit_unit(theta, 6))
@@ -370,10 +367,7 @@ def test_noise_argument_is_validated(ridge):
 
 
 def test_coordinate_fd_and_blackbox_take_noise(ridge):
-    def outer_np(theta, phi):
-        return 0.5 * np.mean((ridge.X_val @ theta - ridge.y_val) ** 2)
-
-    problem = fz.BilevelProblem(inner=Printed(ridge.inner, 7), outer=outer_np,
+    problem = fz.BilevelProblem(inner=Printed(ridge.inner, 7), outer=ridge.outer_numpy,
                                 differentiable_outer=False)
     truth = ridge.hypergradient(PHI)
     with pytest.warns(fz.NoiseWarning):

@@ -11,7 +11,6 @@ import pickle
 import shutil
 import time
 
-import joblib
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -20,6 +19,7 @@ import torch
 from scipy.interpolate import RegularGridInterpolator
 
 import fg2u_zo as fz
+from _parallel_checks import assert_dask_matches_serial, assert_loky_matches_serial
 from fg2u_zo.errors import FG2UValueError, InnerSolverError
 from solvers import FreeFem, diffusion_model
 from solvers._freefem import MODELS_DIR, format_param_file
@@ -274,20 +274,11 @@ def test_pickle_round_trip():
 @pytest.mark.timeout(120)
 def test_loky_matches_serial():
     model = diffusion_model(K=2, mesh=16)
-    points = _points()
-    serial = [model(p) for p in points]
-    parallel = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(model)(p)
-                                                         for p in points)
-    for a, b in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b)
+    assert_loky_matches_serial((model, p) for p in _points())
 
 
 @pytest.mark.dask
 @pytest.mark.timeout(120)
 def test_dask_matches_serial(dask_client):
     model = diffusion_model(K=2, mesh=16)
-    points = _points()
-    serial = [model(p) for p in points]
-    futures = [dask_client.submit(model, p, pure=False) for p in points]
-    for a, b in zip(serial, dask_client.gather(futures)):
-        np.testing.assert_array_equal(a, b)
+    assert_dask_matches_serial(dask_client, ((model, p) for p in _points()))

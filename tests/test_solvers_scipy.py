@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pickle
-import warnings
 
-import joblib
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from _parallel_checks import assert_dask_matches_serial, assert_loky_matches_serial
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, FG2UWarning, InnerSolverError
 from solvers import ScipyMinimize, SolveIVP, SparseLinear
 
@@ -254,6 +253,10 @@ def _solvers():
     ]
 
 
+def _jobs():
+    return [(solver, phi + 0.1 * i) for solver, phi in _solvers() for i in range(2)]
+
+
 def test_nonfinite_phi_refused():
     for solver, phi in _solvers():
         with pytest.raises(FG2UValueError, match="finite"):
@@ -268,22 +271,10 @@ def test_pickle_round_trip():
 
 @pytest.mark.timeout(120)
 def test_loky_matches_serial():
-    jobs = [(solver, phi + 0.1 * i) for solver, phi in _solvers() for i in range(2)]
-    serial = [solver(phi) for solver, phi in jobs]
-    parallel = joblib.Parallel(n_jobs=2, backend="loky")(
-        joblib.delayed(solver)(phi) for solver, phi in jobs)
-    for a, b in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b)
+    assert_loky_matches_serial(_jobs())
 
 
 @pytest.mark.dask
 @pytest.mark.timeout(120)
 def test_dask_matches_serial(dask_client):
-    jobs = [(solver, phi + 0.1 * i) for solver, phi in _solvers() for i in range(2)]
-    serial = [solver(phi) for solver, phi in jobs]
-    futures = [dask_client.submit(solver, phi, pure=False) for solver, phi in jobs]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        parallel = dask_client.gather(futures)
-    for a, b in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b)
+    assert_dask_matches_serial(dask_client, _jobs())

@@ -6,7 +6,6 @@ import pickle
 import sys
 import warnings
 
-import joblib
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
@@ -14,6 +13,7 @@ from sklearn.linear_model import ElasticNet, LogisticRegression, Ridge, SGDRegre
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from _parallel_checks import assert_dask_matches_serial, assert_loky_matches_serial
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from solvers import SklearnFit
 
@@ -219,18 +219,11 @@ def test_pickle_round_trip():
 @pytest.mark.timeout(120)
 def test_loky_matches_serial():
     solver = _solver()
-    serial = [solver(p) for p in _points()]
-    parallel = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(solver)(p)
-                                                         for p in _points())
-    for a, b in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b)
+    assert_loky_matches_serial((solver, p) for p in _points())
 
 
 @pytest.mark.dask
 @pytest.mark.timeout(120)
 def test_dask_matches_serial(dask_client):
     solver = _solver()
-    serial = [solver(p) for p in _points()]
-    futures = [dask_client.submit(solver, p, pure=False) for p in _points()]
-    for a, b in zip(serial, dask_client.gather(futures)):
-        np.testing.assert_array_equal(a, b)
+    assert_dask_matches_serial(dask_client, ((solver, p) for p in _points()))

@@ -9,10 +9,10 @@ import pickle
 import sys
 import time
 
-import joblib
 import numpy as np
 import pytest
 
+from _parallel_checks import assert_dask_matches_serial, assert_loky_matches_serial
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from solvers import Subprocess
 
@@ -295,12 +295,7 @@ def test_pickle_round_trip(tmp_path):
 @pytest.mark.timeout(120)
 def test_loky_matches_serial():
     solver = sim("ok", writer=write_plain)
-    points = _points()
-    serial = [solver(p) for p in points]
-    parallel = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(solver)(p)
-                                                         for p in points)
-    for a, b in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b)
+    assert_loky_matches_serial((solver, p) for p in _points())
 
 
 @pytest.mark.dask
@@ -308,10 +303,7 @@ def test_loky_matches_serial():
 def test_dask_matches_serial(dask_client, tmp_path):
     solver = sim("ok", template="{phi}")
     points = _points()
-    serial = [solver(p) for p in points]
-    futures = [dask_client.submit(solver, p, pure=False) for p in points]
-    for a, b in zip(serial, dask_client.gather(futures)):
-        np.testing.assert_array_equal(a, b)
+    assert_dask_matches_serial(dask_client, ((solver, p) for p in points))
     # A failure on a worker comes back as InnerSolverError with its kind intact.
     bad = dask_client.submit(sim("fail", template="{phi}", workdir_root=tmp_path), points[0],
                              pure=False)
