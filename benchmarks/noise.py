@@ -8,7 +8,7 @@ so only the difference table can see it). For each level and scheme, the relativ
 error of FG2UZO's gradient with
 
 * ``auto``: ``step="auto"`` (noise probe, then the noise-optimal step);
-* ``default``: the scale-aware default ``fg2u_zo.steps.default_step``, tuned for
+* ``default``: the scale-aware default ``fg2u_zo.noise.steps.default_step``, tuned for
   outputs exact to double precision;
 * ``best``: the best of a log-spaced sweep of fixed steps, in hindsight.
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import fg2u_zo as fz
-from fg2u_zo.steps import default_step
+from fg2u_zo.noise.steps import default_step
 from fg2u_zo.testing import RidgeHyperproblem, UnrolledQuadratic
 
 DIGITS = (4, 6, 8, 10, 12)

@@ -20,25 +20,26 @@ from .errors import (CheckpointError, ConfigError, FG2UError, FG2UTypeError, FG2
 _EXPORTS = {
     # problem and estimators
     "BilevelProblem": "problem",
-    "Estimator": "estimator",
-    "FG2UZO": "zeroth_order", "BlackBoxES": "zeroth_order", "CoordinateFD": "zeroth_order",
-    "FG2U": "exact", "RGU": "exact",
-    "TRGU": "truncated",
-    "Neumann": "implicit",
+    "Estimator": "estimators.base",
+    "FG2UZO": "estimators.zeroth_order", "BlackBoxES": "estimators.zeroth_order",
+    "CoordinateFD": "estimators.zeroth_order",
+    "FG2U": "estimators.exact", "RGU": "estimators.exact",
+    "TRGU": "estimators.truncated",
+    "Neumann": "estimators.implicit",
     # evaluation
     "Evaluator": "evaluation",
     # outer optimization
-    "minimize": "optimize", "resume": "optimize", "Phase": "optimize",
-    "OptimizeResult": "optimize",
-    "StepRecord": "history", "read_history": "history",
-    "read_checkpoint": "checkpoint",
+    "minimize": "outer.minimize", "resume": "outer.minimize", "Phase": "outer.minimize",
+    "OptimizeResult": "outer.minimize",
+    "StepRecord": "outer.history", "read_history": "outer.history",
+    "read_checkpoint": "outer.checkpoint",
     # results and checks
     "MetaGradient": "result", "Failure": "result", "GradientCheck": "result",
     "check_meta_gradient": "checks",
     # noise and step selection
     "NoiseEstimate": "noise", "estimate_noise": "noise", "noise_needs_refresh": "noise",
     # directions
-    "sample_directions": "directions", "DIRECTION_FAMILIES": "directions",
+    "sample_directions": "estimators.directions", "DIRECTION_FAMILIES": "estimators.directions",
 }
 
 __all__ = [

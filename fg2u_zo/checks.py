@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import as_generator
+from .validation import as_generator
 from .result import GradientCheck
 
 __all__ = ["check_meta_gradient"]
@@ -45,8 +45,8 @@ def check_meta_gradient(problem, phi, *, estimator=None, reference=None, rng=0,
     True
     """
     # Imported here: the estimators import this package's modules at import time.
-    from .exact import RGU
-    from .zeroth_order import FG2UZO, BlackBoxES, CoordinateFD
+    from .estimators.exact import RGU
+    from .estimators.zeroth_order import FG2UZO, BlackBoxES, CoordinateFD
 
     if estimator is None:
         estimator = (FG2UZO(num_directions=16) if problem.differentiable_outer

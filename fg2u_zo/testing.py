@@ -17,7 +17,7 @@ import resource
 import numpy as np
 import torch
 
-from ._validation import as_generator, check_positive_int
+from .validation import as_generator, check_positive_int
 from .problem import BilevelProblem
 
 __all__ = ["RidgeHyperproblem", "UnrolledQuadratic", "peak_memory_mb", "can_reset_peak",

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fg2u_zo as fz
-from fg2u_zo.checkpoint import (Checkpoint, generator_state, read_checkpoint,
+from fg2u_zo.outer.checkpoint import (Checkpoint, generator_state, read_checkpoint,
                                 write_checkpoint)
 from fg2u_zo.testing import RidgeHyperproblem
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import fg2u_zo as fz
-from fg2u_zo.cli import main
-from fg2u_zo.config import load_config
+from fg2u_zo.cli.main import main
+from fg2u_zo.cli.config import load_config
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CASE_FILES = ("cli_sim.py", "cli_template.txt", "cli_obs.txt", "cli_model.py")
@@ -260,7 +260,7 @@ def test_plot_writes_a_png_of_the_stated_size(history_file, tmp_path, capsys):
 
 
 def test_figure_has_the_stated_axes(history_file):
-    from fg2u_zo.plotting import AXIS_LABELS, DPI, FIGSIZE, history_figure
+    from fg2u_zo.outer.plotting import AXIS_LABELS, DPI, FIGSIZE, history_figure
 
     fig = history_figure(history_file)
     labels = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]

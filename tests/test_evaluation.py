@@ -23,7 +23,7 @@ import pytest
 
 import _faulty_solvers as fs
 import fg2u_zo as fz
-from fg2u_zo.evaluation import _BatchSizer
+from fg2u_zo.evaluation.evaluator import _BatchSizer
 from fg2u_zo.testing import RidgeHyperproblem
 
 PHI = np.array([0.5, -0.3, 1.0, 0.0, 2.0])

@@ -9,7 +9,7 @@ must reproduce it exactly (``np.array_equal``, no tolerance).
 import numpy as np
 import pytest
 
-from tests._golden import BACKENDS, GOLDEN, estimate_cases, run_cases
+from _golden import BACKENDS, GOLDEN, estimate_cases, run_cases
 
 golden = np.load(GOLDEN)
 CASES, EXACT = estimate_cases()

@@ -1,4 +1,4 @@
-"""Noise estimation and the noise-aware step (fg2u_zo.noise, fg2u_zo.steps).
+"""Noise estimation and the noise-aware step (fg2u_zo.noise.estimate, fg2u_zo.noise.steps).
 
 Synthetic solvers with a known noise level: smooth functions printed to d significant
 digits, rounded without a short decimal form, given single-precision outputs, or
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import fg2u_zo as fz
-from fg2u_zo.noise import auto_step
-from fg2u_zo.steps import default_step, max_step, noise_optimal_step, predicted_fd_error
+from fg2u_zo.noise.estimate import auto_step
+from fg2u_zo.noise.steps import default_step, max_step, noise_optimal_step, predicted_fd_error
 from fg2u_zo.testing import RidgeHyperproblem
 
 PHI = np.array([0.5, -0.3, 1.0, 0.0, 2.0])

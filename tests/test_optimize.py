@@ -13,9 +13,9 @@ import torch
 from scipy.optimize import minimize as sp_minimize
 
 import fg2u_zo as fz
-from fg2u_zo.schedules import Constant, Cosine, Linear, as_schedule
+from fg2u_zo.outer.schedules import Constant, Cosine, Linear, as_schedule
 from fg2u_zo.testing import RidgeHyperproblem
-from fg2u_zo.transforms import ParameterTransform, as_bounds
+from fg2u_zo.outer.transforms import ParameterTransform, as_bounds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOUNDS = (-3.0, 3.0)
@@ -299,7 +299,7 @@ class _CountingEvaluator(fz.Evaluator):
 
 @pytest.mark.timeout(30)
 def test_one_evaluator_for_the_whole_run(ridge, monkeypatch):
-    import fg2u_zo.optimize as optimize_module
+    import fg2u_zo.outer.minimize as optimize_module
 
     _CountingEvaluator.instances = []
     monkeypatch.setattr(optimize_module, "Evaluator", _CountingEvaluator)

@@ -15,7 +15,7 @@ def test_every_public_name_resolves():
 def test_workers_do_not_import_torch():
     # A parallel worker imports the package to run a numpy solver; torch costs seconds
     # per worker process, so it must stay out of that path.
-    code = ("import sys, fg2u_zo, fg2u_zo._parallel_worker, fg2u_zo.errors, solvers._freefem, "
+    code = ("import sys, fg2u_zo, fg2u_zo.evaluation.worker, fg2u_zo.errors, solvers._freefem, "
             "solvers._subprocess; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
@@ -23,6 +23,6 @@ def test_workers_do_not_import_torch():
 
 
 def test_version_from_the_command_line():
-    out = subprocess.run([sys.executable, "-m", "fg2u_zo.cli", "--version"],
+    out = subprocess.run([sys.executable, "-m", "fg2u_zo.cli.main", "--version"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"fg2u-zo {fz.__version__}"

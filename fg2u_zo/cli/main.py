@@ -17,8 +17,8 @@ import logging
 import os
 import sys
 
-from ._version import __version__
-from .errors import CheckpointError, ConfigError, FG2UError
+from .._version import __version__
+from ..errors import CheckpointError, ConfigError, FG2UError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the optimization described by a TOML config",
                          description="Run the outer optimization described by a TOML "
-                                     "config (see fg2u_zo.config for the schema).")
+                                     "config (see fg2u_zo.cli.config for the schema).")
     run.add_argument("config", help="the .toml file")
     run.add_argument("--steps", type=int, help="override the number of steps (the last "
                                                "phase's, with phases)")
@@ -199,7 +199,7 @@ def _cmd_run(args):
 
 
 def _cmd_resume(args):
-    from .checkpoint import read_checkpoint
+    from ..outer.checkpoint import read_checkpoint
     from .config import file_sha256, load_config
 
     path = os.path.abspath(args.checkpoint)
@@ -237,7 +237,7 @@ def _cmd_resume(args):
 
 
 def _cmd_plot(args):
-    from .plotting import plot_history
+    from ..outer.plotting import plot_history
 
     if not os.path.isfile(args.history):
         raise _UsageError(f"history file {args.history} not found")

@@ -16,7 +16,7 @@ noise level. This module follows the two papers of Moré and Wild:
 * *Estimating derivatives of noisy simulations* (2012): with the noise level known,
   measure the second (or third) derivative by a difference whose span is just large
   enough to rise well above the noise, then take the step that balances truncation
-  against noise (:func:`fg2u_zo.steps.noise_optimal_step`).
+  against noise (:func:`fg2u_zo.noise.steps.noise_optimal_step`).
 
 Two additions of ours. Outputs printed with few digits (the commonest noise of a
 legacy code) are recognised from the values themselves: along a line on which an
@@ -43,9 +43,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._validation import as_generator, check_choice, check_phi, check_positive_int
-from .directions import DIRECTION_FAMILIES, sample_directions
-from .errors import FG2UTypeError, FG2UValueError, InnerSolverError, NoiseWarning
+from ..validation import as_generator, check_choice, check_phi, check_positive_int
+from ..estimators.directions import DIRECTION_FAMILIES, sample_directions
+from ..errors import FG2UTypeError, FG2UValueError, InnerSolverError, NoiseWarning
 from .steps import (default_step, max_step, min_step, noise_optimal_step, predicted_fd_error,
                     step_scale)
 
@@ -152,7 +152,7 @@ class NoiseEstimate:
     status : {"ok", "exact", "too_small", "too_large", "failed"}
         ``"ok"``: a noise plateau was found. ``"exact"``: the noise is at
         double-precision rounding (``relative_noise <= EXACT_RELATIVE_NOISE``) or
-        zero; the steps are then :func:`fg2u_zo.steps.default_step`. The others
+        zero; the steps are then :func:`fg2u_zo.noise.steps.default_step`. The others
         say why the last try failed: outputs identical (spacing too small), no
         plateau (too large), evaluations failed; the steps then fall back to the
         default as well.
@@ -176,7 +176,7 @@ class NoiseEstimate:
     num_params : int
         N, the length of the phi it was measured at.
     phi_scale : float
-        :func:`fg2u_zo.steps.step_scale` of that phi.
+        :func:`fg2u_zo.noise.steps.step_scale` of that phi.
     step_forward, step_central : float
         The noise-optimal steps (Euclidean length) for each scheme.
     predicted_error_forward, predicted_error_central : float
@@ -1017,7 +1017,7 @@ def estimate_noise(problem, phi, *, rng=None, evaluator=None, scheme="central",
     """
     # Imported here: estimator.py imports the evaluator, which this module does not need
     # at import time.
-    from .estimator import Estimator
+    from ..estimators.base import Estimator
 
     phi = check_phi(phi, problem.num_params)
     check_choice(scheme, "scheme", ("forward", "central"))

@@ -30,8 +30,8 @@ import time
 import traceback
 import uuid
 
-from ._parallel_worker import Payload, evaluate, run_items, run_task, tail
-from .errors import FG2UTypeError, FG2UValueError, InnerSolverError
+from .worker import Payload, evaluate, run_items, run_task, tail
+from ..errors import FG2UTypeError, FG2UValueError, InnerSolverError
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class ThreadingBackend(_Backend):
     """A thread pool in this process; solvers share memory with the caller.
 
     Threads cannot be killed: a timed-out solver is abandoned in a helper thread
-    (see :mod:`fg2u_zo._parallel_worker`) and keeps running in the background.
+    (see :mod:`fg2u_zo.evaluation.worker`) and keeps running in the background.
     """
 
     name = "threading"
@@ -209,7 +209,7 @@ class LokyBackend(_Backend):
         self.pool = None
 
     def start(self):
-        from ._parallel_pool import ProcessPool
+        from .pool import ProcessPool
         if self.pool is None or self.pool.closed:  # closed after workers kept dying
             self.pool = ProcessPool(self.n_jobs, kill_grace=self.kill_grace)
         return self.pool.wait_ready()

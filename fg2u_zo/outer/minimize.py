@@ -3,9 +3,9 @@ the user's work.
 
 :func:`minimize` moves an unconstrained float64 leaf tensor ``z`` with a real
 ``torch.optim`` optimizer; each step estimates ``grad F`` at ``phi = T(z)`` (see
-:mod:`fg2u_zo.transforms`), applies the chain rule, steps, and projects onto the
+:mod:`fg2u_zo.outer.transforms`), applies the chain rule, steps, and projects onto the
 bounds. One :class:`~fg2u_zo.Evaluator` serves the whole run. Checkpoints (see
-:mod:`fg2u_zo.checkpoint`) are written every ``checkpoint_every`` steps, at the end,
+:mod:`fg2u_zo.outer.checkpoint`) are written every ``checkpoint_every`` steps, at the end,
 on SIGINT/SIGTERM and before an inner-solver failure is re-raised; :func:`resume`
 continues a run bit for bit.
 """
@@ -27,16 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._validation import as_generator, check_phi, check_positive_float, check_positive_int
+from ..validation import as_generator, check_phi, check_positive_float, check_positive_int
 from .checkpoint import (Checkpoint, config_differences, decode_noise, encode_noise,
                          generator_from_state, generator_state, read_checkpoint, to_json,
                          write_checkpoint)
-from .errors import CheckpointError, FG2UError, FG2UTypeError, FG2UValueError
-from .estimator import Estimator
-from .evaluation import Evaluator
+from ..errors import CheckpointError, FG2UError, FG2UTypeError, FG2UValueError
+from ..estimators.base import Estimator
+from ..evaluation.evaluator import Evaluator
 from .history import HistoryWriter, Progress, StepRecord, read_history
-from .problem import BilevelProblem
-from .result import MetaGradient
+from ..problem import BilevelProblem
+from ..result import MetaGradient
 from .schedules import as_schedule, schedule_config, schedule_from_config
 from .transforms import ParameterTransform, as_bounds
 
@@ -666,7 +666,7 @@ class _Run:
         self.noise_age = 0 if self.noise is None else self.noise_age + 1
         self.noise = g.noise
         try:
-            from .noise import noise_needs_refresh
+            from ..noise.estimate import noise_needs_refresh
         except ImportError:  # pragma: no cover - noise.py ships with the package
             return
         if noise_needs_refresh(self.noise, g, phi=self.phi(), age=self.noise_age):
@@ -736,12 +736,12 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
         Number of outer steps (ignored when ``phases`` is given: their steps add up).
     schedule : {"constant", "cosine", "linear"} or callable
         Learning-rate factor ``schedule(step, num_steps)`` over each phase's steps (see
-        :mod:`fg2u_zo.schedules`); ``"linear"`` is the decay of the FG²U paper's PDE runs.
+        :mod:`fg2u_zo.outer.schedules`); ``"linear"`` is the decay of the FG²U paper's PDE runs.
     bounds : (lo, hi) or scipy.optimize.Bounds, optional
         Numbers or per-parameter sequences; None means unbounded. Enforced by projection
         after every step (and by the transform for ``'logit'`` entries).
     transform : None, "log", "logit", a sequence of N names, or [(indices, name), ...]
-        Reparametrization ``phi = T(z)`` per parameter (see :mod:`fg2u_zo.transforms`);
+        Reparametrization ``phi = T(z)`` per parameter (see :mod:`fg2u_zo.outer.transforms`);
         the optimizer moves ``z``.
     phases : list of Phase, optional
         Successive segments with their own estimator, steps, inner solver, lr and schedule
@@ -757,14 +757,14 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
     max_time : float, optional
         Do not start a step after this many seconds of wall-clock time.
     checkpoint : path-like, optional
-        Checkpoint file (see :mod:`fg2u_zo.checkpoint`), written every
+        Checkpoint file (see :mod:`fg2u_zo.outer.checkpoint`), written every
         ``checkpoint_every`` steps, at the end, on SIGINT/SIGTERM, and before an
         inner-solver failure is re-raised. Without one, a failure or a signal still
         writes a checkpoint, to a temporary file named in the message.
     checkpoint_every : int
         Steps between checkpoints (default 1: each step is saved).
     history : path-like, optional
-        JSONL file, one line per step (see :mod:`fg2u_zo.history`).
+        JSONL file, one line per step (see :mod:`fg2u_zo.outer.history`).
     resume : bool or "auto"
         False: start fresh, and refuse to overwrite an existing ``checkpoint`` file.
         True: continue from ``checkpoint`` (which must exist) exactly where it stopped;

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from ._validation import as_generator, check_choice, check_phi, check_positive_int
+from ..validation import as_generator, check_choice, check_phi, check_positive_int
 from .directions import DIRECTION_FAMILIES, sample_directions
-from .errors import FG2UTypeError, FG2UValueError, InnerSolverError
-from .estimator import Estimator, combine_projections, frame_block_size
-from .result import MetaGradient
+from ..errors import FG2UTypeError, FG2UValueError, InnerSolverError
+from .base import Estimator, combine_projections, frame_block_size
+from ..result import MetaGradient
 
 __all__ = ["FG2U", "RGU"]
 

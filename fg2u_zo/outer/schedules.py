@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .errors import FG2UTypeError, FG2UValueError
+from ..errors import FG2UTypeError, FG2UValueError
 
 __all__ = ["Constant", "Cosine", "Linear", "SCHEDULES", "as_schedule", "schedule_config"]
 

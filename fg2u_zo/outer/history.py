@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .errors import CheckpointError, FG2UValueError
+from ..errors import CheckpointError, FG2UValueError
 
 __all__ = ["StepRecord", "HistoryWriter", "read_history", "PHI_MAX_SIZE"]
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 
-from ._validation import check_positive_int
-from .errors import FG2UValueError
-from .estimator import Estimator
+from ..validation import check_positive_int
+from ..errors import FG2UValueError
+from .base import Estimator
 from .exact import reverse_mode_gradient
-from .result import MetaGradient
+from ..result import MetaGradient
 
 __all__ = ["TRGU"]
 

@@ -13,13 +13,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._validation import as_generator, check_choice, check_phi, check_positive_int
+from ..validation import as_generator, check_choice, check_phi, check_positive_int
 from .directions import DIRECTION_FAMILIES, sample_directions
-from .errors import FG2UValueError, InnerSolverError
-from .estimator import Estimator, combine_projections, frame_block_size
-from .noise import auto_step, check_noise_estimate, difference_ratio, probe_lines, probe_noise
-from .result import Failure, MetaGradient
-from .steps import check_step
+from ..errors import FG2UValueError, InnerSolverError
+from .base import Estimator, combine_projections, frame_block_size
+from ..noise.estimate import auto_step, check_noise_estimate, difference_ratio, probe_lines, probe_noise
+from ..result import Failure, MetaGradient
+from ..noise.steps import check_step
 
 __all__ = ["FG2UZO", "BlackBoxES", "CoordinateFD"]
 
@@ -228,7 +228,7 @@ class FG2UZO(_RandomFD):
         solves, O(h) bias. Both add one solve at phi (value, theta and the outer
         gradient).
     step : "auto" or float
-        Length of the perturbation in phi-space (see :mod:`fg2u_zo.steps`). ``"auto"``:
+        Length of the perturbation in phi-space (see :mod:`fg2u_zo.noise.steps`). ``"auto"``:
         measure the solver's noise and curvature along a few random lines drawn
         like the directions (:func:`fg2u_zo.estimate_noise`: 8 extra solves when the
         outputs are exact to double precision, about 15-40 when they are noisy, none

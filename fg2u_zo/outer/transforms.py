@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit, logit
 
-from .errors import FG2UTypeError, FG2UValueError
+from ..errors import FG2UTypeError, FG2UValueError
 
 __all__ = ["Bounds", "ParameterTransform", "TRANSFORM_KINDS", "as_bounds"]
 

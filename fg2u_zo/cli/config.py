@@ -101,7 +101,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, FG2UError
+from ..errors import ConfigError, FG2UError
 
 __all__ = ["RunConfig", "load_config", "LeastSquares"]
 
@@ -310,7 +310,7 @@ class LeastSquares:
     def __call__(self, theta, phi):
         import torch
 
-        from .errors import FG2UValueError
+        from ..errors import FG2UValueError
 
         sel = theta.reshape(-1)
         if self.selection is not None:
@@ -379,7 +379,7 @@ class RunConfig:
         return {"config_path": self.path, "config_sha256": self.sha256}
 
     def make_evaluator(self):
-        from .evaluation import Evaluator
+        from ..evaluation.evaluator import Evaluator
         return Evaluator(**self.evaluator_options)
 
 
@@ -435,7 +435,7 @@ def load_config(path) -> RunConfig:
     bounds, transform = _bounds_and_transform(c, raw["parameters"], phi0)
     solver = _solver(c, raw["solver"], names, "[solver]")
     outer, differentiable = _outer(c, raw["outer"])
-    from .problem import BilevelProblem
+    from ..problem import BilevelProblem
     try:
         problem = BilevelProblem(inner=solver, outer=outer, num_params=n,
                                  differentiable_outer=differentiable,
@@ -490,7 +490,7 @@ def _parameters(c, p):
 
 
 def _bounds_and_transform(c, p, phi0):
-    from .transforms import ParameterTransform, as_bounds
+    from ..outer.transforms import ParameterTransform, as_bounds
 
     n = phi0.size
     bounds = None
@@ -741,7 +741,7 @@ def _selection(c, value, size):
 
 def _estimator_classes():
     import fg2u_zo
-    from .estimator import Estimator
+    from ..estimators.base import Estimator
 
     return {name: obj for name in fg2u_zo.__all__
             if isinstance(obj := getattr(fg2u_zo, name), type)
@@ -781,13 +781,13 @@ def _estimator(c, e, where, base=None):
 
 
 def _optimizer_options(c, opt):
-    from .schedules import SCHEDULES
+    from ..outer.schedules import SCHEDULES
 
     out = {}
     if "name" in opt:
         name = c.string(opt["name"], "[optimizer] name")
         try:
-            from .optimize import _optimizer_class
+            from ..outer.minimize import _optimizer_class
             _optimizer_class(name)
         except FG2UError as exc:
             raise c.error("[optimizer] name", str(exc).replace("`optimizer` ", "")) from None
@@ -822,8 +822,8 @@ def _merged(base, override):
 
 
 def _phases(c, phases, raw, names, estimator):
-    from .optimize import Phase
-    from .schedules import SCHEDULES
+    from ..outer.minimize import Phase
+    from ..outer.schedules import SCHEDULES
 
     if not isinstance(phases, list) or not phases or not all(isinstance(p, dict)
                                                               for p in phases):
@@ -855,7 +855,7 @@ def _phases(c, phases, raw, names, estimator):
 
 
 def _parallel(c, p):
-    from .evaluation import BACKENDS
+    from ..evaluation.evaluator import BACKENDS
 
     c.unknown_keys(p, PARALLEL_KEYS, "[parallel]")
     out = {}

@@ -29,7 +29,7 @@ import traceback
 
 import numpy as np
 
-from .errors import InnerSolverError
+from ..errors import InnerSolverError
 
 # A stuck solver that swallowed the first SIGALRM (a broad ``except BaseException``)
 # gets it again every _ALARM_REPEAT seconds until it returns.

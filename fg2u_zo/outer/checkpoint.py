@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._version import __version__
-from .errors import CheckpointError
+from .._version import __version__
+from ..errors import CheckpointError
 
 __all__ = ["Checkpoint", "read_checkpoint", "write_checkpoint", "config_differences",
            "FORMAT_VERSION"]

@@ -35,8 +35,8 @@ import signal
 import time
 from multiprocessing.connection import wait as _wait_ready
 
-from ._parallel_worker import load_failure, run_items
-from .errors import InnerSolverError
+from .worker import load_failure, run_items
+from ..errors import InnerSolverError
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class ProcessPool:
     Events returned by :meth:`poll`:
 
     * ``("item", task_id, outcome)`` -- one evaluation finished (``outcome`` as in
-      :func:`fg2u_zo._parallel_worker.evaluate`);
+      :func:`fg2u_zo.evaluation.worker.evaluate`);
     * ``("done", task_id, wall_seconds)`` -- the task finished;
     * ``("lost", task_id, indices, culprit, kind, message, seconds)`` -- the worker
       died (``kind="crash"``) or was killed for overrunning the timeout

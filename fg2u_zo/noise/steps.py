@@ -23,7 +23,7 @@ import numbers
 
 import numpy as np
 
-from .errors import FG2UTypeError, FG2UValueError
+from ..errors import FG2UTypeError, FG2UValueError
 
 __all__ = ["default_step", "check_step", "step_scale", "max_step", "min_step",
            "noise_optimal_step", "predicted_fd_error"]

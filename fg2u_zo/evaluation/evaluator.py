@@ -2,8 +2,8 @@
 
 Counting (nfev), timing, parallelism, batching, timeouts, retries, validation of the
 solver's output and the failure policy live here, in the parent process, and nowhere
-else. Where the solver runs is a backend's business (:mod:`fg2u_zo._backends`); what
-runs next to the solver is in :mod:`fg2u_zo._parallel_worker`.
+else. Where the solver runs is a backend's business (:mod:`fg2u_zo.evaluation.backends`); what
+runs next to the solver is in :mod:`fg2u_zo.evaluation.worker`.
 
 How a map goes: the points are cut into tasks (batches of points, sized so that a
 task lasts at least a few tens of milliseconds, see ``batch_size``), at most as many
@@ -27,11 +27,11 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from ._backends import (BACKENDS, DaskBackend, LokyBackend, RayBackend, SequentialBackend,
+from .backends import (BACKENDS, DaskBackend, LokyBackend, RayBackend, SequentialBackend,
                         ThreadingBackend, effective_n_jobs, from_parallel_config)
-from ._validation import check_choice, check_positive_float, check_positive_int
-from .errors import FG2UTypeError, FG2UValueError, inner_solver_error
-from .result import Failure
+from ..validation import check_choice, check_positive_float, check_positive_int
+from ..errors import FG2UTypeError, FG2UValueError, inner_solver_error
+from ..result import Failure
 
 __all__ = ["Evaluator", "MapStats", "BACKENDS"]
 
@@ -307,7 +307,7 @@ class Evaluator:
           timeout. A solver that segfaults takes the caller down with it.
         * ``"loky"``: worker processes (loky's start method: no re-import of
           ``__main__``, cloudpickle), started once per Evaluator and steered one by one
-          (:mod:`fg2u_zo._parallel_pool`). Timeouts: SIGALRM inside the worker, and
+          (:mod:`fg2u_zo.evaluation.pool`). Timeouts: SIGALRM inside the worker, and
           ``timeout + kill_grace`` seconds after the point started the parent kills the
           worker's process group (solvers stuck in C code) and starts a replacement.
           A worker that dies costs only the point it was running (retried, then

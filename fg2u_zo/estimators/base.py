@@ -8,8 +8,8 @@ import contextlib
 import numpy as np
 import torch
 
-from .errors import FG2UTypeError, FG2UValueError
-from .evaluation import Evaluator
+from ..errors import FG2UTypeError, FG2UValueError
+from ..evaluation.evaluator import Evaluator
 
 __all__ = ["Estimator", "combine_projections", "frame_block_size"]
 

@@ -21,10 +21,10 @@ import torch
 from torch.func import grad as func_grad
 from torch.func import jvp, vjp
 
-from ._validation import as_generator, check_phi, check_positive_float, check_positive_int
-from .errors import FG2UTypeError, FG2UValueError
-from .estimator import Estimator
-from .result import MetaGradient
+from ..validation import as_generator, check_phi, check_positive_float, check_positive_int
+from ..errors import FG2UTypeError, FG2UValueError
+from .base import Estimator
+from ..result import MetaGradient
 
 __all__ = ["Neumann"]
 
