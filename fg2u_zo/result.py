@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Failure", "MetaGradient", "GradientCheck"]
+__all__ = ["Failure", "Sketch", "MetaGradient", "GradientCheck"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,56 @@ class Failure:
     kind: str
     message: str
     attempts: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Sketch:
+    """The directional derivatives behind an estimate: ``Y ~ J_S U^T``.
+
+    Kept only when asked for (``estimate(..., keep_sketch=True)``): memory O(M b).
+    A model-based stepper (Gauss-Newton) linearizes the inner solver with it,
+    ``S(phi + U^T a) ~ theta0 + Y a``.
+
+    Attributes
+    ----------
+    directions : ndarray, shape (b, N)
+        ``U``: the directions of the estimate, scaled to unit length row by row
+        (``U = V / ||V||`` for the drawn directions ``V`` with ``E[v v^T] = I``).
+    step : float or None
+        The finite-difference step ``h`` (perturbed points ``phi +- h u_i``); ``None``
+        on the exact path.
+    scheme : {"forward", "central", "exact"}
+        How ``Y`` was formed: ``(S(phi + h u_i) - theta0) / h``,
+        ``(S(phi + h u_i) - S(phi - h u_i)) / (2 h)``, or ``torch.func.jvp`` along ``u_i``.
+    theta0 : ndarray, shape (M,)
+        The base output ``S(phi)``, flattened.
+    Y : ndarray, shape (M, b)
+        ``Y[:, i] ~ J_S(phi) u_i``. Columns of directions that failed are NaN.
+    mask : ndarray of bool, shape (b,)
+        The directions that succeeded and entered the estimate (an antithetic pair is
+        masked whole). ``Y[:, ~mask]`` is NaN, never zero-filled.
+    """
+
+    directions: np.ndarray
+    step: float | None
+    scheme: str
+    theta0: np.ndarray
+    Y: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def num_directions(self) -> int:
+        """Directions that succeeded (``mask.sum()``)."""
+        return int(np.count_nonzero(self.mask))
+
+    def successful(self):
+        """``(U, Y)`` restricted to the directions that succeeded: shapes (d, N), (M, d)."""
+        return self.directions[self.mask], self.Y[:, self.mask]
+
+    def __repr__(self) -> str:
+        b, n = self.directions.shape
+        return (f"Sketch(scheme={self.scheme!r}, step={self.step!r}, N={n}, "
+                f"M={self.theta0.size}, directions={self.num_directions}/{b})")
 
 
 @dataclass(frozen=True, repr=False)
@@ -77,6 +127,9 @@ class MetaGradient:
         size of this estimate's differences against the noise
         (``noise.difference_to_noise``). Pass it back as ``noise=`` to reuse it.
         ``None`` for a fixed step and on exact paths.
+    sketch : Sketch or None
+        The directions and directional derivatives ``Y ~ J_S U^T`` behind the
+        estimate, when it was asked for with ``keep_sketch=True``; ``None`` otherwise.
     """
 
     grad: np.ndarray
@@ -92,6 +145,7 @@ class MetaGradient:
     solver_time: float = 0.0
     wall_time: float = 0.0
     noise: object = None
+    sketch: Sketch | None = None
 
     @property
     def snr(self) -> float:

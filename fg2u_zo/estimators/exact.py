@@ -20,7 +20,8 @@ from ..validation import as_generator, check_choice, check_phi, check_positive_i
 from .directions import DIRECTION_FAMILIES, sample_directions
 from ..errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from .base import Estimator, combine_projections, frame_block_size
-from ..result import MetaGradient
+from ..result import MetaGradient, Sketch
+from .reductions import check_keep_sketch
 
 __all__ = ["FG2U", "RGU"]
 
@@ -86,8 +87,12 @@ class FG2U(Estimator):
         problem.require_torch_inner("FG2U")
         problem.require_differentiable_outer("FG2U")
 
-    def directional_derivatives(self, problem, phi, V, g_theta):
-        """``c_i = <g_theta, J_S v_i>`` for each row of ``V``, chunk by chunk."""
+    def directional_derivatives(self, problem, phi, V, g_theta, *, keep_tangents=False):
+        """``c_i = <g_theta, J_S v_i>`` for each row of ``V``, chunk by chunk.
+
+        With ``keep_tangents=True``, return ``(c, T)`` where ``T[i] = J_S v_i``
+        (flattened, shape (b, M)): memory O(M b).
+        """
         phi_t = torch.as_tensor(phi, dtype=torch.float64)
         g_t = torch.as_tensor(g_theta, dtype=torch.float64).reshape(-1)
         fn = problem.inner_torch
@@ -95,32 +100,51 @@ class FG2U(Estimator):
         def tangent(v):
             return jvp(fn, (phi_t,), (v,))[1].reshape(-1) @ g_t
 
+        def tangent_kept(v):
+            t = jvp(fn, (phi_t,), (v,))[1].reshape(-1)
+            return t @ g_t, t
+
+        one = tangent_kept if keep_tangents else tangent
         chunk = self.chunk_size or V.shape[0]
-        out = []
+        out, tangents = [], []
         for start in range(0, V.shape[0], chunk):
             block = torch.as_tensor(V[start:start + chunk], dtype=torch.float64)
             if self.vectorize:
                 try:
-                    vals = vmap(tangent)(block)
+                    vals = vmap(one)(block)
                 except RuntimeError as exc:
                     raise FG2UValueError(
                         "torch.func.vmap could not batch the inner solver over directions "
                         f"({exc}); pass FG2U(vectorize=False) to loop over them") from exc
+            elif keep_tangents:
+                pairs = [one(v) for v in block]
+                vals = (torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
             else:
-                vals = torch.stack([tangent(v) for v in block])
+                vals = torch.stack([one(v) for v in block])
+            if keep_tangents:
+                vals, kept = vals
+                tangents.append(kept.detach().numpy())
             out.append(vals.detach().numpy())
         c = np.concatenate(out)
         if not np.all(np.isfinite(c)):
             raise InnerSolverError("a forward-mode solve returned non-finite tangents",
                                    kind="nonfinite")
+        if keep_tangents:
+            return c, np.concatenate(tangents)
         return c
 
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 **evaluator_options) -> MetaGradient:
-        """Estimate the meta-gradient at ``phi`` (see :meth:`FG2UZO.estimate`)."""
+                 keep_sketch=False, **evaluator_options) -> MetaGradient:
+        """Estimate the meta-gradient at ``phi`` (see :meth:`FG2UZO.estimate`).
+
+        With ``keep_sketch=True``, ``MetaGradient.sketch`` holds the unit directions
+        ``U`` and ``Y[:, i] = J_S u_i`` from ``torch.func.jvp`` (scheme ``"exact"``,
+        step None, every direction in the mask).
+        """
         wall_start = time.perf_counter()
         self.check_problem(problem)
         phi = check_phi(phi, problem.num_params)
+        keep_sketch = check_keep_sketch(keep_sketch)
         rng = as_generator(rng)
         rng.integers(2**31 - 1)  # keep the generator in step with FG2UZO: same directions
         V = sample_directions(self.directions, phi.size, self.num_directions, rng,
@@ -130,14 +154,24 @@ class FG2U(Estimator):
             theta0 = _check_theta(problem.inner_torch(torch.as_tensor(phi)), "at phi")
         theta0 = theta0.detach().numpy().astype(np.float64)
         value, g_theta, direct = problem.outer_parts(theta0, phi)
-        c = self.directional_derivatives(problem, phi, V, g_theta)
+        sketch = None
+        if keep_sketch:
+            c, T = self.directional_derivatives(problem, phi, V, g_theta, keep_tangents=True)
+            norms = np.linalg.norm(V, axis=1)
+            # J_S is linear in the tangent: J_S (v / ||v||) = (J_S v) / ||v||.
+            sketch = Sketch(directions=V / norms[:, None], step=None, scheme="exact",
+                            theta0=theta0.ravel().copy(), Y=(T / norms[:, None]).T,
+                            mask=np.ones(V.shape[0], dtype=bool))
+        else:
+            c = self.directional_derivatives(problem, phi, V, g_theta)
         solver_time = time.perf_counter() - solve_start
         block = None if self.antithetic else frame_block_size(self.directions, phi.size)
         grad, stderr = combine_projections(direct, V, c, pairs=self.antithetic, block_size=block)
         return MetaGradient(
             grad=grad, value=value, stderr=stderr, nfev=1 + V.shape[0],
             num_directions=V.shape[0], failures=[], theta=theta0, estimator=self.name,
-            solver_time=solver_time, wall_time=time.perf_counter() - wall_start)
+            solver_time=solver_time, wall_time=time.perf_counter() - wall_start,
+            sketch=sketch)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ..validation import as_generator, check_choice, check_phi, check_positive_i
 from .directions import DIRECTION_FAMILIES, sample_directions
 from ..errors import FG2UValueError, InnerSolverError
 from .base import Estimator, combine_projections, frame_block_size
+from .reductions import InnerProjection, KeepOutputs, ValueDifference, check_keep_sketch
 from ..noise.estimate import auto_step, check_noise_estimate, difference_ratio, probe_lines, probe_noise
 from ..result import Failure, MetaGradient
 from ..noise.steps import check_step
@@ -53,13 +54,15 @@ class _PerturbedPoints:
 
 def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, project,
                                 evaluator, seed, pairs, directions, exact_basis=False,
-                                noise=None, probe_lines=None):
+                                noise=None, probe_lines=None, keep_sketch=False):
     """Shared body of the finite-difference estimators.
 
-    ``project="inner"``: reduce each perturbed theta to ``<grad_theta f, theta - theta0>``
-    (FG2U-ZO); ``project="value"``: reduce it to ``F(point) - F(phi)`` (black box).
+    ``project="inner"``: reduce each perturbed theta with :class:`InnerProjection`
+    (FG2U-ZO); ``project="value"``: with :class:`ValueDifference` (black box).
     Each output is reduced to one number as it arrives and then dropped, so memory
-    stays O(N + M) whatever the number of directions.
+    stays O(N + M) whatever the number of directions; ``keep_sketch=True`` wraps the
+    reduction in :class:`KeepOutputs`, which also keeps the outputs (O(M b)) for the
+    estimate's :class:`~fg2u_zo.result.Sketch`.
 
     ``step="auto"`` takes the noise-optimal step of ``noise`` (a NoiseEstimate to
     reuse) or, when it is None, probes the noise along ``probe_lines`` first,
@@ -69,17 +72,11 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
     theta0, base_stats = evaluator.solve(problem.inner, phi, seed=seed)
     if project == "inner":
         value, g_theta, direct = problem.outer_parts(theta0, phi)
-        g_flat = g_theta.ravel()
-        theta0_flat = theta0.ravel()
-
-        def reduce(k, theta):
-            return float(np.dot(g_flat, theta.ravel() - theta0_flat))
+        reduction = InnerProjection(g_theta, theta0)
     else:
         value = problem.outer_value(theta0, phi)
         direct = np.zeros_like(phi)
-
-        def reduce(k, theta):
-            return problem.outer_value(theta, points[k]) - value
+        reduction = ValueDifference(problem, value)
 
     probe_nfev, probe_time = 0, 0.0
     if step == "auto" and noise is None:
@@ -93,9 +90,11 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
     U = V / norms[:, None]
     points = _PerturbedPoints(phi, U, h, scheme)
     diffs = np.full(len(points), np.nan)
+    if keep_sketch:
+        reduction = KeepOutputs(reduction, theta0, len(points))
 
     def on_result(k, theta):
-        diffs[k] = reduce(k, theta)
+        diffs[k] = reduction(k, points[k], theta)
 
     stats = evaluator.map(problem.inner, points, on_result, seed=seed, warm_start=theta0,
                           expected_shape=theta0.shape)
@@ -133,7 +132,8 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
         num_directions=int(ok.sum()), failures=failures, theta=theta0,
         estimator=estimator.name, step=h, scheme=scheme,
         solver_time=base_stats.solver_time + probe_time + stats.solver_time,
-        wall_time=time.perf_counter() - wall_start, noise=noise)
+        wall_time=time.perf_counter() - wall_start, noise=noise,
+        sketch=reduction.sketch(U, h, scheme, ok) if keep_sketch else None)
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class _RandomFD(Estimator):
             problem.require_differentiable_outer(type(self).__name__)
 
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 noise=None, **evaluator_options) -> MetaGradient:
+                 noise=None, keep_sketch=False, **evaluator_options) -> MetaGradient:
         """Estimate the meta-gradient of ``problem`` at ``phi``.
 
         Parameters
@@ -179,12 +179,18 @@ class _RandomFD(Estimator):
             ``MetaGradient.noise``) whose step ``step="auto"`` reuses, with no extra
             solves. ``None`` with ``step="auto"``: probe the noise first (its solves
             are counted in ``nfev``). With a fixed ``step`` it is only reported.
+        keep_sketch : bool
+            Also keep the perturbed outputs and return them as ``MetaGradient.sketch``
+            (unit directions ``U``, ``Y ~ J_S U^T``, the base output, the step and the
+            mask of directions that succeeded; for :class:`BlackBoxES` too, from the
+            inner outputs). Memory O(M b) instead of O(N + M); the gradient is the same.
 
         Returns
         -------
         MetaGradient
             ``step`` is the step used; ``noise`` the NoiseEstimate behind it (with
-            ``difference_to_noise`` of this estimate), or None for a fixed step.
+            ``difference_to_noise`` of this estimate), or None for a fixed step;
+            ``sketch`` a :class:`~fg2u_zo.result.Sketch` or None.
 
         Warns
         -----
@@ -193,6 +199,7 @@ class _RandomFD(Estimator):
         """
         phi = check_phi(phi, problem.num_params)
         self.check_problem(problem)
+        keep_sketch = check_keep_sketch(keep_sketch)
         rng = as_generator(rng)
         # The seed is drawn first, always, so the directions do not depend on whether
         # the solver takes a seed.
@@ -207,7 +214,8 @@ class _RandomFD(Estimator):
             return _finite_difference_estimate(
                 self, problem, phi, V, step=self.step, scheme=self.scheme,
                 project=self._project, evaluator=ev, seed=seed, pairs=self.antithetic,
-                directions=self.directions, noise=noise, probe_lines=U)
+                directions=self.directions, noise=noise, probe_lines=U,
+                keep_sketch=keep_sketch)
 
 
 @dataclass(frozen=True)
@@ -306,15 +314,17 @@ class CoordinateFD(Estimator):
             problem.require_differentiable_outer("CoordinateFD(through='inner')")
 
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 noise=None, **evaluator_options) -> MetaGradient:
+                 noise=None, keep_sketch=False, **evaluator_options) -> MetaGradient:
         """Difference along each coordinate.
 
         ``rng`` seeds stochastic solvers and draws the noise-probe direction
         (``step="auto"`` without ``noise=``); the other arguments are those of
-        :meth:`FG2UZO.estimate`.
+        :meth:`FG2UZO.estimate`. With ``keep_sketch=True`` the sketch's directions are
+        the coordinate axes and ``Y`` is the finite-difference Jacobian ``J_S``.
         """
         phi = check_phi(phi, problem.num_params)
         self.check_problem(problem)
+        keep_sketch = check_keep_sketch(keep_sketch)
         through = self._through(problem)
         rng = as_generator(rng)
         seed = int(rng.integers(2**31 - 1))
@@ -328,4 +338,4 @@ class CoordinateFD(Estimator):
             return _finite_difference_estimate(
                 self, problem, phi, V, step=self.step, scheme=self.scheme, project=through,
                 evaluator=ev, seed=seed, pairs=False, directions="coordinate",
-                exact_basis=True, noise=noise, probe_lines=U)
+                exact_basis=True, noise=noise, probe_lines=U, keep_sketch=keep_sketch)
