@@ -28,13 +28,9 @@ _EXPORTS = {
     "Neumann": "estimators.implicit",
     # evaluation
     "Evaluator": "evaluation",
-    "Backend": "evaluation.backends", "register_backend": "evaluation.backends",
-    "available_backends": "evaluation.backends",
     # outer optimization
-    "minimize": "outer.minimize", "resume": "outer.minimize", "Phase": "outer.phases",
-    "OptimizeResult": "outer.result",
-    "Stepper": "outer.steppers.base", "StepperState": "outer.steppers.base",
-    "StepUpdate": "outer.steppers.base", "register_stepper": "outer.steppers",
+    "minimize": "outer.minimize", "resume": "outer.minimize", "Phase": "outer.minimize",
+    "OptimizeResult": "outer.minimize",
     "StepRecord": "outer.history", "read_history": "outer.history",
     "read_checkpoint": "outer.checkpoint",
     # results and checks
