@@ -1,0 +1,213 @@
+"""How the Gauss–Newton stepper measures the black box in one iteration.
+
+:class:`Measurements` turns the run's extras into the solves of one parallel group: the
+trial point and the directional derivatives along new directions, in the run's
+unconstrained ``z`` (``phi = T(z)``), either
+
+- by forward differences through the run's ``evaluate`` extra (FG2U-ZO's black-box
+  path): the trial and the perturbed points ``clip(center + h u_i)`` in one group; or
+- exactly, on the torch path (an estimator without a finite-difference step, such as
+  :class:`~fg2u_zo.FG2U`, and a problem with ``inner_torch``): the trial through
+  ``evaluate`` (one counted solve) and ``J_S(phi) diag(T'(z)) u_i`` from
+  ``torch.func.jvp`` through ``problem.inner_torch``, vmapped, in this process. These
+  forward-mode passes do not go through the Evaluator; the step's history ``info``
+  reports how many there were (``"jvp"``).
+
+It also chooses the difference step ``h`` and, with ``step="auto"`` and no noise
+estimate, runs the noise probe (:func:`fg2u_zo.noise.probe_noise`) through
+``evaluate`` so that its solves are counted with the run's.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.func import jvp, vmap
+
+from ...errors import FG2UValueError, InnerSolverError
+from ...noise.estimate import NoiseEstimate, auto_step, probe_lines, probe_noise
+from ...noise.steps import default_step
+from ...result import Failure
+from ..transforms import ParameterTransform, as_bounds
+from .base import Evaluations
+
+__all__ = ["Measurements", "GroupResult"]
+
+
+@dataclass
+class GroupResult:
+    """The outcome of one group: the trial's output and the new columns' data.
+
+    ``points``/``thetas`` (finite differences) or ``U``/``JU`` (exact) describe the new
+    directions around ``center``.
+    """
+
+    theta_trial: np.ndarray | None
+    center: np.ndarray
+    theta_center: np.ndarray | None
+    points: list = field(default_factory=list)
+    thetas: list = field(default_factory=list)
+    U: np.ndarray | None = None
+    JU: np.ndarray | None = None
+    failures: list = field(default_factory=list)
+    jvp: int = 0
+
+
+class Measurements:
+    """The solves of one Gauss–Newton iteration (see the module docstring)."""
+
+    def __init__(self, *, problem, estimator, transform, evaluate, rng, workers, noise,
+                 num_directions, num_params):
+        self.problem, self.estimator, self.rng = problem, estimator, rng
+        self._evaluate = evaluate
+        if transform is None:
+            transform = ParameterTransform.from_spec(None, num_params,
+                                                     as_bounds(None, num_params))
+        self.transform = transform
+        self.b = (int(num_directions) if num_directions is not None
+                  else max(1, int(workers or 1) - 1))
+        step = getattr(estimator, "step", None)
+        self.fixed_step = (float(step) if isinstance(step, numbers.Real)
+                           and not isinstance(step, bool) else None)
+        self.exact = step is None and problem.inner_torch is not None
+        self.noise = noise if isinstance(noise, NoiseEstimate) else None
+        self.needs_probe = step == "auto" and self.noise is None
+        self.key = f"{problem.name}|{getattr(estimator, 'name', type(estimator).__name__)}"
+
+    # -- the transform -------------------------------------------------------------------
+    def phi(self, z):
+        return self.transform.forward(z)
+
+    def dphi(self, z):
+        """``T'(z)``, elementwise."""
+        return self.transform.chain(z, np.ones_like(z))
+
+    def project(self, z):
+        return self.transform.project(z)[0]
+
+    # -- the step ------------------------------------------------------------------------
+    def step(self, z, noise_data=None) -> float:
+        """The forward-difference step (a length in ``z``)."""
+        if self.fixed_step is not None:
+            return self.fixed_step
+        noise = self.noise
+        if noise is None and noise_data is not None:
+            noise = NoiseEstimate.from_dict(noise_data)
+        if noise is not None:
+            return auto_step(noise, z, "forward")
+        return default_step(z, "forward")
+
+    def perturb(self, base, U, h):
+        """``base + h u`` per column of ``U``, projected onto the bounds; where a bound
+        cuts the step, ``base - h u`` when that one stays inside."""
+        points = []
+        for u in U.T:
+            p = base + h * u
+            if np.array_equal(self.project(p), p):
+                points.append(p)
+                continue
+            m = base - h * u
+            points.append(m if np.array_equal(self.project(m), m) else self.project(p))
+        return points
+
+    # -- solving -------------------------------------------------------------------------
+    def evaluate(self, zs, warm_start=None) -> Evaluations:
+        """Solve at ``T(z)`` for each ``z`` in one group; a group the evaluator gives up
+        on (too many failures) comes back as all failed."""
+        if not zs:
+            return Evaluations(thetas=[])
+        try:
+            return self._evaluate([self.phi(z) for z in zs], warm_start=warm_start)
+        except InnerSolverError as exc:
+            failure = Failure(0, None, getattr(exc, "kind", "exception"), str(exc))
+            return Evaluations(thetas=[None] * len(zs), failures=[failure])
+
+    def group(self, trial, center, U, h, warm_start, theta_center=None) -> GroupResult:
+        """Solve the trial (or nothing, when ``trial`` is None) and measure the columns
+        ``U`` around ``center`` (the trial, or the current point whose output
+        ``theta_center`` is known)."""
+        if self.exact:
+            ev = self.evaluate([trial] if trial is not None else [], warm_start)
+            theta_t = _flat(ev.thetas[0]) if trial is not None else None
+            out = GroupResult(theta_t, center, theta_t if trial is not None else theta_center,
+                              failures=list(ev.failures))
+            if out.theta_center is not None and U.shape[1]:
+                out.U, out.JU = U, self.jacobian_products(center, U)
+                out.jvp = U.shape[1]
+            return out
+        points = self.perturb(center, U, h)
+        zs = ([trial] if trial is not None else []) + points
+        ev = self.evaluate(zs, warm_start)
+        thetas = [_flat(t) for t in ev.thetas]
+        theta_t = thetas[0] if trial is not None else None
+        perturbed = thetas[1:] if trial is not None else thetas
+        return GroupResult(theta_t, center, theta_t if trial is not None else theta_center,
+                           points=points, thetas=perturbed, failures=list(ev.failures))
+
+    def jacobian_products(self, z, U):
+        """``J_S(T(z)) diag(T'(z)) U`` by forward mode through ``problem.inner_torch``."""
+        phi_t = torch.as_tensor(self.phi(z))
+        V = torch.as_tensor(np.ascontiguousarray((self.dphi(z)[:, None] * U).T))
+        fn = self.problem.inner_torch
+
+        def tangent(v):
+            return jvp(fn, (phi_t,), (v,))[1].reshape(-1)
+
+        chunk = getattr(self.estimator, "chunk_size", None) or V.shape[0]
+        out = []
+        for start in range(0, V.shape[0], chunk):
+            block = V[start:start + chunk]
+            if getattr(self.estimator, "vectorize", True):
+                try:
+                    vals = vmap(tangent)(block)
+                except RuntimeError as exc:
+                    raise FG2UValueError(
+                        "torch.func.vmap could not batch the inner solver over directions "
+                        f"({exc}); pass FG2U(vectorize=False) to loop over them") from exc
+            else:
+                vals = torch.stack([tangent(v) for v in block])
+            out.append(vals.detach().numpy())
+        JU = np.concatenate(out).T
+        if not np.all(np.isfinite(JU)):
+            raise InnerSolverError("a forward-mode solve returned non-finite tangents",
+                                   kind="nonfinite")
+        return JU
+
+    # -- the noise probe -----------------------------------------------------------------
+    def probe(self, z0, theta0) -> NoiseEstimate:
+        """Noise and curvature along random lines in ``z`` through ``evaluate``."""
+        _, g_theta, _ = self.problem.outer_parts(theta0, self.phi(z0))
+        lines = probe_lines(self.rng, z0.size, "gaussian")
+        return probe_noise(self.problem, z0, lines, theta0=theta0, g_theta=g_theta,
+                           quantity="inner", evaluator=_EvaluateAsEvaluator(self),
+                           scheme="forward", stacklevel=4)
+
+
+def _flat(theta):
+    return None if theta is None else np.asarray(theta, dtype=np.float64).reshape(-1)
+
+
+@dataclass
+class _MapStats:
+    nfev: int
+    solver_time: float
+    failures: list
+
+
+class _EvaluateAsEvaluator:
+    """``Evaluator.map`` over points in ``z``, through the run's ``evaluate`` (the probe
+    takes an evaluator; this one counts its solves with the run's)."""
+
+    def __init__(self, measurements):
+        self.m = measurements
+
+    def map(self, solver, points, on_result, *, seed=None, warm_start=None,
+            expected_shape=None):
+        ev = self.m.evaluate([points[k] for k in range(len(points))], warm_start)
+        for k, theta in enumerate(ev.thetas):
+            if theta is not None:
+                on_result(k, np.asarray(theta, dtype=np.float64))
+        return _MapStats(ev.nfev, ev.solver_time, list(ev.failures))

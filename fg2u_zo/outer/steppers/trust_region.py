@@ -1,0 +1,176 @@
+"""The trust-region subproblem, solved exactly in a small subspace.
+
+``min_a  g^T a + a^T H a / 2  subject to  ||a|| <= delta``, with ``H`` symmetric and
+possibly indefinite. The dimension is that of the subspace a model-based stepper keeps
+(tens to a few hundred), so one dense eigendecomposition ``H = V diag(lam) V^T`` makes
+everything explicit (Moré and Sorensen, "Computing a trust region step", 1983; Conn,
+Gould and Toint, "Trust-Region Methods", ch. 7):
+
+- the global minimizer is ``a(sigma) = -(H + sigma I)^{-1} g`` for the unique
+  ``sigma >= max(0, -lam_min)`` with ``H + sigma I`` positive semidefinite and
+  ``sigma (delta - ||a||) = 0``;
+- ``sigma = 0`` when ``H`` is positive definite and the Newton step lies inside;
+- otherwise ``||a(sigma)|| = delta``: the secular equation
+  ``1/||a(sigma)|| = 1/delta``, nearly linear in ``sigma``, solved by bracketing root
+  finding (``scipy.optimize.brentq``) on ``(max(0, -lam_min), -lam_min + ||g||/delta]``;
+- the *hard case*: ``g`` has no component along the eigenvectors of ``lam_min < 0`` and
+  ``||a(-lam_min)|| < delta``; then ``a = a(-lam_min) + tau v_min`` with ``tau`` chosen
+  so that ``||a|| = delta``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+from ...errors import FG2UValueError
+
+__all__ = ["TrustRegionStep", "solve_trust_region", "model_decrease"]
+
+#: Eigenvalues within this fraction of ``max |lam|`` of ``lam_min`` count as equal to it.
+_EIG_TOL = 1e-10
+#: A gradient component below this fraction of ``||g||`` counts as zero (hard case).
+_ZERO_TOL = 1e-10
+
+
+@dataclass(frozen=True)
+class TrustRegionStep:
+    """Solution of the trust-region subproblem.
+
+    Attributes
+    ----------
+    step : ndarray, shape (d,)
+        The minimizer ``a``.
+    decrease : float
+        The model's predicted decrease ``-(g^T a + a^T H a / 2)`` (>= 0).
+    multiplier : float
+        The Lagrange multiplier ``sigma`` (0 for an interior solution).
+    on_boundary : bool
+        Whether ``||a|| = delta`` (to round-off).
+    hard_case : bool
+        Whether the step came from the hard case.
+    """
+
+    step: np.ndarray
+    decrease: float
+    multiplier: float
+    on_boundary: bool
+    hard_case: bool = False
+
+
+def model_decrease(g, H, a) -> float:
+    """``-(g^T a + a^T H a / 2)``: what the quadratic model predicts the step gains."""
+    a = np.asarray(a, dtype=np.float64)
+    return float(-(g @ a + 0.5 * a @ (H @ a)))
+
+
+def solve_trust_region(g, H, delta) -> TrustRegionStep:
+    """Global minimizer of ``g^T a + a^T H a / 2`` over ``||a|| <= delta``.
+
+    Parameters
+    ----------
+    g : array_like, shape (d,)
+        Model gradient.
+    H : array_like, shape (d, d)
+        Model Hessian; symmetrized as ``(H + H^T) / 2``; may be indefinite or singular.
+    delta : float
+        Trust radius (> 0).
+
+    Returns
+    -------
+    TrustRegionStep
+
+    Raises
+    ------
+    FG2UValueError
+        When the shapes disagree, an entry is not finite, or ``delta <= 0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = solve_trust_region(np.array([1.0, 0.0]), np.diag([2.0, 1.0]), 10.0)
+    >>> r.step.tolist(), r.on_boundary
+    ([-0.5, 0.0], False)
+    >>> r = solve_trust_region(np.zeros(2), np.diag([1.0, -1.0]), 2.0)   # hard case
+    >>> np.abs(r.step).tolist(), r.hard_case
+    ([0.0, 2.0], True)
+    """
+    g = np.asarray(g, dtype=np.float64).reshape(-1)
+    H = np.asarray(H, dtype=np.float64)
+    d = g.size
+    if H.shape != (d, d):
+        raise FG2UValueError(
+            f"the model Hessian must have shape ({d}, {d}) to match the gradient, got "
+            f"{H.shape}")
+    if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        raise FG2UValueError("the model gradient and Hessian must be finite")
+    delta = float(delta)
+    if not (np.isfinite(delta) and delta > 0):
+        raise FG2UValueError(f"the trust radius `delta` must be > 0, got {delta}")
+    if d == 0:
+        return TrustRegionStep(np.zeros(0), 0.0, 0.0, False)
+    H = 0.5 * (H + H.T)
+    lam, V = scipy.linalg.eigh(H)
+    gt = V.T @ g
+    gnorm = float(np.linalg.norm(g))
+    scale = max(float(np.max(np.abs(lam))), np.finfo(np.float64).tiny)
+    lam_min = float(lam[0])
+    lower = max(0.0, -lam_min)
+    # The eigenspace of lam_min, and whether g has (numerically) no part in it.
+    low = lam - lam_min <= _EIG_TOL * scale
+    flat = float(np.linalg.norm(gt[low])) <= _ZERO_TOL * max(gnorm, np.finfo(np.float64).tiny)
+
+    def step_at(sigma):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return -gt / (lam + sigma)
+
+    def finish(at, sigma, boundary, hard=False):
+        a = V @ at
+        norm = float(np.linalg.norm(a))
+        if norm > delta:  # round-off past the boundary: pull it back
+            a *= delta / norm
+        return TrustRegionStep(a, max(model_decrease(g, H, a), 0.0), float(sigma),
+                               boundary, hard)
+
+    if lam_min > _EIG_TOL * scale:
+        newton = step_at(0.0)
+        if np.linalg.norm(newton) <= delta:
+            return finish(newton, 0.0, False)
+    if flat:
+        # Step at sigma = lower from the other eigen-components only (a pseudo-inverse).
+        at = np.zeros(d)
+        at[~low] = -gt[~low] / (lam[~low] + lower)
+        norm = float(np.linalg.norm(at))
+        if norm <= delta:
+            if lam_min >= -_EIG_TOL * scale:
+                # Positive semidefinite, g orthogonal to the null space: an interior
+                # minimizer (not unique; the minimum-norm one).
+                return finish(at, 0.0, False)
+            # The hard case: add the leftmost eigenvector up to the boundary.
+            tau = np.sqrt(max(delta ** 2 - norm ** 2, 0.0))
+            at[int(np.flatnonzero(low)[0])] += tau
+            return finish(at, lower, True, hard=True)
+
+    def secular(sigma):
+        # 1/delta - 1/||a(sigma)||: decreasing in sigma, nearly linear (Moré-Sorensen).
+        norm = float(np.linalg.norm(step_at(sigma)))
+        return 1.0 / delta - (0.0 if not np.isfinite(norm) else 1.0 / norm)
+
+    if not secular(lower) > 0:
+        # Only with lam_min a hair above 0 and a short step: an interior solution.
+        at = step_at(lower)
+        return finish(np.where(np.isfinite(at), at, 0.0), lower, False)
+    upper = lower + gnorm / delta
+    while secular(upper) > 0:  # only by round-off: ||a(upper)|| <= delta exactly
+        upper = lower + 2.0 * (upper - lower) + np.finfo(np.float64).tiny
+    sigma = scipy.optimize.brentq(secular, lower, upper, xtol=1e-15 * upper,
+                                  rtol=4 * np.finfo(np.float64).eps, maxiter=200)
+    at = step_at(sigma)
+    at = np.where(np.isfinite(at), at, 0.0)
+    norm = float(np.linalg.norm(at))
+    if norm > 0:
+        at *= delta / norm  # the root is on the boundary; remove the root finder's slack
+    return finish(at, sigma, True)
