@@ -1,7 +1,9 @@
 """Checkpoints: atomic writes, no pickles, exact resumption after SIGKILL and SIGTERM, and
 refusal of a checkpoint that does not match the run."""
 
+import dataclasses
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -15,8 +17,7 @@ import pytest
 import torch
 
 import fg2u_zo as fz
-from fg2u_zo.outer.checkpoint import (Checkpoint, generator_state, read_checkpoint,
-                                write_checkpoint)
+from fg2u_zo.outer.checkpoint import generator_state, read_checkpoint, write_checkpoint
 from fg2u_zo.testing import RidgeHyperproblem
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -217,76 +218,134 @@ def test_resume_asks_for_what_a_checkpoint_cannot_hold(tmp_path):
 
 
 # -- the file itself ---------------------------------------------------------------------
-def _checkpoint(step=3):
-    return Checkpoint(phi=np.array([1.0, 2.0]), z=np.array([0.5, -0.25]),
-                      lower=np.array([-np.inf, 0.0]), upper=np.array([np.inf, 5.0]),
-                      optimizer_state={"state": {0: {"step": torch.tensor(3.0)}},
-                                       "param_groups": [{"lr": 0.1, "params": [0]}]},
-                      rng_state=generator_state(np.random.default_rng(5)), step=step,
-                      phase=0, step_in_phase=step, totals={"nfev": 10, "solver_time": 0.5,
-                                                           "wall_time": 1.0})
+@pytest.fixture(scope="module")
+def adam_run(tmp_path_factory):
+    """A finished 4-step Adam run with a history, next to its checkpoint."""
+    d = tmp_path_factory.mktemp("adam")
+    fz.minimize(RidgeHyperproblem().problem(), np.zeros(5),
+                fz.FG2UZO(num_directions=4, step="auto"), lr=0.1, steps=4, rng=0,
+                bounds=(-3, 3), checkpoint=d / "run.ckpt", history=d / "run.jsonl",
+                progress=False)
+    return d / "run.ckpt"
 
 
-def test_round_trip_without_pickles(tmp_path):
-    path = write_checkpoint(tmp_path / "c.ckpt", _checkpoint())
-    with zipfile.ZipFile(path) as zf:
-        assert sorted(zf.namelist()) == ["arrays.npz", "meta.json", "optimizer.pt"]
+def _checkpoint(adam_run, step=3):
+    return dataclasses.replace(read_checkpoint(adam_run), step=step, step_in_phase=step,
+                               history_lines=0, history_path=None)
+
+
+def test_round_trip_without_pickles(tmp_path, adam_run):
+    with zipfile.ZipFile(adam_run) as zf:
+        assert sorted(zf.namelist()) == ["arrays.npz", "meta.json"]  # no torch .pt file
         meta = json.loads(zf.read("meta.json"))  # strict JSON: no NaN/Infinity tokens
-    assert meta["format_version"] == 1 and meta["step"] == 3
-    back = read_checkpoint(path)
-    np.testing.assert_array_equal(back.upper, [np.inf, 5.0])
-    assert back.optimizer_state["state"][0]["step"].item() == 3.0
-    assert back.generator().random() == np.random.default_rng(5).random()
+        with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    assert meta["format_version"] == 2 and meta["step"] == 4
+    assert meta["config"]["optimizer"] == {"name": "torch.optim:Adam", "options": {}}
+    assert meta["history"]["path"] == "run.jsonl"  # relative to the checkpoint
+    # Adam's state keeps its dtypes: the step counter is float32, the moments float64.
+    assert arrays["stepper/state.0.step"].dtype == np.float32
+    assert arrays["stepper/state.0.step"] == 4
+    assert arrays["stepper/state.0.exp_avg"].dtype == np.float64
+    back = read_checkpoint(adam_run)
+    assert back.noise is not None and back.noise_age >= 0  # step="auto" keeps one
+    np.testing.assert_array_equal(back.upper, np.full(5, 3.0))
+    again = read_checkpoint(write_checkpoint(tmp_path / "again.ckpt", back))
+    assert again.noise.to_dict() == back.noise.to_dict() or np.isnan(back.noise.noise)
+    for name, arr in back.stepper_state.arrays.items():
+        assert again.stepper_state.arrays[name].tobytes() == arr.tobytes()
+    assert again.stepper_state.data == back.stepper_state.data
     for name in ("MT19937", "Philox", "SFC64"):
         rng = np.random.Generator(getattr(np.random, name)(11))
-        ck = _checkpoint()
+        ck = _checkpoint(adam_run)
         ck.rng_state = generator_state(rng)
         back = read_checkpoint(write_checkpoint(tmp_path / f"{name}.ckpt", ck))
         assert back.generator().random() == rng.random()
 
 
-def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = write_checkpoint(tmp_path / "c.ckpt", _checkpoint(step=3))
+def test_torch_optimizer_state_round_trip_is_exact():
+    from fg2u_zo.outer.steppers.torch_optim import (decode_optimizer_state,
+                                                    encode_optimizer_state)
+
+    for cls, options in ((torch.optim.Adam, {"betas": (0.8, 0.9), "amsgrad": True}),
+                         (torch.optim.Rprop, {}), (torch.optim.SGD, {"momentum": 0.9}),
+                         (torch.optim.ASGD, {})):
+        z = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+        opt = cls([z], lr=0.01, **options)
+        for k in range(3):
+            z.grad = torch.tensor([1.0, -2.0, 0.5 * k], dtype=torch.float64)
+            opt.step()
+        state = encode_optimizer_state(opt.state_dict())
+        json.dumps(state.data, allow_nan=False)
+        back = decode_optimizer_state(state)
+        ref = opt.state_dict()
+        assert back["param_groups"] == ref["param_groups"]  # tuples stay tuples
+        for key, value in ref["state"][0].items():
+            if isinstance(value, torch.Tensor):
+                assert back["state"][0][key].dtype == value.dtype, (cls, key)
+                assert torch.equal(back["state"][0][key], value), (cls, key)
+            else:
+                assert back["state"][0][key] == value
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, adam_run):
+    path = write_checkpoint(tmp_path / "c.ckpt", _checkpoint(adam_run, step=3))
 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        write_checkpoint(path, _checkpoint(step=4))
+        write_checkpoint(path, _checkpoint(adam_run, step=4))
     monkeypatch.undo()
     assert read_checkpoint(path).step == 3
     assert os.listdir(tmp_path) == ["c.ckpt"]  # no temporary file left behind
 
 
-def test_unreadable_checkpoints(tmp_path):
+def _rewrite(path, edit_meta=None, edit_arrays=None):
+    """Rewrite a checkpoint's entries in place (what an attacker or a bad disk does)."""
+    with zipfile.ZipFile(path) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    if edit_meta is not None:
+        meta = json.loads(entries["meta.json"])
+        edit_meta(meta)
+        entries["meta.json"] = json.dumps(meta).encode()
+    if edit_arrays is not None:
+        with np.load(io.BytesIO(entries["arrays.npz"]), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        edit_arrays(arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        entries["arrays.npz"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+
+
+def test_unreadable_checkpoints(tmp_path, adam_run):
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a zip")
     with pytest.raises(fz.CheckpointError, match="not a readable"):
         read_checkpoint(bad)
     with pytest.raises(fz.CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.ckpt")
-    path = write_checkpoint(tmp_path / "new.ckpt", _checkpoint())
-    with zipfile.ZipFile(path) as zf:
-        entries = {name: zf.read(name) for name in zf.namelist()}
-    meta = json.loads(entries["meta.json"])
-    meta["format_version"] = 99
-    entries["meta.json"] = json.dumps(meta).encode()
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
+    path = write_checkpoint(tmp_path / "new.ckpt", _checkpoint(adam_run))
+    _rewrite(path, lambda meta: meta.update(format_version=99))
     with pytest.raises(fz.CheckpointError, match="format 99.*upgrade"):
+        read_checkpoint(path)
+    _rewrite(path, lambda meta: meta.update(format_version=1))
+    with pytest.raises(fz.CheckpointError, match="format 1.*no longer read"):
         read_checkpoint(path)
 
 
-def test_optimizer_state_is_loaded_with_weights_only(tmp_path, monkeypatch):
-    calls = []
-    real_load = torch.load
+def test_no_torch_save_or_load(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.save/torch.load must not be used for checkpoints")
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("weights_only"))
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
-    read_checkpoint(write_checkpoint(tmp_path / "c.ckpt", _checkpoint()))
-    assert calls == [True]
+    monkeypatch.setattr(torch, "save", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    problem = RidgeHyperproblem().problem()
+    est = fz.FG2UZO(num_directions=2, step=1e-6)
+    fz.minimize(problem, np.zeros(5), est, optimizer="rprop", steps=2, rng=0,
+                checkpoint=tmp_path / "r.ckpt", progress=False)
+    assert fz.resume(tmp_path / "r.ckpt", problem, steps=3, progress=False).nit == 3

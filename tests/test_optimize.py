@@ -372,17 +372,37 @@ def test_inner_solver_failure_writes_checkpoint_then_resume_continues(ridge, tmp
 @pytest.mark.timeout(30)
 def test_failure_without_checkpoint_path_still_saves(ridge):
     solver = BreakingSolver(ridge)
-    solver.broken = True
     problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
     with pytest.raises(fz.InnerSolverError) as info:
         fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2), steps=3,
-                    progress=False)
+                    callback=_BreakAt(solver, 0), progress=False)
     path = info.value.checkpoint
     try:
         assert path in str(info.value) and os.path.exists(path)
-        assert fz.read_checkpoint(path).step == 0
+        assert fz.read_checkpoint(path).step == 1
     finally:
         os.unlink(path)
+
+
+@pytest.mark.timeout(30)
+def test_failure_before_the_first_step_leaves_no_temporary_checkpoint(ridge, monkeypatch,
+                                                                      tmp_path):
+    # Issue 15 item 16: an error at step 0 has nothing to save; a temporary checkpoint
+    # of the start, and the advice to resume it, only mislead.
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def numpy_outer(theta, phi):
+        return (theta.detach().numpy() ** 2).sum()  # numpy, not a torch tensor
+
+    problem = fz.BilevelProblem(inner=ridge.inner, outer=numpy_outer, num_params=5)
+    with pytest.raises(fz.FG2UTypeError, match="0-d torch tensor") as info:
+        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6), steps=3,
+                    progress=False)
+    assert "resume" not in str(info.value)
+    assert getattr(info.value, "checkpoint", None) is None
+    assert os.listdir(tmp_path) == []
 
 
 # -- signals ---------------------------------------------------------------------------------

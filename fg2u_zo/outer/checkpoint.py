@@ -1,28 +1,32 @@
-"""Checkpoints: everything a resumed run needs, written atomically, read without pickle.
+"""Checkpoints: everything a resumed run needs, written atomically, read as data only.
 
-File format (version 1)
+File format (version 2)
 -----------------------
 A checkpoint is one file, a zip archive (entries stored, not compressed) holding:
 
 ``meta.json``
     Format name and version, package version, time written, ``status`` and
     ``message``; ``num_params``; the position of the run: ``step`` (outer steps done),
-    ``phase`` and ``step_in_phase``; ``history`` (``path`` and ``lines``, the number of
-    JSONL lines the history had, to which a resumed run truncates it); ``rng`` (the
-    numpy ``bit_generator.state``, arrays as ``{"__ndarray__": [...], "dtype": ...}``);
-    ``noise`` (the noise estimate in use, or null); ``totals`` (``nfev``,
-    ``solver_time``, ``wall_time`` since the run began); ``config`` (estimators, phases,
-    optimizer, schedules, transforms: what must match for the run to continue exactly);
-    ``metadata`` (free JSON, e.g. the config file path and its sha256 written by the CLI).
+    ``phase`` and ``step_in_phase``; ``history`` (``path``, relative to the
+    checkpoint's directory, and ``lines``, the number of JSONL lines the history had,
+    to which a resumed run truncates it); ``rng`` (the numpy ``bit_generator.state``);
+    ``noise`` (``{"type": "NoiseEstimate", "data": {...}, "age": k}`` or null);
+    ``totals`` (``nfev``, ``solver_time``, ``wall_time`` and ``failures`` by kind since
+    the run began); ``stepper`` (``data``: the stepper's JSON state); ``config``
+    (estimators, phases, the stepper's configuration under ``optimizer``, schedules,
+    transforms: what must match for the run to continue exactly); ``metadata`` (free
+    JSON, e.g. the config file path and its sha256 written by the CLI).
 ``arrays.npz``
-    ``phi``, ``z`` (the optimizer's unconstrained variable) and the bounds ``lower``,
-    ``upper``, read back with ``allow_pickle=False``.
-``optimizer.pt``
-    The ``torch.optim`` ``state_dict()``, written with :func:`torch.save` and read back
-    with ``torch.load(..., weights_only=True)``.
+    ``phi``, ``z`` (the stepper's unconstrained variable), the bounds ``lower``,
+    ``upper`` and the stepper's arrays under ``stepper/<name>``, read back with
+    ``allow_pickle=False``.
 
 Inspect one with ``unzip -p run.ckpt meta.json``. Floats survive the round trip bit for
-bit: JSON holds ``repr(float)``, npz and torch hold the raw bytes.
+bit: JSON holds ``repr(float)`` (non-finite ones as ``{"__float__": "inf"}``), npz the
+raw bytes. A checkpoint names data, never code: :func:`read_checkpoint` checks every
+field's type and range and raises :class:`~fg2u_zo.CheckpointError` naming the first
+malformed one; nothing in the file picks what is imported or called, and its history
+path is only ever a file to check before appending to it.
 
 Writes are atomic: the archive is written to ``<path>.tmp`` in the same directory,
 fsynced, moved over ``<path>`` with :func:`os.replace` and the directory fsynced, so a
@@ -34,7 +38,6 @@ from __future__ import annotations
 import datetime
 import io
 import json
-import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -43,13 +46,21 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import CheckpointError
+from .serialization import (FieldReader, decode_noise, encode_noise, from_json,
+                            generator_from_state, generator_state, to_json)
+from .steppers.base import StepperState
+from .transforms import TRANSFORM_KINDS
 
 __all__ = ["Checkpoint", "read_checkpoint", "write_checkpoint", "config_differences",
-           "FORMAT_VERSION"]
+           "FORMAT_VERSION", "STATUSES", "to_json", "from_json", "generator_state",
+           "generator_from_state"]
 
 FORMAT_NAME = "fg2u-zo checkpoint"
-FORMAT_VERSION = 1
-_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+FORMAT_VERSION = 2
+#: What a checkpoint's ``status`` may be.
+STATUSES = ("running", "interrupted", "failed", "finished")
+_STEPPER_PREFIX = "stepper/"
+_ARRAYS = ("phi", "z", "lower", "upper")
 
 
 @dataclass
@@ -59,22 +70,25 @@ class Checkpoint:
     Attributes
     ----------
     phi, z : ndarray, shape (N,)
-        Meta-parameters and the optimizer's unconstrained variable (``phi = T(z)``).
+        Meta-parameters and the stepper's unconstrained variable (``phi = T(z)``).
     lower, upper : ndarray, shape (N,)
         Bounds of the run.
-    optimizer_state : dict
-        ``torch.optim.Optimizer.state_dict()``.
+    stepper_state : StepperState
+        The stepper's state before the next step.
     rng_state : dict
         ``numpy.random.Generator.bit_generator.state`` before the next step.
     step, phase, step_in_phase : int
         Outer steps done, current phase and steps done in it.
     history_path : str or None
+        The JSONL history (absolute once read: resolved against the checkpoint's
+        directory).
     history_lines : int
         Lines of the JSONL history covered by this checkpoint.
-    noise : dict or None
-        Encoded noise estimate in use (see :func:`encode_noise`).
+    noise : NoiseEstimate or None
+        Noise estimate in use; ``noise_age`` steps old.
     totals : dict
-        ``nfev``, ``solver_time`` and ``wall_time`` since the run began.
+        ``nfev``, ``solver_time``, ``wall_time`` and ``failures`` (kind -> count) since
+        the run began.
     config : dict
         What the run was configured with (compared on resume).
     metadata : dict
@@ -87,14 +101,15 @@ class Checkpoint:
     z: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
-    optimizer_state: dict
+    stepper_state: StepperState
     rng_state: dict
     step: int
     phase: int
     step_in_phase: int
     history_path: str | None = None
     history_lines: int = 0
-    noise: dict | None = None
+    noise: object = None
+    noise_age: int = 0
     totals: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
@@ -112,119 +127,41 @@ class Checkpoint:
         return generator_from_state(self.rng_state)
 
 
-# -- JSON helpers ------------------------------------------------------------------------
-def to_json(value):
-    """JSON-ready copy: arrays become ``{"__ndarray__": list, "dtype": str}``, tuples
-    lists; non-finite floats ``{"__float__": "inf"}`` (strict JSON has no inf/nan)."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": to_json(value.tolist()), "dtype": value.dtype.str,
-                "shape": list(value.shape)}
-    if isinstance(value, np.generic):
-        return to_json(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"__float__": repr(value)}
-    return value
-
-
-def from_json(value):
-    """Inverse of :func:`to_json`."""
-    if isinstance(value, dict):
-        if "__ndarray__" in value:
-            arr = np.array(from_json(value["__ndarray__"]), dtype=np.dtype(value["dtype"]))
-            return arr.reshape(value.get("shape", arr.shape))
-        if set(value) == {"__float__"}:
-            return float(value["__float__"])
-        return {k: from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    return value
-
-
-def generator_state(rng: np.random.Generator) -> dict:
-    return to_json(rng.bit_generator.state)
-
-
-def generator_from_state(state: dict) -> np.random.Generator:
-    """Rebuild a Generator from :func:`generator_state` (numpy's bit generators only)."""
-    state = from_json(state)
-    name = state.get("bit_generator")
-    if name not in _BIT_GENERATORS:
-        raise CheckpointError(
-            f"the checkpoint's random state uses bit generator {name!r}; expected one of "
-            f"{', '.join(_BIT_GENERATORS)}")
-    bitgen = getattr(np.random, name)()
-    bitgen.state = state
-    return np.random.Generator(bitgen)
-
-
-# -- noise estimates --------------------------------------------------------------------
-def encode_noise(noise):
-    """JSON description of a noise estimate (an object of :mod:`fg2u_zo`), or None.
-
-    Uses ``noise.to_dict()`` when the class has one, else its dataclass fields.
-    """
-    if noise is None:
+# -- writing -----------------------------------------------------------------------------
+def _stored_history_path(history_path, directory):
+    """The history path relative to the checkpoint's directory (absolute if impossible)."""
+    if history_path is None:
         return None
-    cls = type(noise)
-    if hasattr(noise, "to_dict"):
-        data = noise.to_dict()
-    elif hasattr(noise, "__dataclass_fields__"):
-        data = {name: getattr(noise, name) for name in noise.__dataclass_fields__}
-    else:
-        data = dict(vars(noise))
-    return {"class": f"{cls.__module__}:{cls.__qualname__}", "data": to_json(data)}
-
-
-def decode_noise(encoded):
-    """Inverse of :func:`encode_noise`. Only classes of the fg2u_zo package are rebuilt:
-    a checkpoint names data, never code to run."""
-    if encoded is None:
-        return None
-    import importlib
-
-    module_name, _, qualname = encoded["class"].partition(":")
-    if module_name.split(".")[0] != "fg2u_zo":
-        raise CheckpointError(
-            f"the checkpoint's noise estimate has class {encoded['class']!r}, which is not "
-            "part of fg2u_zo; it cannot be rebuilt")
+    path = os.path.abspath(os.fspath(history_path))
     try:
-        cls = getattr(importlib.import_module(module_name), qualname)
-    except (ImportError, AttributeError) as exc:
-        raise CheckpointError(
-            f"cannot rebuild the checkpoint's noise estimate {encoded['class']!r}: {exc}; "
-            "is this the fg2u-zo version that wrote it?") from None
-    data = from_json(encoded["data"])
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(data)
-    return cls(**data)
+        return os.path.relpath(path, directory)
+    except ValueError:  # another drive on Windows
+        return path
 
 
-# -- reading and writing ----------------------------------------------------------------
 def write_checkpoint(path, ckpt: Checkpoint) -> str:
     """Write ``ckpt`` to ``path`` atomically; returns the absolute path.
 
     Examples
     --------
-    >>> import tempfile, os, numpy as np
+    >>> import os, tempfile, numpy as np, fg2u_zo as fz
+    >>> from fg2u_zo.testing import RidgeHyperproblem
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.ckpt")
+    >>> res = fz.minimize(RidgeHyperproblem(num_features=3).problem(), np.zeros(3),
+    ...                   fz.FG2UZO(num_directions=2), steps=2, rng=0, checkpoint=path,
+    ...                   progress=False)
+    >>> ck = read_checkpoint(path)
     >>> rng = np.random.default_rng(0)
-    >>> ck = Checkpoint(phi=np.ones(2), z=np.zeros(2), lower=np.full(2, -np.inf),
-    ...                 upper=np.full(2, np.inf), optimizer_state={}, step=3, phase=0,
-    ...                 step_in_phase=3, rng_state=generator_state(rng))
-    >>> path = write_checkpoint(os.path.join(tempfile.mkdtemp(), "run.ckpt"), ck)
-    >>> back = read_checkpoint(path)
+    >>> ck.rng_state = generator_state(rng)
+    >>> back = read_checkpoint(write_checkpoint(path, ck))
     >>> back.step, back.generator().random() == rng.random()
-    (3, True)
+    (2, True)
     """
-    import torch
-
     path = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     ckpt.written = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    state = ckpt.stepper_state
     meta = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
         "fg2u_zo_version": __version__, "written": ckpt.written,
@@ -232,23 +169,27 @@ def write_checkpoint(path, ckpt: Checkpoint) -> str:
         "num_params": ckpt.num_params,
         "step": int(ckpt.step), "phase": int(ckpt.phase),
         "step_in_phase": int(ckpt.step_in_phase),
-        "history": {"path": ckpt.history_path, "lines": int(ckpt.history_lines)},
-        "rng": to_json(ckpt.rng_state), "noise": ckpt.noise,
-        "totals": to_json(ckpt.totals), "config": to_json(ckpt.config),
-        "metadata": to_json(ckpt.metadata),
+        "history": {"path": _stored_history_path(ckpt.history_path, directory),
+                    "lines": int(ckpt.history_lines)},
+        "rng": to_json(ckpt.rng_state), "noise": encode_noise(ckpt.noise, ckpt.noise_age),
+        "totals": to_json(ckpt.totals), "stepper": {"data": to_json(state.data)},
+        "config": to_json(ckpt.config), "metadata": to_json(ckpt.metadata),
     }
-    arrays = io.BytesIO()
-    np.savez(arrays, phi=np.asarray(ckpt.phi, dtype=np.float64),
-             z=np.asarray(ckpt.z, dtype=np.float64), lower=ckpt.lower, upper=ckpt.upper)
-    optimizer = io.BytesIO()
-    torch.save(ckpt.optimizer_state, optimizer)
+    arrays = {"phi": np.asarray(ckpt.phi, dtype=np.float64),
+              "z": np.asarray(ckpt.z, dtype=np.float64),
+              "lower": np.asarray(ckpt.lower, dtype=np.float64),
+              "upper": np.asarray(ckpt.upper, dtype=np.float64)}
+    for name, value in state.arrays.items():
+        arrays[_STEPPER_PREFIX + name] = np.asarray(value)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    text = json.dumps(meta, indent=1, allow_nan=False)  # fails before any file is touched
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                zf.writestr("meta.json", json.dumps(meta, indent=1, allow_nan=False))
-                zf.writestr("arrays.npz", arrays.getvalue())
-                zf.writestr("optimizer.pt", optimizer.getvalue())
+                zf.writestr("meta.json", text)
+                zf.writestr("arrays.npz", buffer.getvalue())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -274,16 +215,16 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+# -- reading -----------------------------------------------------------------------------
 def read_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint written by :func:`write_checkpoint`.
+    """Read and validate a checkpoint written by :func:`write_checkpoint`.
 
     Raises
     ------
     CheckpointError
-        If the file is missing, not a checkpoint, or of a newer format.
+        If the file is missing, not a checkpoint, of another format version, or any
+        field is malformed (the message names the field).
     """
-    import torch
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
@@ -291,32 +232,135 @@ def read_checkpoint(path) -> Checkpoint:
         with zipfile.ZipFile(path) as zf:
             meta = json.loads(zf.read("meta.json"))
             with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in ("phi", "z", "lower", "upper")}
-            optimizer_state = torch.load(io.BytesIO(zf.read("optimizer.pt")),
-                                         weights_only=True)
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, ValueError) as exc:
+                arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, ValueError, OSError,
+            EOFError) as exc:
         raise CheckpointError(
             f"{path!r} is not a readable fg2u-zo checkpoint ({type(exc).__name__}: {exc})"
         ) from None
-    except Exception as exc:  # torch.load refusing a non-tensor payload, for one
-        raise CheckpointError(
-            f"cannot read the optimizer state in {path!r}: {exc}") from None
+    try:
+        return _from_meta(meta, arrays, os.path.dirname(os.path.abspath(path)))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path!r}: {exc}") from None
+
+
+def _from_meta(meta, arrays, directory) -> Checkpoint:
+    m = FieldReader(meta, "")
     if meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path!r} is not an fg2u-zo checkpoint (format "
-                              f"{meta.get('format')!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"not an fg2u-zo checkpoint (format {meta.get('format')!r})")
+    version = m.integer("format_version", minimum=1)
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path!r} has checkpoint format {meta['format_version']}, newer than this "
-            f"fg2u-zo ({__version__}, format {FORMAT_VERSION}) can read; upgrade fg2u-zo")
+            f"checkpoint format {version} is newer than this fg2u-zo ({__version__}, "
+            f"format {FORMAT_VERSION}) can read; upgrade fg2u-zo")
+    if version < FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format {version} (a torch.save optimizer state) is no longer "
+            f"read; finish that run with the fg2u-zo version that wrote it "
+            f"({meta.get('fg2u_zo_version')!r}), or start a new run")
+    n = m.integer("num_params", minimum=1)
+    step = m.integer("step", minimum=0)
+    phase = m.integer("phase", minimum=0)
+    step_in_phase = m.integer("step_in_phase", minimum=0)
+    if step_in_phase > step:
+        raise m.error("step_in_phase", f"must be <= step ({step}), got {step_in_phase}")
+    if phase > step:
+        raise m.error("phase", f"must be <= step ({step}), got {phase}")
+    history = FieldReader(m.obj("history"), "history")
+    history_path = history.string("path", optional=True)
+    lines = history.integer("lines", minimum=0)
+    if lines > step:
+        raise history.error("lines", f"must be <= step ({step}), got {lines}")
+    if history_path is not None:
+        if not history_path or "\x00" in history_path:
+            raise history.error("path", f"must be a file name, got {history_path!r}")
+        history_path = os.path.normpath(os.path.join(directory, history_path))
+    noise, age = decode_noise(meta.get("noise"))
+    if noise is not None and noise.num_params != n:
+        raise m.error("noise.data.num_params", f"must be num_params ({n}), got "
+                                               f"{noise.num_params}")
+    totals = _totals(FieldReader(m.obj("totals"), "totals"))
+    stepper = FieldReader(m.obj("stepper"), "stepper")
+    try:
+        stepper_data = from_json(stepper.obj("data"))
+        config = from_json(m.obj("config"))
+        metadata = from_json(m.obj("metadata", optional=True) or {})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"a JSON value of the checkpoint is malformed: {exc}") from None
+    _check_config(config, n, phase)
+    rng_state = m.obj("rng")
+    generator_from_state(rng_state)  # validates it
+    core = _arrays(arrays, n)
+    stepper_arrays = {k[len(_STEPPER_PREFIX):]: v for k, v in arrays.items()
+                      if k.startswith(_STEPPER_PREFIX)}
     return Checkpoint(
-        phi=arrays["phi"], z=arrays["z"], lower=arrays["lower"], upper=arrays["upper"],
-        optimizer_state=optimizer_state, rng_state=from_json(meta["rng"]),
-        step=meta["step"], phase=meta["phase"], step_in_phase=meta["step_in_phase"],
-        history_path=meta["history"]["path"], history_lines=meta["history"]["lines"],
-        noise=meta["noise"], totals=from_json(meta["totals"]),
-        config=from_json(meta["config"]), metadata=from_json(meta.get("metadata") or {}),
-        status=meta["status"], message=meta["message"], written=meta["written"],
-        version=meta["fg2u_zo_version"])
+        phi=core["phi"], z=core["z"], lower=core["lower"], upper=core["upper"],
+        stepper_state=StepperState(arrays=stepper_arrays, data=stepper_data),
+        rng_state=from_json(rng_state), step=step, phase=phase,
+        step_in_phase=step_in_phase, history_path=history_path, history_lines=lines,
+        noise=noise, noise_age=age, totals=totals, config=config, metadata=metadata,
+        status=m.string("status", choices=STATUSES), message=m.string("message"),
+        written=m.string("written"), version=m.string("fg2u_zo_version"))
+
+
+def _totals(t: FieldReader) -> dict:
+    failures = t.obj("failures", optional=True) or {}
+    for kind, count in failures.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise t.error(f"failures.{kind}", f"must be a count >= 0, got {count!r:.80}")
+    return {"nfev": t.integer("nfev", minimum=0),
+            "solver_time": t.number("solver_time", minimum=0.0),
+            "wall_time": t.number("wall_time", minimum=0.0),
+            "failures": dict(failures)}
+
+
+def _check_config(config, n, phase):
+    c = FieldReader(config, "config")
+    if c.integer("num_params", minimum=1) != n:
+        raise c.error("num_params", f"must equal num_params ({n})")
+    steps = config.get("phase_steps")
+    if not isinstance(steps, list) or not steps or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
+        raise c.error("phase_steps", f"must be a non-empty list of step counts >= 1, got "
+                                     f"{steps!r:.80}")
+    phases = config.get("phases")
+    if not isinstance(phases, list) or len(phases) != len(steps) or not all(
+            isinstance(p, dict) for p in phases):
+        raise c.error("phases", f"must be a list of {len(steps)} JSON objects")
+    if phase >= len(steps):
+        raise CheckpointError(f"checkpoint field `phase` must be < the number of phases "
+                              f"({len(steps)}), got {phase}")
+    for i, p in enumerate(phases):
+        pr = FieldReader(p, f"config.phases[{i}]")
+        pr.number("lr", minimum=0.0)
+        pr.obj("estimator")
+        pr.obj("schedule")
+    FieldReader(c.obj("optimizer"), "config.optimizer").string("name")
+    kinds = config.get("transform")
+    if not isinstance(kinds, list) or len(kinds) != n or not all(
+            k in TRANSFORM_KINDS for k in kinds):
+        raise c.error("transform", f"must be a list of {n} of "
+                                   f"{', '.join(map(repr, TRANSFORM_KINDS))}")
+
+
+def _arrays(arrays, n):
+    out = {}
+    for name in _ARRAYS:
+        if name not in arrays:
+            raise CheckpointError(f"checkpoint array `{name}` is missing")
+        arr = arrays[name]
+        if arr.dtype != np.float64 or arr.shape != (n,):
+            raise CheckpointError(f"checkpoint array `{name}` must be float64 of shape "
+                                  f"({n},), got {arr.dtype} {arr.shape}")
+        out[name] = arr
+    for name in ("phi", "z"):
+        if not np.all(np.isfinite(out[name])):
+            raise CheckpointError(f"checkpoint array `{name}` is not finite")
+    if np.isnan(out["lower"]).any() or np.isnan(out["upper"]).any() or np.any(
+            out["lower"] > out["upper"]):
+        raise CheckpointError("checkpoint arrays `lower`/`upper` must be bounds lower <= "
+                              "upper without NaN")
+    return out
 
 
 def config_differences(saved, current, prefix="") -> list[str]:

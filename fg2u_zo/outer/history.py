@@ -24,7 +24,9 @@ Keys of a line (non-finite floats are written as ``null``)::
     fd_error          predicted relative error of one directional difference at that
                       step, from the noise estimate behind it (null without one)
     lr                learning rate used for the step
-    phi               phi at the start of the step, when N <= PHI_MAX_SIZE
+    phi               phi the step's value belongs to, when N <= PHI_MAX_SIZE
+    info              (only for steppers that report them) the stepper's own fields,
+                      e.g. rho, delta, accepted of a trust-region step
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class StepRecord:
     lr: float
     fd_error: float | None = None
     phi: np.ndarray | None = None
+    info: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict: non-finite floats become None, phi a list (or absent)."""
@@ -83,6 +86,10 @@ class StepRecord:
             if f.name == "phi":
                 if value is not None and np.size(value) <= PHI_MAX_SIZE:
                     out["phi"] = [float(v) for v in np.asarray(value)]
+                continue
+            if f.name == "info":
+                if value:
+                    out["info"] = _json_info(value)
                 continue
             if isinstance(value, float) and not math.isfinite(value):
                 value = None
@@ -101,6 +108,8 @@ class StepRecord:
                 value = math.inf  # the only non-finite values these take
             elif f.name in ("value", "grad_norm") and value is None:
                 value = math.nan
+            elif f.name == "info" and value is not None and not isinstance(value, dict):
+                raise TypeError(f"`info` must be an object, got {value!r}")
             kwargs[f.name] = value
         return cls(**kwargs)
 
@@ -110,16 +119,18 @@ class StepRecord:
         return "StepRecord(" + ", ".join(f"{k}={v!r}" for k, v in d.items()) + ")"
 
 
-def _complete_lines(path):
-    """Byte offsets of the ends of complete (newline-terminated) lines."""
-    ends = []
-    with open(path, "rb") as fh:
-        pos = 0
-        for line in fh:
-            pos += len(line)
-            if line.endswith(b"\n"):
-                ends.append(pos)
-    return ends
+def _json_info(info):
+    """A stepper's info fields as strict JSON: numpy scalars as Python, non-finite as null."""
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        elif isinstance(value, np.ndarray):
+            value = value.tolist()
+        out[str(key)] = value
+    return out
 
 
 def read_history(path) -> list[StepRecord]:
@@ -153,6 +164,40 @@ def read_history(path) -> list[StepRecord]:
     return records
 
 
+#: How every line json.dumps(StepRecord.to_dict()) writes begins.
+_LINE_START = b'{"step": '
+
+
+def _check_history_file(path):
+    """Line ends of an existing history file, after checking that it is one.
+
+    A resumed run truncates its history to the lines its checkpoint counts. It does so
+    only to a file whose complete lines are all step records and whose unfinished last
+    line (a process killed while writing it) starts like one: never to another file a
+    checkpoint may name.
+    """
+    ends = []
+    with open(path, "rb") as fh:
+        pos = 0
+        for number, line in enumerate(fh, start=1):
+            pos += len(line)
+            if not line.endswith(b"\n"):
+                ok = _LINE_START.startswith(line) or line.startswith(_LINE_START)
+            else:
+                try:
+                    record = json.loads(line)
+                    ok = isinstance(record, dict) and isinstance(record.get("step"), int)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    ok = False
+                ends.append(pos)
+            if not ok:
+                raise CheckpointError(
+                    f"{path} is not an fg2u-zo history (line {number} is not a step "
+                    "record); refusing to truncate or append to it: pass history= the "
+                    "run's JSONL file, or a new path")
+    return ends
+
+
 class HistoryWriter:
     """Appends step records to a JSONL file.
 
@@ -180,7 +225,7 @@ class HistoryWriter:
             self._fh = open(self.path, "w", encoding="utf-8")
             self.lines = 0 if not keep_lines else keep_lines
             return
-        ends = _complete_lines(self.path)
+        ends = _check_history_file(self.path)
         if len(ends) < keep_lines:
             raise CheckpointError(
                 f"history {self.path} has {len(ends)} complete lines but the checkpoint "

@@ -150,3 +150,20 @@ class Stepper(abc.ABC):
     def config(self) -> dict:
         """JSON-able configuration stored in (and compared against) checkpoints."""
         return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Stepper":
+        """Rebuild a stepper from :meth:`config` (what a resumed run does).
+
+        The default passes every key but ``name`` as a keyword argument; override it
+        when :meth:`config` stores something else.
+        """
+        return cls(**{key: value for key, value in config.items() if key != "name"})
+
+    def check_state(self, state: StepperState, num_params: int) -> None:
+        """Raise ``ValueError`` (or ``TypeError``) naming what is wrong with a state read
+        from a checkpoint; called on resume before anything is written.
+
+        The default checks nothing; a stepper whose state has arrays of known shapes
+        should check them here.
+        """
