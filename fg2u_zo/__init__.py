@@ -29,8 +29,10 @@ _EXPORTS = {
     # evaluation
     "Evaluator": "evaluation",
     # outer optimization
-    "minimize": "outer.minimize", "resume": "outer.minimize", "Phase": "outer.minimize",
-    "OptimizeResult": "outer.minimize",
+    "minimize": "outer.minimize", "resume": "outer.minimize", "Phase": "outer.phases",
+    "OptimizeResult": "outer.result",
+    "Stepper": "outer.steppers.base", "StepperState": "outer.steppers.base",
+    "StepUpdate": "outer.steppers.base", "register_stepper": "outer.steppers",
     "StepRecord": "outer.history", "read_history": "outer.history",
     "read_checkpoint": "outer.checkpoint",
     # results and checks
