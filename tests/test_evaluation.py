@@ -23,7 +23,7 @@ import pytest
 
 import _faulty_solvers as fs
 import fg2u_zo as fz
-from fg2u_zo.evaluation.evaluator import _BatchSizer
+from fg2u_zo.evaluation.map_run import BatchSizer
 from fg2u_zo.testing import RidgeHyperproblem
 
 PHI = np.array([0.5, -0.3, 1.0, 0.0, 2.0])
@@ -140,16 +140,16 @@ def test_auto_batching_groups_fast_solves(loky_evaluator, ridge):
 
 
 def test_batch_sizer():
-    sizer = _BatchSizer("auto", overhead=1e-3)
+    sizer = BatchSizer("auto", overhead=1e-3)
     assert sizer.size(1000, 2, None) == 1  # nothing measured yet
     for _ in range(5):
         sizer.observe(1e-3)
     assert sizer.size(1000, 2, None) == 20  # 20 ms tasks
     assert sizer.size(12, 2, None) == 3  # but at least two tasks per worker
     assert sizer.size(1000, 2, item_bytes=8 * 2**20) == 4  # at most 32 MB of results
-    slow = _BatchSizer("auto", overhead=1e-3, prior_seconds=0.5)
+    slow = BatchSizer("auto", overhead=1e-3, prior_seconds=0.5)
     assert slow.size(1000, 2, None) == 1
-    assert _BatchSizer(5, overhead=0.0).size(3, 2, None) == 5
+    assert BatchSizer(5, overhead=0.0).size(3, 2, None) == 5
 
 
 # -- failures -----------------------------------------------------------------------------

@@ -2,282 +2,36 @@
 
 Counting (nfev), timing, parallelism, batching, timeouts, retries, validation of the
 solver's output and the failure policy live here, in the parent process, and nowhere
-else. Where the solver runs is a backend's business (:mod:`fg2u_zo.evaluation.backends`); what
-runs next to the solver is in :mod:`fg2u_zo.evaluation.worker`.
-
-How a map goes: the points are cut into tasks (batches of points, sized so that a
-task lasts at least a few tens of milliseconds, see ``batch_size``), at most as many
-tasks as there are workers are in flight, and each result is handed to the caller's
-``on_result`` as soon as it arrives and then dropped. A failed point is retried; a
-point that keeps failing is dropped and reported; a worker that dies takes only the
-point it was running with it (the others are resubmitted).
+else. Where the solver runs is a backend's business
+(:mod:`fg2u_zo.evaluation.backends`, looked up by name in its registry); what runs
+next to the solver is in :mod:`fg2u_zo.evaluation.worker`; the scheduling loop of one
+call is :class:`~fg2u_zo.evaluation.map_run.MapRun`.
 """
 
 from __future__ import annotations
 
-import collections
-import inspect
 import itertools
 import logging
 import math
 import numbers
 import sys
 import threading
-import time
 import weakref
-from dataclasses import dataclass, field
 
-from .backends import (BACKENDS, DaskBackend, LokyBackend, RayBackend, SequentialBackend,
-                        ThreadingBackend, effective_n_jobs, from_parallel_config)
-from ..validation import check_choice, check_positive_float, check_positive_int
-from ..errors import FG2UTypeError, FG2UValueError, inner_solver_error
-from ..result import Failure
+from .backends import BackendConfig, BackendNames, check_backend_name, create_backend
+from .joblib_config import effective_n_jobs, from_parallel_config
+from .map_run import BatchSizer, MapRun, MapStats
+from .solver_memory import SolverMemory, accepted_keywords
+from ..validation import check_positive_float, check_positive_int
+from ..errors import FG2UTypeError, FG2UValueError
 
 __all__ = ["Evaluator", "MapStats", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
-# Automatic batching: a task should last at least this long (and at least
-# _OVERHEAD_FACTOR times the backend's per-task overhead), so that dispatching it costs
-# a few percent at most ...
-_MIN_TASK_SECONDS = 0.02
-_OVERHEAD_FACTOR = 10.0
-# ... but no task holds more than this many bytes of results at once.
-_MAX_TASK_BYTES = 32 * 2**20
-# How long one wait on the backend lasts; short enough to notice deadlines.
-_POLL_SECONDS = 0.5
+#: The registered backend names, read from the registry at every use.
+BACKENDS = BackendNames()
 
-
-def _accepted_keywords(solver) -> frozenset:
-    """Which of ``warm_start`` / ``seed`` the solver's signature accepts."""
-    try:
-        sig = inspect.signature(solver)
-    except (TypeError, ValueError):
-        return frozenset()
-    params = sig.parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return frozenset({"warm_start", "seed"})
-    return frozenset(name for name in ("warm_start", "seed") if name in sig.parameters)
-
-
-@dataclass
-class MapStats:
-    """Bookkeeping of one :meth:`Evaluator.map` or :meth:`Evaluator.solve` call.
-
-    Attributes
-    ----------
-    nfev : int
-        Solver calls whose outcome is known: every result a worker returned (success
-        or failure, retries included) plus every attempt charged to a point that
-        crashed its worker or was killed for overrunning the timeout.
-    solver_time : float
-        Seconds spent inside the solver, as timed by the workers and summed here.
-    failures : list of Failure
-        Points dropped after their retries (``direction`` is left None here).
-    resubmitted : int
-        Evaluations lost with a worker that another point crashed and run again; not
-        in ``nfev`` (whether they had started is unknown).
-    tasks : int
-        Tasks (batches of points) submitted to the backend.
-    wall_time : float
-        Seconds of wall-clock time of the call.
-    """
-
-    nfev: int = 0
-    solver_time: float = 0.0
-    failures: list = field(default_factory=list)
-    resubmitted: int = 0
-    tasks: int = 0
-    wall_time: float = 0.0
-
-    @property
-    def failed(self) -> set:
-        """Indices of the dropped points."""
-        return {f.index for f in self.failures}
-
-
-class _BatchSizer:
-    """How many points go into the next task.
-
-    With ``batch_size="auto"`` the per-point solver time is measured on the results
-    (and guessed from the base solve before any comes back), and tasks are made to
-    last at least ``max(20 ms, 10 x the backend's per-task overhead)``, so that
-    dispatching costs a few percent at most; but there are always at least two tasks
-    per worker left, so that no worker idles at the end of the map while another one
-    finishes a long batch.
-    """
-
-    def __init__(self, batch_size, overhead, prior_seconds=None):
-        self.fixed = None if batch_size == "auto" else batch_size
-        self.overhead = overhead
-        self.prior = prior_seconds
-        self.total, self.count = 0.0, 0
-
-    def observe(self, seconds):
-        self.total += seconds
-        self.count += 1
-
-    def size(self, remaining, workers, item_bytes):
-        if self.fixed is not None:
-            return self.fixed
-        per_point = self.total / self.count if self.count else self.prior
-        if per_point is None:
-            return 1
-        target = max(_MIN_TASK_SECONDS, _OVERHEAD_FACTOR * self.overhead)
-        k = math.ceil(target / max(per_point, 1e-7))
-        k = min(k, math.ceil(remaining / (2 * workers)))
-        if item_bytes:
-            k = min(k, max(1, _MAX_TASK_BYTES // item_bytes))
-        return max(1, k)
-
-
-class _MapRun:
-    """The scheduling loop and failure policy of one map (see Evaluator.map)."""
-
-    def __init__(self, evaluator, backend, points, on_result, *, base, sizer, item_bytes):
-        self.ev = evaluator
-        self.backend = backend
-        self.points = points
-        self.on_result = on_result
-        self.base = base
-        self.sizer = sizer
-        self.item_bytes = item_bytes
-        self.total = len(points)
-        self.stats = MapStats()
-        self.fresh = iter(range(self.total))
-        self.unsubmitted = self.total
-        self.retry = collections.deque()  # points to run again, batched
-        self.suspects = collections.deque()  # points lost in a crash: run one per task
-        self.suspected = set()
-        self.attempts = collections.Counter()
-        self.owner = {}  # index -> task id it is in flight with
-        self.in_flight = {}  # task id -> indices still without an outcome
-        self.task_ids = evaluator._task_ids
-
-    # -- submitting ---------------------------------------------------------------------
-
-    def _next_items(self):
-        if self.suspects:
-            return [self.suspects.popleft()]
-        k = self.sizer.size(self.unsubmitted + len(self.retry), self.backend.parallelism(),
-                            self.item_bytes)
-        items = []
-        while self.retry and len(items) < k:
-            items.append(self.retry.popleft())
-        while len(items) < k and self.unsubmitted:
-            items.append(next(self.fresh))
-            self.unsubmitted -= 1
-        return items
-
-    def _fill(self):
-        capacity = self.backend.capacity()
-        while len(self.in_flight) < capacity:
-            indices = self._next_items()
-            if not indices:
-                return
-            task_id = next(self.task_ids)
-            for index in indices:
-                self.owner[index] = task_id
-            self.in_flight[task_id] = list(indices)
-            self.stats.tasks += 1
-            self.backend.submit(task_id, [(i, self.points[i]) for i in indices], self.ev.timeout)
-
-    # -- the loop -----------------------------------------------------------------------
-
-    def run(self):
-        start = time.perf_counter()
-        try:
-            while True:
-                self._fill()
-                if not self.in_flight:
-                    break
-                for event in self.backend.poll(_POLL_SECONDS):
-                    self._handle(event)
-        finally:
-            if self.in_flight:  # aborted (threshold, on_result raised, Ctrl-C)
-                self.backend.cancel(list(self.in_flight))
-            self.stats.wall_time = time.perf_counter() - start
-        return self.stats
-
-    def _handle(self, event):
-        tag, task_id = event[0], event[1]
-        if task_id not in self.in_flight:
-            return  # an event of a task given up on
-        if tag == "item":
-            index, ok, value, seconds = event[2]
-            if self.owner.get(index) != task_id:
-                return
-            self.stats.nfev += 1
-            self.stats.solver_time += seconds
-            self.sizer.observe(seconds)
-            del self.owner[index]
-            self.in_flight[task_id].remove(index)
-            if ok:
-                self.suspected.discard(index)
-                self.on_result(index, value)
-            else:
-                self._charge(index, *value)
-        elif tag == "done":
-            indices = self.in_flight.pop(task_id)
-            for index in indices:  # defensive: a task that ended without these outcomes
-                self._release(index, task_id)
-                self.retry.append(index)
-        elif tag == "lost":
-            _, _, _, culprit, kind, message, seconds = event
-            indices = self.in_flight.pop(task_id)
-            # Every point of the task still without an outcome is lost, whatever the
-            # backend listed.
-            lost = [i for i in indices if self.owner.get(i) == task_id]
-            for index in lost:
-                del self.owner[index]
-            self._lost(lost, culprit if culprit in lost else None, kind, message, seconds)
-
-    def _release(self, index, task_id):
-        if self.owner.get(index) == task_id:
-            del self.owner[index]
-
-    def _lost(self, lost, culprit, kind, message, seconds):
-        if not lost:
-            return
-        if culprit is None and len(lost) == 1 and (
-                self.backend.isolates_tasks or lost[0] in self.suspected):
-            # Alone in its task and nothing else could have shared its fate: guilty.
-            culprit = lost[0]
-        for index in lost:
-            if index == culprit:
-                self.stats.nfev += 1
-                self.stats.solver_time += seconds
-                self._charge(index, kind, message)
-            elif culprit is None:
-                # Cannot tell who crashed the worker: rerun each alone, free of charge;
-                # the one that crashes again alone is the culprit.
-                self.suspected.add(index)
-                self.suspects.append(index)
-                self.stats.resubmitted += 1
-            else:
-                self.retry.appendleft(index)  # innocent bystander
-                self.stats.resubmitted += 1
-
-    def _charge(self, index, kind, message):
-        """One failed attempt of ``index``: retry it or drop it."""
-        self.attempts[index] += 1
-        attempts = self.attempts[index]
-        if attempts <= self.ev.max_retries:
-            logger.debug("point %d failed (%s), retrying", index, kind)
-            (self.suspects if index in self.suspected else self.retry).append(index)
-            return
-        self.stats.failures.append(Failure(index, None, kind, message, attempts))
-        if self.base:
-            raise inner_solver_error(
-                f"the inner solver failed at the base point phi after {attempts} attempt(s) "
-                f"({kind}):\n{message}", kind=kind, detail=message)
-        nfail = len(self.stats.failures)
-        if nfail > self.ev.max_failure_fraction * self.total:
-            raise inner_solver_error(
-                f"{nfail} of {self.total} evaluations failed for good, more than "
-                f"max_failure_fraction={self.ev.max_failure_fraction} of them (stopped "
-                f"early); the last failure, at point {index} after {attempts} attempt(s), "
-                f"was ({kind}):\n{message}", kind=kind, detail=message)
 
 
 class Evaluator:
@@ -294,8 +48,10 @@ class Evaluator:
 
     Parameters
     ----------
-    backend : {"sequential", "loky", "threading", "dask", "ray"}, optional
-        Where the solver runs. Precedence: this argument; else the backend of an
+    backend : {"sequential", "loky", "threading", "dask", "ray"} or a registered name, optional
+        Where the solver runs: a name of the backend registry
+        (:func:`~fg2u_zo.register_backend`, :func:`~fg2u_zo.available_backends`).
+        Precedence: this argument; else the backend of an
         enclosing ``joblib.parallel_config`` (``"dask"`` there uses its Client;
         ``prefer="threads"`` means ``"threading"``); else ``"dask"`` when ``client`` or
         ``scheduler_address`` is given; else ``"loky"`` when ``n_jobs > 1``, otherwise
@@ -307,7 +63,7 @@ class Evaluator:
           timeout. A solver that segfaults takes the caller down with it.
         * ``"loky"``: worker processes (loky's start method: no re-import of
           ``__main__``, cloudpickle), started once per Evaluator and steered one by one
-          (:mod:`fg2u_zo.evaluation.pool`). Timeouts: SIGALRM inside the worker, and
+          (:mod:`fg2u_zo.evaluation.backends.pool`). Timeouts: SIGALRM inside the worker, and
           ``timeout + kill_grace`` seconds after the point started the parent kills the
           worker's process group (solvers stuck in C code) and starts a replacement.
           A worker that dies costs only the point it was running (retried, then
@@ -395,7 +151,7 @@ class Evaluator:
                  max_failure_fraction=0.5, batch_size="auto", scheduler_address=None,
                  client=None, kill_grace=2.0):
         if backend is not None:
-            check_choice(backend, "backend", BACKENDS)
+            check_backend_name(backend)
         if n_jobs is not None:
             if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral):
                 raise FG2UTypeError(f"`n_jobs` must be an integer (>= 1, or -1 for all CPUs), "
@@ -446,12 +202,6 @@ class Evaluator:
             n_jobs = 1 if backend == "sequential" else (os.cpu_count() or 1)
         if client is None and backend == "dask" and scheduler_address is None:
             client = config_client
-        if client is not None and backend != "dask":
-            raise FG2UValueError(f"`client` is a dask client: use it with backend='dask', "
-                                 f"not {backend!r}")
-        if scheduler_address is not None and backend not in ("dask", "ray"):
-            raise FG2UValueError(f"`scheduler_address` applies to backend='dask' or 'ray', "
-                                 f"not {backend!r}")
         self.backend = backend
         self.n_jobs = n_jobs
         self.scheduler_address = scheduler_address
@@ -461,26 +211,15 @@ class Evaluator:
         self._task_ids = itertools.count()
         self._lock = threading.RLock()
         self._running = False
-        self._last_solve = None  # (weakref to solver, seconds): a batching prior
+        self._memory = SolverMemory()
         self._impl = None
         self._finalizer = None
         self._make_backend()  # fails now, not at first use, when dask/ray is missing
 
     def _make_backend(self):
-        name = self.backend
-        if name == "sequential" or (name == "threading" and self.n_jobs == 1):
-            impl = SequentialBackend()
-        elif name == "threading":
-            impl = ThreadingBackend(self.n_jobs)
-        elif name == "loky":
-            impl = LokyBackend(self.n_jobs, self.kill_grace)
-        elif name == "dask":
-            impl = DaskBackend(self.n_jobs, client=self.client,
-                               scheduler_address=self.scheduler_address,
-                               kill_grace=self.kill_grace)
-        else:
-            impl = RayBackend(self.n_jobs, scheduler_address=self.scheduler_address,
-                              kill_grace=self.kill_grace)
+        config = BackendConfig(name=self.backend, n_jobs=self.n_jobs, kill_grace=self.kill_grace,
+                               client=self.client, scheduler_address=self.scheduler_address)
+        impl = create_backend(self.backend, config)
         self._impl = impl
         self._started = False
         # Workers and clusters go away with the Evaluator even without close().
@@ -503,8 +242,7 @@ class Evaluator:
         """Evaluations that can run at once: ``n_jobs``, or for an existing dask
         cluster its worker threads (asked of the scheduler; starts the backend)."""
         self.start()
-        count = getattr(self._impl, "workers", None)
-        return int(count()) if callable(count) else int(self._impl.parallelism())
+        return int(self._impl.workers())
 
     def start(self):
         """Start the workers (or cluster) now and wait until they accept work.
@@ -533,19 +271,13 @@ class Evaluator:
         self._impl, self._finalizer = None, None
 
     def _kwargs(self, solver, seed, warm_start):
-        accepted = _accepted_keywords(solver)
+        accepted = accepted_keywords(solver)
         kwargs = {}
         if seed is not None and "seed" in accepted:
             kwargs["seed"] = seed
         if warm_start is not None and "warm_start" in accepted:
             kwargs["warm_start"] = warm_start
         return kwargs
-
-    def _prior_seconds(self, solver):
-        if self._last_solve is None:
-            return None
-        ref, seconds = self._last_solve
-        return seconds if ref() is solver else None
 
     def _run(self, solver, points, on_result, *, seed, warm_start, expected_shape, base):
         if not callable(solver):
@@ -562,10 +294,12 @@ class Evaluator:
                 if expected_shape is not None:
                     item_bytes = 8 * max(1, math.prod(expected_shape))
                 # In the calling thread a batch would only delay on_result: one by one.
-                batch_size = 1 if isinstance(impl, SequentialBackend) else self.batch_size
-                sizer = _BatchSizer(batch_size, impl.task_overhead, self._prior_seconds(solver))
-                run = _MapRun(self, impl, points, on_result, base=base, sizer=sizer,
-                              item_bytes=item_bytes)
+                batch_size = 1 if impl.in_caller_thread else self.batch_size
+                sizer = BatchSizer(batch_size, impl.task_overhead, self._memory.seconds(solver))
+                run = MapRun(impl, points, on_result, task_ids=self._task_ids,
+                             timeout=self.timeout, max_retries=self.max_retries,
+                             max_failure_fraction=self.max_failure_fraction, base=base,
+                             sizer=sizer, item_bytes=item_bytes)
                 impl.begin(solver, self._kwargs(solver, seed, warm_start), expected_shape)
                 try:
                     return run.run()
@@ -618,11 +352,9 @@ class Evaluator:
 
         stats = self._run(solver, [phi], keep, seed=seed, warm_start=warm_start,
                           expected_shape=expected_shape, base=True)
-        try:
-            self._last_solve = (weakref.ref(solver), stats.solver_time / max(stats.nfev, 1))
-        except TypeError:  # not weak-referenceable: no batching prior
-            self._last_solve = None
-        return box["theta"], stats
+        theta = box["theta"]
+        self._memory.note(solver, stats.solver_time / max(stats.nfev, 1))
+        return theta, stats
 
     def map(self, solver, points, on_result, *, seed=None, warm_start=None,
             expected_shape=None) -> MapStats:

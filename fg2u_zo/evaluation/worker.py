@@ -2,9 +2,9 @@
 
 This module is imported by every worker (loky processes, dask and ray workers,
 threads), so it stays small and imports nothing heavy. Each evaluation is turned
-into an *outcome* ``(index, ok, value, seconds)`` that never raises: ``value`` is the
-validated theta when ``ok``, else ``(kind, message)``. Outcomes are plain tuples of
-builtins and numpy arrays, so they cross process boundaries bit for bit.
+into an :class:`Outcome` and never raises: the validated theta, or the failure's
+kind and message. Outcomes hold builtins and numpy
+arrays, so they cross process boundaries bit for bit.
 
 Timeouts are enforced here, inside the worker, so that a stuck solver frees its
 worker without the parent having to kill anything:
@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,10 +38,46 @@ _ALARM_REPEAT = 1.0
 
 _TAIL_LINES = 20
 
-
 def tail(text, lines: int = _TAIL_LINES) -> str:
     """The last ``lines`` lines of ``text`` (tracebacks and stderr end with the cause)."""
     return "\n".join(str(text).rstrip().splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one evaluation.
+
+    Attributes
+    ----------
+    index : int
+        Position of the point in the map.
+    theta : ndarray or None
+        The validated float64 output; None when the evaluation failed.
+    seconds : float
+        Time spent in the solver (and in validating its output).
+    kind : str or None
+        Failure kind (``"exception"``, ``"nonfinite"``, ``"shape"``, ``"type"``,
+        ``"timeout"``, or an :class:`~fg2u_zo.InnerSolverError`'s own kind); None on
+        success.
+    message : str
+        The failure's message: the error, the tail of the traceback, the solver's
+        stderr tail when it reported one.
+    """
+
+    index: int
+    theta: np.ndarray | None
+    seconds: float
+    kind: str | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the evaluation succeeded."""
+        return self.kind is None
+
+
+def _failed(index, kind, message, seconds) -> Outcome:
+    return Outcome(index, None, seconds, kind, message)
 
 
 class SolverTimeout(BaseException):
@@ -149,8 +186,7 @@ def evaluate(solver, index, point, kwargs, expected_shape, timeout):
 
     Returns
     -------
-    outcome : tuple ``(index, ok, value, seconds)``
-        ``value`` is the validated theta when ``ok``, else ``(kind, message)``.
+    outcome : Outcome
     abandoned : bool
         A helper thread was left running a timed-out solver.
     """
@@ -175,21 +211,21 @@ def evaluate(solver, index, point, kwargs, expected_shape, timeout):
         seconds = time.perf_counter() - start
         how = ("its thread was abandoned and keeps running until the solver returns"
                if abandoned else "the solver was interrupted")
-        return (index, False, ("timeout", f"the inner solver ran longer than timeout={timeout:g} "
-                                          f"s and was stopped after {seconds:.3g} s ({how})"),
-                seconds), abandoned
+        return _failed(index, "timeout", f"the inner solver ran longer than timeout={timeout:g} "
+                                         f"s and was stopped after {seconds:.3g} s ({how})",
+                       seconds), abandoned
     except InnerSolverError as exc:
         detail = f"{exc}\n{exc.detail}" if exc.detail else str(exc)
-        return (index, False, (exc.kind, tail(detail)), time.perf_counter() - start), abandoned
+        return _failed(index, exc.kind, tail(detail), time.perf_counter() - start), abandoned
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - every solver error is recorded
         seconds = time.perf_counter() - start
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return (index, False, ("exception", tail(text)), seconds), abandoned
+        return _failed(index, "exception", tail(text), seconds), abandoned
     seconds = time.perf_counter() - start
     theta, err = check_output(out, expected_shape)
     if err is not None:
-        return (index, False, err, seconds), abandoned
-    return (index, True, theta, seconds), abandoned
+        return _failed(index, *err, seconds), abandoned
+    return Outcome(index, theta, seconds), abandoned
 
 
 # -- payloads: the solver and its keywords, shipped once per map -------------------------
@@ -253,7 +289,7 @@ def load_failure(items, exc) -> list:
     text = tail("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     message = ("the inner solver could not be unpickled in the worker (is its module "
                f"importable there?):\n{text}")
-    return [(index, False, ("exception", message), 0.0) for index, _ in items]
+    return [_failed(index, "exception", message, 0.0) for index, _ in items]
 
 
 def run_task(payload, items, timeout):

@@ -35,8 +35,9 @@ import signal
 import time
 from multiprocessing.connection import wait as _wait_ready
 
-from .worker import load_failure, run_items
-from ..errors import InnerSolverError
+from .events import ItemDone, TaskDone, TaskLost
+from ..worker import load_failure, run_items
+from ...errors import InnerSolverError
 
 logger = logging.getLogger(__name__)
 
@@ -144,15 +145,13 @@ def _exit_description(process) -> str:
 class ProcessPool:
     """``n_workers`` loky processes; see the module docstring.
 
-    Events returned by :meth:`poll`:
+    Events returned by :meth:`poll` (:mod:`~fg2u_zo.evaluation.backends.events`):
 
-    * ``("item", task_id, outcome)`` -- one evaluation finished (``outcome`` as in
-      :func:`fg2u_zo.evaluation.worker.evaluate`);
-    * ``("done", task_id, wall_seconds)`` -- the task finished;
-    * ``("lost", task_id, indices, culprit, kind, message, seconds)`` -- the worker
-      died (``kind="crash"``) or was killed for overrunning the timeout
-      (``kind="timeout"``); ``indices`` got no outcome, ``culprit`` (the one it was
-      running) is among them.
+    * :class:`ItemDone` -- one evaluation finished;
+    * :class:`TaskDone` -- the task finished;
+    * :class:`TaskLost` -- the worker died (``kind="crash"``) or was killed for
+      overrunning the timeout (``kind="timeout"``); ``indices`` got no outcome,
+      ``culprit`` (the one it was running) is among them.
     """
 
     def __init__(self, n_workers: int, *, kill_grace: float = 2.0, start_timeout=120.0,
@@ -302,16 +301,16 @@ class ProcessPool:
             task = w.tasks[0] if w.tasks else None
             if task is None or task.task_id != task_id:
                 return
-            if outcome[0] in task.pending:
-                task.pending.remove(outcome[0])
+            if outcome.index in task.pending:
+                task.pending.remove(outcome.index)
             w.clock = now
             self._barren_deaths = 0
             if not task.stale:
-                events.append(("item", task_id, outcome))
+                events.append(ItemDone(task_id, outcome))
         elif tag == "done":
             task = w.tasks.popleft() if w.tasks else None
             if task is not None and not task.stale:
-                events.append(("done", task.task_id, now - task.sent_at))
+                events.append(TaskDone(task.task_id, now - task.sent_at))
             w.clock = now if w.tasks else None
             if not any(t.stale for t in w.tasks):
                 w.drain_deadline = None
@@ -431,10 +430,10 @@ class ProcessPool:
                         f"the worker process (pid {w.pid}) died ({how}) while evaluating "
                         f"point {culprit}: a segfault, os._exit, an out-of-memory kill ...")
                 seconds = time.monotonic() - (w.clock or time.monotonic())
-                events.append(("lost", running.task_id, list(running.pending), culprit,
-                               kind, message, seconds))
+                events.append(TaskLost(running.task_id, tuple(running.pending), culprit,
+                                       kind, message, seconds))
             else:  # every outcome arrived, only "done" is missing
-                events.append(("done", running.task_id, time.monotonic() - running.sent_at))
+                events.append(TaskDone(running.task_id, time.monotonic() - running.sent_at))
         logger.info("worker %d died (%s); starting a replacement", w.pid, how)
         if self._barren_deaths >= _MAX_BARREN_DEATHS:
             self.close()
