@@ -2,13 +2,15 @@
 runs through fz.minimize (exact one-step solutions, a noisy subprocess calibration
 against DFO-LS, injected failures, SIGKILL and resume)."""
 
+import hashlib
+import importlib.util
 import math
-import os
 import pathlib
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ import scipy.optimize
 import torch
 
 import fg2u_zo as fz
+from fg2u_zo.outer.checkpoint import read_checkpoint
+from fg2u_zo.outer.steppers.base import Evaluations, StepperState
 from fg2u_zo.outer.steppers.gauss_newton import GaussNewton
 from fg2u_zo.outer.steppers.subspace_model import (add_difference_columns, broyden_update,
                                                    new_directions, outer_model)
@@ -189,3 +193,339 @@ def test_difference_columns_from_a_clipped_point_reproduce_the_difference():
     assert kept == [0]
     np.testing.assert_allclose(Q2.T @ Q2, np.eye(2), atol=1e-14)
     np.testing.assert_allclose(Y2 @ (Q2.T @ (p - z)), J @ (p - z), atol=1e-13)
+
+
+# -- the stepper, driven through its protocol ------------------------------------------------
+def _evaluate_with(solver, counter=None):
+    """A stand-in for the run's ``evaluate`` extra (sequential, counting)."""
+    def evaluate(points, *, warm_start=None):
+        thetas = [np.asarray(solver(np.asarray(p)), dtype=np.float64) for p in points]
+        if counter is not None:
+            counter.append(len(points))
+        return Evaluations(thetas=thetas, nfev=len(points))
+    return evaluate
+
+
+def _linear_quadratic(seed=0, N=4, M=7):
+    """``S(phi) = A phi + c``, ``f = 0.5 (theta - y)^T W (theta - y) + 0.5 lam ||phi - p||^2``
+    and the closed-form minimizer of ``F``."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M, N))
+    c, y, p = rng.standard_normal(M), rng.standard_normal(M), rng.standard_normal(N)
+    W = np.diag(rng.uniform(0.5, 2.0, M))
+    lam = 0.3
+    Wt, yt, pt = torch.tensor(W), torch.tensor(y), torch.tensor(p)
+    At, ct = torch.tensor(A), torch.tensor(c)
+
+    def outer(theta, phi):
+        r = theta - yt
+        return 0.5 * r @ (Wt @ r) + 0.5 * lam * ((phi - pt) ** 2).sum()
+
+    phi_star = np.linalg.solve(A.T @ W @ A + lam * np.eye(N), A.T @ W @ (y - c) + lam * p)
+    numpy_inner = lambda phi: A @ phi + c  # noqa: E731
+    torch_inner = lambda phi: At @ phi + ct  # noqa: E731
+    return numpy_inner, torch_inner, outer, phi_star, A
+
+
+@pytest.mark.parametrize("path", ["differences", "exact"])
+def test_one_full_subspace_step_lands_on_the_exact_minimizer(path):
+    inner, inner_torch, outer, phi_star, _ = _linear_quadratic()
+    N = phi_star.size
+    if path == "exact":
+        problem = fz.BilevelProblem(inner_torch=inner_torch, outer=outer, num_params=N)
+        estimator = fz.FG2U(num_directions=N)
+    else:
+        problem = fz.BilevelProblem(inner=inner, outer=outer, num_params=N)
+        # Forward differences of a linear map are exact whatever the step; a unit step
+        # keeps the round-off of the differences at eps * |theta|.
+        estimator = fz.FG2UZO(step=1.0, scheme="forward")
+    res = fz.minimize(problem, np.zeros(N), estimator, optimizer="gauss-newton",
+                      optimizer_options={"num_directions": N, "radius": 1e3}, steps=2,
+                      rng=0, progress=False)
+    first, second = res.history
+    assert first.info["directions"] == N and second.info["accepted"]
+    # One model (N + 1 solves or jvps), one step: the minimizer, to round-off.
+    err = np.linalg.norm(res.phi - phi_star) / np.linalg.norm(phi_star)
+    assert err < 1e3 * EPS
+    assert second.info["rho"] == pytest.approx(1.0, abs=1e-8)
+    if path == "exact":
+        assert first.info["jvp"] == N
+
+
+def test_broyden_keeps_the_stored_columns_exact_on_a_linear_solver():
+    inner, _, outer, _, A = _linear_quadratic(seed=3)
+    N = A.shape[1]
+    problem = fz.BilevelProblem(inner=inner, outer=outer, num_params=N)
+    stepper = GaussNewton(num_directions=N, mode="lean", radius=0.05)
+    rng = np.random.default_rng(0)
+    kwargs = dict(evaluate=_evaluate_with(inner), problem=problem, rng=rng,
+                  estimator=fz.FG2UZO(step=1.0, scheme="forward"))
+    state = stepper.init(np.zeros(N))
+    up = stepper.update(state, z=np.zeros(N), **kwargs)
+    for _ in range(3):  # lean steps on the full subspace: only the Broyden update acts
+        up = stepper.update(up.state, z=up.z, **kwargs)
+        assert up.info["accepted"] and up.info["directions"] == N
+        Q, Y = up.state.arrays["Q"], up.state.arrays["Y"]
+        np.testing.assert_allclose(Y, A @ Q, rtol=0, atol=1e2 * EPS * np.abs(A).sum())
+
+
+def test_broyden_satisfies_the_secant_condition_through_the_stepper():
+    def inner(phi):
+        return np.array([np.sin(phi[0]) * phi[1], np.exp(0.5 * phi[1]), phi[0] * phi[2],
+                         phi[2] ** 3 + phi[0]])
+
+    y = torch.tensor([0.3, 1.5, -0.2, 0.4])
+    problem = fz.BilevelProblem(inner=inner, outer=lambda t, p: 0.5 * ((t - y) ** 2).sum())
+    stepper = GaussNewton(num_directions=3, mode="lean", radius=0.3)
+    kwargs = dict(evaluate=_evaluate_with(inner), problem=problem,
+                  rng=np.random.default_rng(1), estimator=fz.FG2UZO(step=1e-6))
+    z0 = np.array([0.5, 0.2, -0.4])
+    up = stepper.update(stepper.init(z0), z=z0, **kwargs)
+    before = up.state.arrays
+    up = stepper.update(up.state, z=up.z, **kwargs)
+    after = up.state.arrays
+    assert up.info["accepted"]  # the base moved to the trial: z and theta are the trial's
+    s = after["z"] - before["z"]
+    c = before["Q"].T @ s
+    np.testing.assert_allclose(before["Q"] @ c, s, atol=1e-15)  # the step lies in span Q
+    np.testing.assert_allclose(after["Q"], before["Q"], rtol=0, atol=0)
+    dtheta = after["theta"] - before["theta"]
+    np.testing.assert_allclose(after["Y"] @ c, dtheta, rtol=1e-12, atol=1e-14)
+    # ... which the differences alone did not satisfy (the solver is not linear).
+    assert np.linalg.norm(before["Y"] @ c - dtheta) > 1e-6 * np.linalg.norm(dtheta)
+
+
+def test_stepper_state_is_checked_on_resume():
+    stepper = GaussNewton()
+    good = StepperState(
+        arrays={"z": np.zeros(3), "theta": np.zeros(4), "Q": np.zeros((3, 2)),
+                "Y": np.zeros((4, 2))}, data={"delta": 0.1})
+    stepper.check_state(good, 3)
+    with pytest.raises(ValueError, match="N = 4"):
+        stepper.check_state(good, 4)
+    with pytest.raises(ValueError, match="lacks"):
+        stepper.check_state(StepperState(
+            arrays={"z": np.zeros(3)}, data={"delta": 0.1}), 3)
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="mode"):
+        GaussNewton(mode="fast")
+    with pytest.raises(ValueError, match="num_directions"):
+        GaussNewton(num_directions=0)
+    with pytest.raises(ValueError, match="radius"):
+        GaussNewton(radius=-1.0)
+
+
+# -- a noisy legacy code through a subprocess, against DFO-LS -------------------------------
+ROD = textwrap.dedent('''
+    """Heat rod u_t = k u_xx - h u + q s(x), u(0) = 0, u_x(1) = 0, backward Euler;
+    reads log(k, h, q), prints 10 temperatures with 6 significant digits."""
+    import math
+    import sys
+
+    N, STEPS, T_END, SENSORS, TIMES = 20, 40, 2.0, (4, 8, 12, 16, 19), (30, 40)
+
+    def simulate(k, h, q):
+        dx, dt = 1.0 / N, T_END / STEPS
+        src = [q * math.exp(-(((i + 1) * dx - 0.5) / 0.15) ** 2) for i in range(N)]
+        r = k * dt / dx ** 2
+        a, b, c = [-r] * N, [1.0 + 2.0 * r + h * dt] * N, [-r] * N
+        a[-1] = -2.0 * r
+        u, out = [0.0] * N, []
+        for step in range(1, STEPS + 1):
+            d = [u[i] + dt * src[i] for i in range(N)]
+            cp, dp = [c[0] / b[0]] + [0.0] * (N - 1), [d[0] / b[0]] + [0.0] * (N - 1)
+            for i in range(1, N):
+                m = b[i] - a[i] * cp[i - 1]
+                cp[i], dp[i] = c[i] / m, (d[i] - a[i] * dp[i - 1]) / m
+            u[-1] = dp[-1]
+            for i in range(N - 2, -1, -1):
+                u[i] = dp[i] - cp[i] * u[i + 1]
+            if step in TIMES:
+                out += [u[j] for j in SENSORS]
+        return out
+
+    with open(sys.argv[1]) as fh:
+        k, h, q = (math.exp(float(v)) for v in fh.read().split())
+    print("\\n".join(f"{v:.6g}" for v in simulate(k, h, q)), file=open("out.txt", "w"))
+''')
+ROD_TRUTH = np.array([0.3, 1.5, 2.0])   # k, h, q; the start is (1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def rod(tmp_path_factory):
+    """The rod as a solvers.Subprocess, the data (its output at the truth: exact to the
+    printed digits) and the outer loss."""
+    from solvers import Subprocess
+
+    script = tmp_path_factory.mktemp("rod") / "rod.py"
+    script.write_text(ROD)
+    solver = Subprocess([sys.executable, script.name, "input.txt"], template="{phi}",
+                        files=[script], output="out.txt", timeout=60, n_outputs=10)
+    y = solver(np.log(ROD_TRUTH))
+    scale = float(np.sqrt(np.mean(y ** 2)))
+    yt = torch.tensor(y)
+
+    def outer(theta, phi):
+        return 0.5 * (((theta - yt) / scale) ** 2).mean()
+
+    def residuals(theta):
+        return (theta - y) / scale / math.sqrt(2.0 * y.size)
+
+    return solver, outer, residuals
+
+
+def _rod_error(phi):
+    return float(np.max(np.abs(np.exp(phi) - ROD_TRUTH) / ROD_TRUTH))
+
+
+@pytest.mark.timeout(300)
+def test_noisy_subprocess_calibration_needs_fewer_calls_than_dfols(rod):
+    # Singular values of the scaled Jacobian in log-parameters: about 3.8, 0.61, 0.07.
+    # Six printed digits: a forward-difference step of sqrt(1e-6) = 1e-3 in log k.
+    dfols = pytest.importorskip("dfols")
+    solver, outer, residuals = rod
+    problem = fz.BilevelProblem(inner=solver, outer=outer, num_params=3)
+    reached = []
+
+    def callback(record):  # the best point so far is the base point of each step
+        if _rod_error(record.phi) <= 1e-3:
+            reached.append(record.nfev_total)
+            return True
+        return False
+
+    res = fz.minimize(problem, np.zeros(3), fz.FG2UZO(step=1e-3, scheme="forward"),
+                      optimizer="gauss-newton",
+                      optimizer_options={"num_directions": 3, "radius": 1.0}, steps=60,
+                      callback=callback, rng=0, backend="sequential", progress=False)
+    assert res.status == "callback", res
+    ours = reached[0]
+
+    # DFO-LS on the same residuals, at its default radius and at ours: calls until its
+    # best point (lowest F evaluated) is within 1e-3.
+    theirs = []
+    for rhobeg in (0.1, 1.0):
+        calls, best = [0], [np.inf, None]
+        hit = []
+
+        def objfun(x):
+            calls[0] += 1
+            r = residuals(solver(x))
+            if r @ r < best[0]:
+                best[:] = [float(r @ r), x.copy()]
+            if not hit and _rod_error(best[1]) <= 1e-3:
+                hit.append(calls[0])
+            return r
+
+        np.random.seed(0)
+        dfols.solve(objfun, np.zeros(3), rhobeg=rhobeg, maxfun=200, do_logging=False,
+                    print_progress=False)
+        assert hit, f"DFO-LS (rhobeg={rhobeg}) did not reach 1e-3"
+        theirs.append(hit[0])
+    assert ours < min(theirs), (ours, theirs)
+
+
+# -- failures ---------------------------------------------------------------------------------
+T_DECAY = np.linspace(0.0, 3.0, 12)
+DECAY_TRUTH = np.log([2.0, 1.5, 0.5, 0.3])
+
+
+def _decay(phi):
+    a1, b1, a2, b2 = np.exp(phi)
+    return a1 * np.exp(-b1 * T_DECAY) + a2 * np.exp(-b2 * T_DECAY)
+
+
+def _point_hash(phi):
+    digest = hashlib.blake2b(np.ascontiguousarray(phi, dtype=np.float64).tobytes(),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+class FailingDecay:
+    """A two-exponential decay that raises at a ``rate`` of the points, chosen by a hash
+    of the point (a retry fails again), everywhere but at ``start``."""
+
+    def __init__(self, rate, start):
+        self.rate, self.start = rate, np.asarray(start, dtype=np.float64)
+
+    def __call__(self, phi):
+        if _point_hash(phi) < self.rate and not np.array_equal(phi, self.start):
+            raise RuntimeError("simulated solver failure")
+        return _decay(phi)
+
+
+def _decay_problem(rate, start):
+    y = torch.tensor(_decay(DECAY_TRUTH))
+    return fz.BilevelProblem(inner=FailingDecay(rate, start),
+                             outer=lambda theta, phi: 0.5 * ((theta - y) ** 2).sum(),
+                             num_params=4)
+
+
+@pytest.mark.parametrize("mode", ["refresh", "lean"])
+def test_reaches_the_target_with_a_fifth_of_the_solves_failing(mode):
+    phi0 = np.zeros(4)
+    problem = _decay_problem(0.2, phi0)
+    F0 = problem.outer_value(_decay(phi0), phi0)
+    res = fz.minimize(problem, phi0, fz.FG2UZO(step=1e-6, scheme="forward"),
+                      optimizer="gauss-newton",
+                      optimizer_options={"num_directions": 4, "mode": mode, "radius": 0.5},
+                      steps=300, target=1e-10 * F0, rng=0, backend="sequential",
+                      progress=False)
+    assert res.status == "target", res
+    assert sum(r.failures for r in res.history) > 0
+    # A failed trial is never accepted; the run went on from the last good point.
+    failed_trials = [r for r in res.history[1:] if r.info["trial_value"] is None]
+    assert failed_trials and all(r.info["accepted"] in (False, None) for r in failed_trials)
+
+
+def test_a_failed_first_solve_is_an_error():
+    phi0 = np.zeros(4)
+    problem = _decay_problem(1.0, np.ones(4))  # fails everywhere but at ones(4)
+    with pytest.raises(fz.InnerSolverError, match="starting point"):
+        fz.minimize(problem, phi0, fz.FG2UZO(step=1e-6, scheme="forward"),
+                    optimizer="gauss-newton", steps=3, rng=0, backend="sequential",
+                    progress=False)
+
+
+# -- checkpoint and resume --------------------------------------------------------------------
+CHILD = DATA / "gn_ckpt_child.py"
+
+
+def _load_child():
+    spec = importlib.util.spec_from_file_location("gn_ckpt_child", CHILD)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.timeout(180)
+def test_sigkill_then_resume_gives_the_same_final_phi_bit_for_bit(tmp_path):
+    child = _load_child()
+    reference = fz.minimize(child.make_problem(), np.zeros(5), child.estimator(),
+                            **child.KWARGS)
+    ckpt, history = tmp_path / "run.ckpt", tmp_path / "run.jsonl"
+    with open(tmp_path / "child.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(CHILD), str(ckpt), str(history), "0.05"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if read_checkpoint(ckpt).step >= 3:
+                    break
+            except fz.CheckpointError:  # not written yet
+                pass
+            time.sleep(0.01)
+        else:
+            proc.kill()
+            raise AssertionError((tmp_path / "child.log").read_text())
+        proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: a real crash
+        assert proc.wait(30) == -signal.SIGKILL
+    killed_at = read_checkpoint(ckpt)
+    assert 3 <= killed_at.step < child.STEPS
+    res = fz.resume(ckpt, child.make_problem(), progress=False)
+    assert res.phi.tobytes() == reference.phi.tobytes()
+    assert res.nit == child.STEPS and res.nfev == reference.nfev
+    assert [r.value for r in res.history] == [r.value for r in reference.history]

@@ -26,7 +26,8 @@ Acceptance: ``rho = (F_k - F_t) / predicted``; the trial is the new point when
 next iteration re-measures ``b`` directions, in ``"lean"`` mode too), and doubles when
 ``rho > 0.75`` and the step reached the boundary; it never falls below the difference
 step. A failed perturbed solve drops its column (the direction is drawn again later); a
-failed trial halves ``delta`` and keeps the model; a failed first solve raises
+failed trial halves ``delta`` (or the failed step, when shorter) and keeps the
+model; a failed first solve raises
 :class:`~fg2u_zo.InnerSolverError`. Bounds are kept by clipping the trial.
 
 A new phase (another inner solver or estimator) restarts the model at the current
@@ -92,9 +93,12 @@ class GaussNewton(Stepper):
     >>> problem = fz.BilevelProblem(inner=lambda phi: A @ phi,
     ...     outer=lambda theta, phi: 0.5 * ((theta - 1.0) ** 2).sum())
     >>> res = fz.minimize(problem, np.zeros(2), fz.FG2UZO(step=1e-3),
-    ...                   optimizer="gauss-newton", steps=3, rng=0, progress=False)
+    ...                   optimizer="gauss-newton", steps=2, rng=0, progress=False,
+    ...                   optimizer_options={"num_directions": 2, "radius": 10.0})
     >>> bool(np.allclose(res.phi, np.linalg.lstsq(A, np.ones(3), rcond=None)[0]))
     True
+    >>> res.nfev   # 3 solves for the model, 1 for the step, 1 for the final value
+    5
     """
 
     num_directions: int | None = None
@@ -253,9 +257,11 @@ class GaussNewton(Stepper):
         info = {"rho": None, "accepted": None, "trial_value": None, "step_norm": step_norm,
                 "jvp": out.jvp}
         if trial and out.theta_trial is None:
-            # The trial failed: a smaller step, the same model; the perturbations around
-            # it have no base to difference against.
-            data.update(delta=0.5 * delta, refresh=False, iteration=data["iteration"] + 1)
+            # The trial failed: a smaller step (half the one that failed: an interior
+            # step would otherwise come back to the same point), the same model; the
+            # perturbations around it have no base to difference against.
+            data.update(delta=max(0.5 * min(delta, step_norm), h), refresh=False,
+                        iteration=data["iteration"] + 1)
             info["accepted"] = False
             return self._result(m, z_k, theta_k, Q, Y, data, F_k, Q @ g, out, clock, h,
                                 info)
