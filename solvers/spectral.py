@@ -62,6 +62,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
+from fg2u_zo.validation import check_finite_vector, check_positive_float
 
 __all__ = ["Burgers", "KdV", "AllenCahn"]
 
@@ -101,34 +102,6 @@ def _phi_functions(z):
             s3 = s3 * zs + 1.0 / math.factorial(n + 3)
         p1[small], p2[small], p3[small] = s1, s2, s3   # fresh arrays: safe to write
     return p1, p2, p3
-
-
-def _real_vector(name, value, *, min_size=1):
-    if callable(value):
-        raise FG2UTypeError(f"`{name}` must be an array of numbers, got a callable")
-    if np.iscomplexobj(value):
-        raise FG2UValueError(f"`{name}` must be real, got complex values")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise FG2UTypeError(f"`{name}` must be an array of real numbers ({exc})") from None
-    arr = np.atleast_1d(arr)
-    if arr.ndim != 1:
-        raise FG2UValueError(f"`{name}` must be 1-D, got shape {arr.shape}")
-    if arr.size < min_size:
-        raise FG2UValueError(f"`{name}` must have at least {min_size} value(s), got {arr.size}")
-    if not np.all(np.isfinite(arr)):
-        raise FG2UValueError(f"`{name}` must be finite, got {arr[~np.isfinite(arr)][:3]}...")
-    return arr
-
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise FG2UTypeError(f"`{name}` must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise FG2UValueError(f"`{name}` must be finite and > 0, got {value}")
-    return value
 
 
 def _trig_interpolate(values, x_src, x_dst, period):
@@ -191,13 +164,13 @@ class _PeriodicSpectral:
         self._k = 2 * np.pi / self.period * m[m < self.dealias * n / 2]
 
         # ---- times
-        t_out = _real_vector("t_out", t_out)
+        t_out = check_finite_vector(t_out, "t_out", allow_scalar=True)
         if np.any(np.diff(t_out) <= 0):
             raise FG2UValueError(
                 "`t_out` must be strictly increasing, starting at the time of `u0`; "
                 f"got a non-increasing step at index {int(np.argmin(np.diff(t_out)))}")
         self.t_out = t_out
-        self.dt = _positive("dt", self._default_dt if dt is None else dt)
+        self.dt = check_positive_float(self._default_dt if dt is None else dt, "dt")
 
         # ---- method and tolerances
         if method not in _METHODS:
@@ -210,10 +183,10 @@ class _PeriodicSpectral:
                     "with method='etdrk4' the accuracy is set by the fixed step `dt`")
             self.rtol = self.atol = None
         else:
-            self.rtol = _positive("rtol", 1e-10 if rtol is None else rtol)
-            self.atol = _positive("atol", 1e-12 if atol is None else atol)
+            self.rtol = check_positive_float(1e-10 if rtol is None else rtol, "rtol")
+            self.atol = check_positive_float(1e-12 if atol is None else atol, "atol")
         self.flatten = bool(flatten)
-        self.blowup_factor = _positive("blowup_factor", blowup_factor)
+        self.blowup_factor = check_positive_float(blowup_factor, "blowup_factor")
         if self.blowup_factor <= 1:
             raise FG2UValueError(f"`blowup_factor` must be > 1, got {self.blowup_factor}")
 
@@ -255,7 +228,7 @@ class _PeriodicSpectral:
         if x_out is None:
             self.x_out = None
         else:
-            self.x_out = _real_vector("x_out", x_out)
+            self.x_out = check_finite_vector(x_out, "x_out", allow_scalar=True)
         self._eval = None   # Fourier evaluation matrices at x_out, built on first call
 
         # ---- fixed step plan: (step, substeps) per output interval
@@ -288,10 +261,10 @@ class _PeriodicSpectral:
             if vals.ndim == 0:
                 vals = np.full(self.n_modes, float(vals))
             return self._check_u0(vals, self.n_modes, "u0(x)")
-        vals = _real_vector("u0", u0)
+        vals = check_finite_vector(u0, "u0", allow_scalar=True)
         if x0 is None:
             return self._check_u0(vals, self.n_modes, "u0")
-        x0 = _real_vector("x0", x0, min_size=4)
+        x0 = check_finite_vector(x0, "x0", min_size=4, allow_scalar=True)
         if x0.shape != vals.shape:
             raise FG2UValueError(f"`x0` has {x0.size} points but `u0` has {vals.size} values")
         if np.any(np.diff(x0) <= 0) or x0[-1] - x0[0] > self.period * (1 + 1e-12):
@@ -400,20 +373,12 @@ class _PeriodicSpectral:
     # ------------------------------------------------------------------ internals
 
     def _check_phi(self, phi):
-        if np.iscomplexobj(phi):
-            raise FG2UValueError("`phi` must be real, got complex values")
-        try:
-            phi = np.asarray(phi, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise FG2UTypeError(f"`phi` must be an array of real numbers ({exc})") from None
-        phi = np.atleast_1d(phi)
+        # A single number is a phi of one entry (learn='nu').
+        phi = check_finite_vector(phi, "phi", allow_scalar=True)
         if phi.shape != (len(self.param_names),):
             raise FG2UValueError(
                 f"`phi` must have shape ({len(self.param_names)},): the coefficients "
                 f"{self.param_names} in that order; got shape {phi.shape}")
-        if not np.all(np.isfinite(phi)):
-            raise FG2UValueError(
-                f"`phi` must be finite, got {dict(zip(self.param_names, phi.tolist()))}")
         return phi
 
     def _nonlinear(self, v, g):

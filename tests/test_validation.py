@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fg2u_zo as fz
+import solvers
 from fg2u_zo.testing import RidgeHyperproblem
 
 
@@ -19,7 +20,7 @@ def _outer(theta, phi):
 
 @pytest.mark.parametrize("phi, exc, match", [
     (np.zeros((3, 1)), ValueError, "phi.*1-D"),
-    (np.zeros(4), ValueError, "phi.*length 3"),
+    (np.zeros(4), ValueError, "phi.*3 entries"),
     (np.array([0.0, np.nan, 1.0]), ValueError, "phi.*finite"),
     (np.array([0.0, np.inf, 1.0]), ValueError, "phi.*finite"),
     ("abc", TypeError, "phi"),
@@ -140,3 +141,51 @@ def test_errors_are_both_library_and_builtin():
     assert issubclass(fz.InnerSolverError, RuntimeError)
     assert issubclass(fz.ConfigError, ValueError)
     assert issubclass(fz.NoiseWarning, UserWarning)
+
+
+# -- one set of checks for fg2u_zo and the adapters in solvers ---------------------------------
+def _decay(t, y, p):
+    return -p[0] * y + p[-1]
+
+
+def _ridge_loss(theta, phi):
+    return 0.5 * ((theta - phi) ** 2).sum() + 0.5 * (theta ** 2).sum()
+
+
+def _phi_takers():
+    """Callables that check a phi of 2 entries: the estimator path and three adapters."""
+    x = np.linspace(-1.0, 1.0, 64, endpoint=False)
+    burgers = solvers.Burgers(-np.sin(np.pi * x), [0.0, 0.01], n_modes=64)
+    ivp = solvers.SolveIVP(_decay, [1.0], (0.0, 1.0), [1.0])
+    unrolled = solvers.TorchUnrolled(_ridge_loss, np.zeros(2), 5)
+    problem = fz.BilevelProblem(inner=lambda phi: np.zeros(1), outer=_outer, num_params=2)
+    return {"estimate": lambda phi: fz.FG2UZO(num_directions=2).estimate(problem, phi),
+            "Burgers": burgers, "SolveIVP": ivp, "TorchUnrolled": unrolled}
+
+
+@pytest.mark.parametrize("taker", ["estimate", "Burgers", "SolveIVP", "TorchUnrolled"])
+@pytest.mark.parametrize("phi, exc, match", [
+    (np.array([0.5, np.nan]), fz.FG2UValueError,
+     r"`phi` must be finite; entries \[1\] are \[nan\]"),
+    (np.array([0.5 + 1j, 0.5]), fz.FG2UValueError, "`phi` must be real, got complex values"),
+    ("0.5", fz.FG2UTypeError, "`phi` must be"),
+], ids=["nan", "complex", "text"])
+def test_fg2u_zo_and_the_adapters_refuse_bad_phi_alike(taker, phi, exc, match):
+    with pytest.raises(exc, match=match):
+        _phi_takers()[taker](phi)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: fz.FG2UZO(step=-0.1), "`step` must be > 0, got -0.1"),
+    (lambda: solvers.SolveIVP(_decay, [1.0], (0.0, 1.0), [1.0], rtol=-0.1),
+     "`rtol` must be > 0, got -0.1"),
+    (lambda: solvers.Burgers(np.zeros(64), [0.0, 0.1], dt=-0.1),
+     "`dt` must be > 0, got -0.1"),
+    (lambda: solvers.Burgers(np.zeros(64), [0.0, 0.1], dt=float("inf")),
+     "`dt` must be a finite number > 0, got inf"),
+    (lambda: solvers.Subprocess(["true"], output="o.txt", timeout=-0.1),
+     "`timeout` must be > 0, got -0.1"),
+])
+def test_positive_numbers_are_checked_alike(build, match):
+    with pytest.raises(fz.FG2UValueError, match=match):
+        build()
