@@ -15,7 +15,7 @@ import importlib
 from ._version import __version__
 from .errors import (CheckpointError, ConfigError, FG2UError, FG2UTypeError, FG2UValueError,
                      FG2UWarning, InnerSolverError, InvalidSolverOutputError, NoiseWarning,
-                     SolverOutputTypeError)
+                     SolverOutputTypeError, ZeroDifferenceWarning)
 
 _EXPORTS = {
     # problem and estimators
@@ -50,7 +50,7 @@ __all__ = [
     # errors and warnings
     "FG2UError", "FG2UValueError", "FG2UTypeError", "InnerSolverError",
     "InvalidSolverOutputError", "SolverOutputTypeError", "ConfigError",
-    "CheckpointError", "FG2UWarning", "NoiseWarning",
+    "CheckpointError", "FG2UWarning", "NoiseWarning", "ZeroDifferenceWarning",
 ]
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "CheckpointError",
     "FG2UWarning",
     "NoiseWarning",
+    "ZeroDifferenceWarning",
 ]
 
 
@@ -104,3 +105,8 @@ class FG2UWarning(UserWarning):
 
 class NoiseWarning(FG2UWarning):
     """Noise in the inner solver's output limits the accuracy of finite differences."""
+
+
+class ZeroDifferenceWarning(NoiseWarning):
+    """Every finite difference of an estimate was zero or below the output resolution:
+    the step is too small for the solver's precision."""

@@ -130,6 +130,11 @@ class MetaGradient:
     sketch : Sketch or None
         The directions and directional derivatives ``Y ~ J_S U^T`` behind the
         estimate, when it was asked for with ``keep_sketch=True``; ``None`` otherwise.
+    zero_differences : int
+        Finite differences only: directions (among the ``num_directions`` that entered
+        the estimate) whose perturbed outputs did not move beyond the resolution of the
+        solver's output (exactly equal to the base output, or within one unit of the
+        last printed digit). See :attr:`degenerate`.
     """
 
     grad: np.ndarray
@@ -146,6 +151,15 @@ class MetaGradient:
     wall_time: float = 0.0
     noise: object = None
     sketch: Sketch | None = None
+    zero_differences: int = 0
+
+    @property
+    def degenerate(self) -> bool:
+        """True when every direction's differences were zero or below the output
+        resolution: the step is too small for the solver's precision, and ``grad``
+        carries no information on the inner solver. An outer loop must not take such
+        a gradient for convergence."""
+        return self.num_directions > 0 and self.zero_differences >= self.num_directions
 
     @property
     def snr(self) -> float:
@@ -160,7 +174,8 @@ class MetaGradient:
         return (f"MetaGradient(estimator={self.estimator!r}, value={self.value:.6g}, "
                 f"|grad|={np.linalg.norm(self.grad):.4g}, snr={self.snr:.3g}, "
                 f"nfev={self.nfev}, num_directions={self.num_directions}, "
-                f"failures={len(self.failures)})")
+                f"failures={len(self.failures)}"
+                + (", degenerate=True" if self.degenerate else "") + ")")
 
 
 @dataclass(frozen=True)
@@ -170,24 +185,40 @@ class GradientCheck:
     Attributes
     ----------
     rel_err : float
-        ``||g - g_ref|| / ||g_ref||``.
+        ``||g - g_ref|| / ||g_ref||`` (the absolute difference when ``g_ref = 0``).
     cosine : float
-        Cosine similarity between the estimate and the reference.
+        Cosine similarity between the estimate and the reference; ``nan`` when either
+        is zero (then :attr:`reason` says which).
     estimate, reference : MetaGradient
         The two gradients compared.
+    tolerance : float
+        The largest ``||g - g_ref||`` that passes: ``num_stderr`` standard errors of
+        the difference (from the two estimates' ``stderr``) plus ``rtol`` (or the
+        predicted relative error of the finite differences, if larger) times
+        ``||g_ref||``; ``nan`` when no verdict could be formed.
+    passed : bool
+        ``||g - g_ref|| <= tolerance``, and neither gradient degenerate or non-finite.
+    reason : str
+        Why it passed or failed, in words.
     """
 
     rel_err: float
     cosine: float
     estimate: MetaGradient
     reference: MetaGradient
+    tolerance: float = float("nan")
+    passed: bool = False
+    reason: str = ""
 
     def __str__(self) -> str:
+        cosine = (f"{self.cosine:.6f}" if np.isfinite(self.cosine)
+                  else "undefined (a zero gradient)")
         lines = [
             f"estimator : {self.estimate.estimator} ({self.estimate.nfev} solves)",
             f"reference : {self.reference.estimator} ({self.reference.nfev} solves)",
             f"rel_err   : {self.rel_err:.3e}",
-            f"cosine    : {self.cosine:.6f}",
+            f"cosine    : {cosine}",
+            f"verdict   : {'PASSED' if self.passed else 'FAILED'}: {self.reason}",
         ]
         if self.estimate.step is not None:
             lines.append(f"step      : {self.estimate.step:.3e} ({self.estimate.scheme})")

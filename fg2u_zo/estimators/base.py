@@ -11,7 +11,7 @@ import torch
 from ..errors import FG2UTypeError, FG2UValueError
 from ..evaluation.evaluator import Evaluator
 
-__all__ = ["Estimator", "combine_projections", "frame_block_size"]
+__all__ = ["Estimator", "combine_projections", "frame_block_size", "evaluator_scope"]
 
 
 def combine_projections(direct, V, c, *, pairs=False, block_size=None):
@@ -122,21 +122,30 @@ class Estimator:
         return result
 
     @staticmethod
-    @contextlib.contextmanager
     def _evaluator_scope(evaluator, backend, n_jobs, options):
-        """Use the caller's evaluator, or make one for this call and close it after."""
-        if evaluator is not None:
-            if backend is not None or n_jobs is not None or options:
-                raise FG2UValueError(
-                    "pass either `evaluator=` or `backend=`/`n_jobs=`/evaluator options, "
-                    "not both: configure the Evaluator you pass instead")
-            if not isinstance(evaluator, Evaluator):
-                raise FG2UTypeError(
-                    f"`evaluator` must be a fg2u_zo.Evaluator, got {type(evaluator).__name__}")
-            yield evaluator
-            return
-        own = Evaluator(backend=backend, n_jobs=n_jobs, **options)
-        try:
-            yield own
-        finally:
-            own.close()
+        """See :func:`evaluator_scope`."""
+        return evaluator_scope(evaluator, backend, n_jobs, options)
+
+
+@contextlib.contextmanager
+def evaluator_scope(evaluator, backend, n_jobs, options):
+    """Use the caller's evaluator, or make one for this call and close it after.
+
+    The ``evaluator=`` / ``backend=, n_jobs=, **options`` pair of every ``estimate``
+    (and of :func:`fg2u_zo.estimate_noise`).
+    """
+    if evaluator is not None:
+        if backend is not None or n_jobs is not None or options:
+            raise FG2UValueError(
+                "pass either `evaluator=` or `backend=`/`n_jobs=`/evaluator options, "
+                "not both: configure the Evaluator you pass instead")
+        if not isinstance(evaluator, Evaluator):
+            raise FG2UTypeError(
+                f"`evaluator` must be a fg2u_zo.Evaluator, got {type(evaluator).__name__}")
+        yield evaluator
+        return
+    own = Evaluator(backend=backend, n_jobs=n_jobs, **options)
+    try:
+        yield own
+    finally:
+        own.close()

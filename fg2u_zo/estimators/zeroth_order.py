@@ -18,7 +18,9 @@ from .directions import DIRECTION_FAMILIES, sample_directions
 from ..errors import FG2UValueError, InnerSolverError
 from .base import Estimator, combine_projections, frame_block_size
 from .reductions import InnerProjection, KeepOutputs, ValueDifference, check_keep_sketch
-from ..noise.estimate import auto_step, check_noise_estimate, difference_ratio, probe_lines, probe_noise
+from ..noise import auto_step, check_noise_estimate, difference_ratio, probe_lines, probe_noise
+from ..noise.advice import check_warned, warn_zero_differences
+from ..noise.resolution import OutputResolution
 from ..result import Failure, MetaGradient
 from ..noise.steps import check_step
 
@@ -54,7 +56,7 @@ class _PerturbedPoints:
 
 def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, project,
                                 evaluator, seed, pairs, directions, exact_basis=False,
-                                noise=None, probe_lines=None, keep_sketch=False):
+                                noise=None, probe_lines=None, keep_sketch=False, warned=None):
     """Shared body of the finite-difference estimators.
 
     ``project="inner"``: reduce each perturbed theta with :class:`InnerProjection`
@@ -67,6 +69,11 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
     ``step="auto"`` takes the noise-optimal step of ``noise`` (a NoiseEstimate to
     reuse) or, when it is None, probes the noise along ``probe_lines`` first,
     sharing the base solve; the probe's solves are counted in ``nfev``.
+
+    Each perturbed output is also compared with the base output
+    (:class:`~fg2u_zo.noise.resolution.OutputResolution`): a direction whose outputs
+    did not move beyond the output resolution counts in ``zero_differences``, and an
+    estimate with no other direction warns (once per ``warned`` set).
     """
     wall_start = time.perf_counter()
     theta0, base_stats = evaluator.solve(problem.inner, phi, seed=seed)
@@ -83,7 +90,7 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
         noise = probe_noise(problem, phi, probe_lines, theta0=theta0,
                             g_theta=g_theta if project == "inner" else None,
                             quantity=project, evaluator=evaluator, seed=seed, scheme=scheme,
-                            stacklevel=4)
+                            warned=warned)
         probe_nfev, probe_time = noise.nfev, noise.solver_time
     h = auto_step(noise, phi, scheme) if step == "auto" else step
     norms = np.linalg.norm(V, axis=1)
@@ -92,9 +99,11 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
     diffs = np.full(len(points), np.nan)
     if keep_sketch:
         reduction = KeepOutputs(reduction, theta0, len(points))
+    resolution = OutputResolution(theta0, len(points), noise)
 
     def on_result(k, theta):
         diffs[k] = reduction(k, points[k], theta)
+        resolution.observe(k, theta)
 
     stats = evaluator.map(problem.inner, points, on_result, seed=seed, warm_start=theta0,
                           expected_shape=theta0.shape)
@@ -126,6 +135,12 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
     grad, stderr = combine_projections(direct, V[ok], c[ok], pairs=pairs, block_size=block)
     failures = [Failure(f.index, points.direction(f.index), f.kind, f.message, f.attempts)
                 for f in stats.failures]
+    below = resolution.below()
+    flat = below.reshape(b, points.per_direction).all(axis=1) & ok
+    zero_differences = int(flat.sum())
+    if zero_differences == int(ok.sum()):
+        warn_zero_differences(h, scheme, zero_differences, resolution.describe(below),
+                              resolution.suggested_step(phi, scheme), warned)
     return MetaGradient(
         grad=grad, value=value, stderr=stderr,
         nfev=base_stats.nfev + probe_nfev + stats.nfev,
@@ -133,7 +148,8 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
         estimator=estimator.name, step=h, scheme=scheme,
         solver_time=base_stats.solver_time + probe_time + stats.solver_time,
         wall_time=time.perf_counter() - wall_start, noise=noise,
-        sketch=reduction.sketch(U, h, scheme, ok) if keep_sketch else None)
+        sketch=reduction.sketch(U, h, scheme, ok) if keep_sketch else None,
+        zero_differences=zero_differences)
 
 
 @dataclass(frozen=True)
@@ -160,7 +176,8 @@ class _RandomFD(Estimator):
             problem.require_differentiable_outer(type(self).__name__)
 
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 noise=None, keep_sketch=False, **evaluator_options) -> MetaGradient:
+                 noise=None, keep_sketch=False, warned=None,
+                 **evaluator_options) -> MetaGradient:
         """Estimate the meta-gradient of ``problem`` at ``phi``.
 
         Parameters
@@ -184,22 +201,34 @@ class _RandomFD(Estimator):
             (unit directions ``U``, ``Y ~ J_S U^T``, the base output, the step and the
             mask of directions that succeeded; for :class:`BlackBoxES` too, from the
             inner outputs). Memory O(M b) instead of O(N + M); the gradient is the same.
+        warned : set, optional
+            Keys of the warnings already shown in this run (see
+            :mod:`fg2u_zo.noise.advice`): a warning whose key is in it is skipped, a
+            shown one adds its key. An outer loop passes one set to every estimate so
+            that each warning appears once per run.
 
         Returns
         -------
         MetaGradient
             ``step`` is the step used; ``noise`` the NoiseEstimate behind it (with
             ``difference_to_noise`` of this estimate), or None for a fixed step;
-            ``sketch`` a :class:`~fg2u_zo.result.Sketch` or None.
+            ``sketch`` a :class:`~fg2u_zo.result.Sketch` or None;
+            ``zero_differences`` / ``degenerate`` say whether the differences rose above
+            the resolution of the outputs.
 
         Warns
         -----
         NoiseWarning
-            When the probe finds that output precision limits the accuracy.
+            When the probe finds that output precision limits the accuracy (predicted
+            relative error of one difference above 1e-2), at the caller's line.
+        ZeroDifferenceWarning
+            When every finite difference was zero or below the output resolution
+            (a fixed step too small for the solver's precision).
         """
         phi = check_phi(phi, problem.num_params)
         self.check_problem(problem)
         keep_sketch = check_keep_sketch(keep_sketch)
+        check_warned(warned)
         rng = as_generator(rng)
         # The seed is drawn first, always, so the directions do not depend on whether
         # the solver takes a seed.
@@ -215,7 +244,7 @@ class _RandomFD(Estimator):
                 self, problem, phi, V, step=self.step, scheme=self.scheme,
                 project=self._project, evaluator=ev, seed=seed, pairs=self.antithetic,
                 directions=self.directions, noise=noise, probe_lines=U,
-                keep_sketch=keep_sketch)
+                keep_sketch=keep_sketch, warned=warned)
 
 
 @dataclass(frozen=True)
@@ -314,7 +343,8 @@ class CoordinateFD(Estimator):
             problem.require_differentiable_outer("CoordinateFD(through='inner')")
 
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 noise=None, keep_sketch=False, **evaluator_options) -> MetaGradient:
+                 noise=None, keep_sketch=False, warned=None,
+                 **evaluator_options) -> MetaGradient:
         """Difference along each coordinate.
 
         ``rng`` seeds stochastic solvers and draws the noise-probe direction
@@ -325,6 +355,7 @@ class CoordinateFD(Estimator):
         phi = check_phi(phi, problem.num_params)
         self.check_problem(problem)
         keep_sketch = check_keep_sketch(keep_sketch)
+        check_warned(warned)
         through = self._through(problem)
         rng = as_generator(rng)
         seed = int(rng.integers(2**31 - 1))
@@ -338,4 +369,5 @@ class CoordinateFD(Estimator):
             return _finite_difference_estimate(
                 self, problem, phi, V, step=self.step, scheme=self.scheme, project=through,
                 evaluator=ev, seed=seed, pairs=False, directions="coordinate",
-                exact_basis=True, noise=noise, probe_lines=U, keep_sketch=keep_sketch)
+                exact_basis=True, noise=noise, probe_lines=U, keep_sketch=keep_sketch,
+                warned=warned)
