@@ -4,6 +4,7 @@ validation before anything runs, plots."""
 import json
 import os
 import re
+import runpy
 import shutil
 import sys
 
@@ -174,6 +175,27 @@ BAD_CONFIGS = [
                  id="wrong-length"),
     pytest.param(("steps = 10", "steps = 10\n[[optimizer.phases]]\nsteps = 3\nlrr = 0.1"),
                  "did you mean 'lr'?", id="unknown-phase-key"),
+    # Values the constructors check (solvers.Subprocess, fz.LeastSquares, the stepper
+    # registry, the transforms), their message re-worded to name the TOML key.
+    pytest.param(("timeout = 60", "timeout = -1"),
+                 "config.toml: [solver] timeout must be > 0, got -1.0", id="solver-timeout"),
+    pytest.param(('output = "out.txt"', 'output = "out.txt"\nskiprows = -1'),
+                 "config.toml: [solver] skiprows must be >= 0, got -1", id="solver-skiprows"),
+    pytest.param(('output = "out.txt"', 'output = "out.txt"\nusecols = "1"'),
+                 "config.toml: [solver] usecols must be an int or a sequence of ints",
+                 id="solver-usecols"),
+    pytest.param(('name = "adam"', 'name = "Rpropp"'),
+                 "config.toml: [optimizer] name 'Rpropp' is not a known stepper; did you mean "
+                 "'Rprop'", id="optimizer-name"),
+    pytest.param(('data = "cli_obs.txt"', 'data = "cli_obs.txt"\nscale = "men"'),
+                 "config.toml: [outer] scale must be one of 'mean', 'sum'; got 'men'; did you "
+                 "mean 'mean'?", id="outer-scale"),
+    pytest.param(('data = "cli_obs.txt"', 'data = "cli_obs.txt"\nweights = [1.0, 2.0]'),
+                 "config.toml: [outer] weights has 2 values for 12 data", id="outer-weights"),
+    pytest.param(('data = "cli_obs.txt"', 'data = "cli_obs.txt"\nselection = [0, -1]'),
+                 "config.toml: [outer] selection must hold indices >= 0", id="outer-selection"),
+    pytest.param(("names = [", 'transform = "lg"\nnames = ['),
+                 "config.toml: [parameters] transform must be one of", id="transform"),
 ]
 
 
@@ -219,6 +241,51 @@ lr = 0.05
     assert low.solver.keywords == {"t_max": 2.0} and full.solver is None
     phi = np.array([1.0, 1.0, 0.5])
     assert not np.allclose(low.solver(phi), cfg.problem.inner(phi))
+
+
+# A legacy code that writes a table with a header line and a time column, and a
+# trailing remark after '%' on every row; the model is cli_sim's.
+TABLE_SIM = """import cli_sim
+p = cli_sim.read_params()
+with open("table.txt", "w") as fh:
+    fh.write("TIME Y(T)\\n")
+    for t, y in zip(cli_sim.TIMES, cli_sim.model(**p)):
+        fh.write(repr(t) + " " + repr(y) + "  % checked\\n")
+"""
+TABLE_READER = """import os
+import numpy as np
+
+def read(workdir):
+    return np.loadtxt(os.path.join(workdir, "table.txt"), skiprows=1, usecols=1,
+                      comments="%")
+"""
+
+
+def _table_config(case, solver_keys):
+    (case / "table_sim.py").write_text(TABLE_SIM)
+    (case / "table_reader.py").write_text(TABLE_READER)
+    text = CONFIG.replace('"cli_sim.py"]', '"table_sim.py"]').replace(
+        'output = "out.txt"', solver_keys)
+    (case / "config.toml").write_text(text)
+    return load_config(case / "config.toml")
+
+
+@pytest.mark.parametrize("solver_keys", [
+    'output = "table.txt"\nskiprows = 1\nusecols = [1]\ncomments = "%"',
+    'output = "table.txt"\nskiprows = 1\nusecols = 1\ncomments = ["%", "#"]',
+    'reader = "table_reader.py:read"',
+], ids=["skiprows-usecols-comments", "scalar-usecols", "reader"])
+def test_solver_reads_a_table_with_a_header(case, solver_keys):
+    sim = runpy.run_path(os.path.join(DATA, "cli_sim.py"))  # not as __main__: no run
+    cfg = _table_config(case, solver_keys)
+    phi = np.array([2.0, 1.3, 0.5])
+    np.testing.assert_array_equal(cfg.problem.inner(phi), sim["model"](*phi))
+
+
+def test_solver_table_without_its_keys_fails_on_the_header(case):
+    cfg = _table_config(case, 'output = "table.txt"')
+    with pytest.raises(fz.InnerSolverError, match="TIME"):
+        cfg.problem.inner(np.array([2.0, 1.3, 0.5]))
 
 
 # -- check-gradient and plot ----------------------------------------------------------------

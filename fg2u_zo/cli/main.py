@@ -254,12 +254,13 @@ def _cmd_plot(args):
 def _cmd_check(args):
     import fg2u_zo as fz
 
-    from .config import _estimator_classes, load_config
+    from .build import estimator_classes
+    from .config import load_config
 
     cfg = load_config(args.config)
     reference = None
     if args.reference is not None:
-        classes = _estimator_classes()
+        classes = estimator_classes()
         if args.reference not in classes:
             raise _UsageError(f"--reference must be one of {', '.join(classes)}, got "
                               f"{args.reference!r}")
