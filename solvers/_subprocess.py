@@ -1,23 +1,32 @@
-"""Run an external executable (a legacy simulator) as an inner solver."""
+"""Run an external executable (a legacy simulator) as an inner solver.
+
+The adapter itself: arguments, staging, one run, reading the result. What it builds
+on lives next to it: input templates (:mod:`solvers._template`), reading the output
+(:mod:`solvers._text_output`), working directories (:mod:`solvers._workdirs`) and
+starting commands that cannot outlive the run (:mod:`solvers._process_guard`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
-import select
 import shutil
 import signal
-import string
-import subprocess
 import tempfile
 import time
-
-import numpy as np
+import uuid
 
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
 
 from ._adapter_common import (as_phi, as_theta, exception_detail, optional_positive_number,
                               positive_int, positive_number)
+from ._process_guard import (CANCELLED, TIMED_OUT, owner_to_watch, process_identity,
+                             start_command, task_cancellation, track_workdir,
+                             untrack_workdir, wait_then_clean_group)
+from ._template import parse_template, render_template
+from ._text_output import TAIL_LINES, TextFormat, file_tail, read_output_file
+from ._workdirs import FAILURE_NOTE, forget_failure, keep_failure, new_workdir
 
 __all__ = ["Subprocess"]
 
@@ -28,8 +37,6 @@ THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 
 STDOUT_LOG = "fg2u-stdout.log"
 STDERR_LOG = "fg2u-stderr.log"
-_TAIL_LINES = 20
-_HEAD_LINES = 5
 
 
 class Subprocess:
@@ -38,7 +45,8 @@ class Subprocess:
     Each call ``solver(phi)`` creates a temporary directory, writes ``phi`` into it (from
     a template or with a ``writer``), copies the static ``files`` in, runs ``argv`` there
     without a shell, reads the result back (from ``output`` or with a ``reader``) and
-    removes the directory.
+    removes the directory. The command never outlives the run that started it (see
+    Notes).
 
     Parameters
     ----------
@@ -76,12 +84,26 @@ class Subprocess:
         Output file, relative to the working directory. ``*.npy`` is read with
         :func:`numpy.load`; anything else is parsed as text: numbers separated by
         whitespace, commas or semicolons, ``#`` comments, Fortran ``D`` exponents;
-        rows are concatenated (the result is flattened).
+        rows are concatenated (the result is flattened). See ``skiprows``, ``usecols``
+        and ``comments`` for tables with a header or extra columns.
     reader : callable, optional
         ``reader(workdir) -> array``, instead of ``output``. The array is flattened.
+    skiprows : int, default 0
+        Lines skipped at the top of a text ``output`` (a header such as
+        ``TIME T(0.25) T(0.5)``), comment lines included, as in :func:`numpy.loadtxt`.
+    usecols : int or sequence of int, optional
+        Columns of a text ``output`` to keep (0-based; negative counts from the end), as
+        in :func:`numpy.loadtxt`; the result is the kept table, flattened row by row.
+        A row with too few columns is an error naming its line.
+    comments : str, sequence of str or None, default "#"
+        Strings that start a comment in a text ``output`` (the rest of the line is
+        ignored); ``None``: no comments. As in :func:`numpy.loadtxt`.
     files : sequence of path-like, default ()
         Static files or directories copied into each working directory (under their
-        base name) before the run, e.g. a mesh or the executable itself.
+        base name) before the run, e.g. a mesh or the executable itself. A file may not
+        have the name of one the adapter or the command writes (``input_name`` with a
+        template, ``output``, the logs): it would be replaced, or with ``link=True``
+        written through the link into the original.
     link : bool, default False
         Symlink ``files`` instead of copying them (faster for large files; the command
         must not modify them).
@@ -98,14 +120,21 @@ class Subprocess:
         evaluations do not oversubscribe the cores.
     workdir_root : path-like, optional
         Where the working directories are created (default: :func:`tempfile.gettempdir`).
-        Directories are named ``fg2u-*``.
+        Directories are named ``fg2u-*`` (see Notes).
     keep_workdir : bool, default False
-        Keep every working directory. Whatever this is, the directory of a *failed*
-        call is kept, and its path is in the error message and in
-        :attr:`InnerSolverError.workdir`.
+        Keep every working directory, successful or not (``keep_failed`` is then
+        ignored).
+    keep_failed : int, default 5
+        How many directories of failed calls this solver keeps for inspection: those
+        of its most recent failures, across every process it runs in. The path of a
+        kept directory is in the error message and in
+        :attr:`InnerSolverError.workdir`. 0 keeps none.
     n_outputs : int, optional
         Expected number of outputs; any other count raises ``InnerSolverError``
         (``kind="shape"``).
+    n_params : int, optional
+        Expected length of ``phi``; any other length raises ``FG2UValueError`` before
+        anything runs (a deterministic error, which an evaluator does not retry).
     check_executable : bool, default True
         Check at construction that ``argv[0]`` exists (on ``PATH``, or in ``files``).
         Turn off when the executable exists only on remote workers.
@@ -130,12 +159,36 @@ class Subprocess:
       of stderr (and of stdout, where e.g. FreeFem++ prints its errors);
     - ``"output"``: the output file is missing or not numbers; the message names the
       file and shows its first lines;
-    - ``"shape"`` / ``"nonfinite"``: wrong count / NaN or inf in the output;
+    - ``"shape"`` / ``"nonfinite"``: wrong count / NaN or inf in the output; the
+      message ends with the tails of the command's stderr and stdout, where it may have
+      said why (``detail`` holds the stderr tail);
+    - ``"cancelled"``: the dask task running the call was cancelled;
     - ``"exception"``: ``writer`` raised.
 
-    A ``phi`` that is not 1-D or not finite raises ``FG2UValueError`` before anything
-    is created or run. Processes the command left running in its process group are
-    killed when it exits, so evaluations leave nothing behind.
+    A ``phi`` that is not 1-D, not finite or of the wrong length (``n_params``,
+    ``names``, an index of the template), and an ``FG2UValueError`` raised by
+    ``writer``, raise ``FG2UValueError``: deterministic errors, before anything runs.
+
+    **Processes.** No process a call starts outlives the run: processes the command
+    left running in its process group are killed when it exits, and the command is
+    killed with its group when the process that started it dies (a loky or dask
+    worker killed, crashed or restarted, SIGKILL of the run), when the process that
+    sent the solver to a worker on the same machine exits (the run was stopped while
+    the worker waits), and when the dask task running it is cancelled (the run gave
+    up on it). On Linux the kernel's parent-death signal kills the command itself at
+    once; a small watchdog process per worker kills its whole process group
+    (:mod:`solvers._process_guard`). A grandchild that starts a session of its own
+    escapes process groups and is not tracked. Without ``/proc`` (not Linux) the
+    owner is not watched.
+
+    **Working directories.** Under ``workdir_root``, ``fg2u-<tag>-<key>-<random>``
+    while a call runs (``tag`` names this solver, ``key`` the point). A successful
+    call removes its directory and that of an earlier failed attempt at the same
+    point (a retry that worked). A failed call leaves its directory as
+    ``fg2u-<tag>-failed-<key>``, with the error in ``fg2u-failure.txt``, and only the
+    ``keep_failed`` most recent of them are left. So after a run, what remains are
+    the directories of the last failures that no retry repaired. The directory of a
+    call whose worker process died is kept the same way by the watchdog.
 
     **Smoothness.** Finite differences through the command are only as good as the
     digits that cross the files: the template writes ``phi`` exactly, and the command
@@ -158,7 +211,8 @@ class Subprocess:
     def __init__(self, argv, *, template=None, input_name="input.txt", names=None,
                  writer=None, output=None, reader=None, files=(), link=False, timeout=None,
                  kill_grace=0.5, env=None, workdir_root=None, keep_workdir=False,
-                 n_outputs=None, check_executable=True, install_hint=None):
+                 keep_failed=5, n_outputs=None, n_params=None, skiprows=0, usecols=None,
+                 comments="#", check_executable=True, install_hint=None):
         self.argv = _check_argv(argv)
         self.names = _check_names(names)
         if template is not None and writer is not None:
@@ -170,7 +224,7 @@ class Subprocess:
             raise FG2UTypeError("`template` must be a str (the template text) or a "
                                 f"pathlib.Path (a file to read), got {type(template).__name__}")
         self.template = template
-        self._fields = _parse_template(template, self.names) if template is not None else None
+        self._fields = parse_template(template, self.names) if template is not None else None
         self.input_name = _check_relative_name(input_name, "input_name")
         if writer is not None and not callable(writer):
             raise FG2UTypeError(f"`writer` must be callable, got {type(writer).__name__}")
@@ -183,8 +237,15 @@ class Subprocess:
             raise FG2UTypeError(f"`reader` must be callable, got {type(reader).__name__}")
         self.output = None if output is None else _check_relative_name(output, "output")
         self.reader = reader
+        self.text_format = TextFormat(skiprows, usecols, comments)
+        if not self.text_format.is_default and (self.output is None
+                                                or self.output.endswith(".npy")):
+            raise FG2UValueError("`skiprows`, `usecols` and `comments` apply to a text "
+                                 "`output` file; a `reader` or a .npy output reads the "
+                                 "file itself")
         self.files = _check_files(files)
         self.link = bool(link)
+        self._check_staged_names()
         self.timeout = optional_positive_number(timeout, "timeout")
         if kill_grace == 0:
             self.kill_grace = 0.0  # SIGKILL at once
@@ -200,13 +261,29 @@ class Subprocess:
                                      "create it first")
         self.workdir_root = workdir_root
         self.keep_workdir = bool(keep_workdir)
+        self.keep_failed = positive_int(keep_failed, "keep_failed", minimum=0)
         self.n_outputs = None if n_outputs is None else positive_int(n_outputs, "n_outputs")
+        self.n_params = None if n_params is None else positive_int(n_params, "n_params")
         self.install_hint = install_hint
+        # Names this adapter's working directories, in every process it is sent to.
+        self._tag = uuid.uuid4().hex[:8]
+        self._owner = None  # (pid, start time) of the process that sent it here
         if check_executable:
             self._check_executable()
 
     def __repr__(self):
         return f"Subprocess({self.argv!r}, timeout={self.timeout!r})"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        # Whoever pickles the adapter (the process running the optimization, sending it
+        # to its workers) owns the commands it starts there.
+        state["_owner"] = process_identity()
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._owner = owner_to_watch(state.get("_owner"))
 
     # -- construction checks -------------------------------------------------------
 
@@ -228,65 +305,100 @@ class Subprocess:
             raise FG2UValueError(f"`argv[0]` {exe!r} is not an executable file or not on "
                                  f"PATH{hint}")
 
+    def _check_staged_names(self):
+        """A staged file must not be one the adapter or the command writes.
+
+        Linked, the write would go through the link into the user's own file (and
+        parallel calls would race on it); copied, the copy would be replaced, or read
+        back as the output of a command that failed to write one.
+        """
+        written = {STDOUT_LOG: "the command's stdout log", STDERR_LOG: "its stderr log",
+                   FAILURE_NOTE: "the note of a failed call"}
+        if self.template is not None:
+            written[self.input_name] = "`input_name`, where the template is rendered"
+        if self.output is not None:
+            written[self.output] = "`output`, which the command writes"
+        for path in self.files:
+            base = os.path.basename(path)
+            if base in written:
+                how = "linked (link=True)" if self.link else "copied"
+                raise FG2UValueError(
+                    f"`files` entry {path!r} would be {how} into each working directory "
+                    f"as {base!r}, which is {written[base]}: that file would be "
+                    f"{'overwritten through the link' if self.link else 'replaced'}; "
+                    "rename the file or choose another name")
+
     # -- one evaluation ------------------------------------------------------------
 
     def __call__(self, phi, *, warm_start=None, seed=None):
         """Run the command once for ``phi`` and return its output as a float64 array."""
-        phi = as_phi(phi)
+        phi = as_phi(phi, n_params=self.n_params)
         # Render before creating anything: a bad placeholder value must not start a run.
-        text = self._render(phi, seed) if self._fields is not None else None
-        workdir = tempfile.mkdtemp(prefix="fg2u-", dir=self.workdir_root)
-        ok = False
+        text = (render_template(self._fields, phi, self.names, seed)
+                if self._fields is not None else None)
+        root = self.workdir_root or tempfile.gettempdir()
+        key = _point_key(phi, seed)
+        workdir = new_workdir(root, self._tag, key)
+        tracked = not self.keep_workdir
+        if tracked:
+            track_workdir(workdir, root=root, tag=self._tag, key=key, keep=self.keep_failed)
         try:
-            try:
-                self._stage(workdir)
-            except OSError as exc:
-                raise InnerSolverError(f"cannot stage `files` into {workdir}: {exc}",
-                                       kind="exception", workdir=workdir) from exc
+            theta = self._evaluate(workdir, phi, text, seed, warm_start)
+        except InnerSolverError as exc:
+            self._keep_failure(exc, workdir, root, key)
+            raise
+        except (FG2UValueError, FG2UTypeError):
+            # Deterministic: phi does not fit the writer; nothing ran worth keeping.
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        except BaseException as exc:
+            # An evaluator's timeout (SIGALRM), Ctrl-C, SIGTERM: the command's group is
+            # already killed; keep the directory like that of any failure.
+            if tracked:
+                keep_failure(workdir, root=root, tag=self._tag, key=key,
+                             keep=self.keep_failed,
+                             note=f"interrupted by {type(exc).__name__}: {exc}")
+            raise
+        else:
+            if tracked:
+                shutil.rmtree(workdir, ignore_errors=True)
+                forget_failure(root, self._tag, key)
+            return theta
+        finally:
+            if tracked:
+                untrack_workdir(workdir)
+
+    def _evaluate(self, workdir, phi, text, seed, warm_start):
+        try:
+            self._stage(workdir)
             if text is not None:
                 with open(os.path.join(workdir, self.input_name), "w", encoding="utf-8") as fh:
                     fh.write(text)
-            elif self.writer is not None:
-                self._call_writer(phi, workdir, seed, warm_start)
-            self._run(workdir)
-            theta = self._read(workdir)
-            ok = True
-            return theta
-        finally:
-            if ok and not self.keep_workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+        except OSError as exc:
+            raise InnerSolverError(f"cannot prepare the working directory (working "
+                                   f"directory kept: {workdir}): {exc}",
+                                   kind="exception", workdir=workdir) from exc
+        if self.writer is not None:
+            self._call_writer(phi, workdir, seed, warm_start)
+        self._run(workdir)
+        return self._read(workdir)
 
-    def _render(self, phi, seed):
-        named = None
-        if self.names is not None and len(self.names) != phi.shape[0]:
-            raise FG2UValueError(f"`names` has {len(self.names)} entries but `phi` has "
-                                 f"{phi.shape[0]}; give one name per entry of phi")
-        parts = []
-        for literal, key, index, spec in self._fields:
-            parts.append(literal)
-            if key is None:
-                continue
-            if key == "phi":
-                if index is None:
-                    parts.append(" ".join(_format_number(v, spec) for v in phi.tolist()))
-                    continue
-                if not -phi.shape[0] <= index < phi.shape[0]:
-                    raise FG2UValueError(f"template placeholder {{phi[{index}]}} is out of "
-                                         f"range for phi of length {phi.shape[0]}")
-                value = float(phi[index])
-            elif key == "n":
-                value = phi.shape[0]
-            elif key == "seed":
-                if seed is None:
-                    raise FG2UValueError("the template uses {seed} but the call got no "
-                                         "`seed`; call solver(phi, seed=...)")
-                value = _finite_int(seed, "seed")
-            else:
-                if named is None:
-                    named = dict(zip(self.names, phi.tolist()))
-                value = named[key]
-            parts.append(_format_number(value, spec))
-        return "".join(parts)
+    def _keep_failure(self, exc, workdir, root, key):
+        """Keep (bounded) or remove the directory of a failed call; fix the message."""
+        if self.keep_workdir:
+            return
+        message = exc.args[0] if exc.args else ""
+        final = keep_failure(workdir, root=root, tag=self._tag, key=key,
+                             keep=self.keep_failed, note=f"{exc.kind}: {message}")
+        slot = f"(working directory kept: {workdir})"
+        if final is None:
+            message = message.replace(slot, "(working directory removed: keep_failed=0)")
+        else:
+            message = message.replace(slot, (
+                f"(working directory kept: {final}; this solver keeps the directories of "
+                f"its last {self.keep_failed} failures)")).replace(workdir, final)
+        exc.args = (message, *exc.args[1:])
+        exc.workdir = final
 
     def _stage(self, workdir):
         for src in self.files:
@@ -303,6 +415,8 @@ class Subprocess:
         kwargs = {k: extra[k] for k in self._writer_kwargs}
         try:
             self.writer(phi.copy(), workdir, **kwargs)
+        except (FG2UValueError, FG2UTypeError):
+            raise  # the writer refuses this phi: deterministic, not worth a retry
         except Exception as exc:
             raise InnerSolverError(f"`writer` raised {type(exc).__name__}: {exc} "
                                    f"(working directory kept: {workdir})", kind="exception",
@@ -317,27 +431,36 @@ class Subprocess:
         return env
 
     def _run(self, workdir):
+        kept = f"(working directory kept: {workdir})"
+        cancelled = task_cancellation()
         with open(os.path.join(workdir, STDOUT_LOG), "wb") as out, \
                 open(os.path.join(workdir, STDERR_LOG), "wb") as err:
             try:
-                proc = subprocess.Popen(self.argv, cwd=workdir, env=self._child_env(),
-                                        stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                        start_new_session=True)
-            except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+                proc = start_command(self.argv, cwd=workdir, env=self._child_env(),
+                                     stdout=out, stderr=err, owner=self._owner)
+            except OSError as exc:
                 hint = f"; {self.install_hint}" if self.install_hint else ""
+                missing = isinstance(exc, (FileNotFoundError, PermissionError,
+                                           NotADirectoryError))
                 raise InnerSolverError(
                     f"cannot execute {self.argv[0]!r} ({type(exc).__name__}: {exc}){hint} "
-                    f"(working directory kept: {workdir})", kind="missing_executable",
+                    f"{kept}", kind="missing_executable" if missing else "exception",
                     workdir=workdir) from None
             started = time.monotonic()
-            finished = _wait_then_clean_group(proc, self.timeout, self.kill_grace)
-        if not finished:
+            outcome = wait_then_clean_group(proc, self.timeout, self.kill_grace, cancelled)
+        stderr_tail = file_tail(os.path.join(workdir, STDERR_LOG))
+        if outcome == TIMED_OUT:
             elapsed = time.monotonic() - started
             raise InnerSolverError(
                 f"command {self.argv!r} timed out after {elapsed:.1f} s (timeout="
-                f"{self.timeout:g} s); its process group was killed (working directory "
-                f"kept: {workdir}){self._log_tails(workdir)}", kind="timeout",
-                detail=_tail(os.path.join(workdir, STDERR_LOG)), workdir=workdir)
+                f"{self.timeout:g} s); its process group was killed {kept}"
+                f"{self._log_tails(workdir)}", kind="timeout", detail=stderr_tail,
+                workdir=workdir)
+        if outcome == CANCELLED:
+            raise InnerSolverError(
+                f"the dask task running command {self.argv!r} was cancelled (the run "
+                f"stopped or gave up on this evaluation); its process group was killed "
+                f"{kept}", kind="cancelled", detail=stderr_tail, workdir=workdir)
         rc = proc.returncode
         if rc != 0:
             how = f"return code {rc}"
@@ -347,39 +470,49 @@ class Subprocess:
                 except ValueError:
                     pass
             raise InnerSolverError(
-                f"command {self.argv!r} exited with {how} (working directory kept: "
-                f"{workdir}){self._log_tails(workdir)}", kind="returncode",
-                detail=_tail(os.path.join(workdir, STDERR_LOG)), workdir=workdir)
+                f"command {self.argv!r} exited with {how} {kept}{self._log_tails(workdir)}",
+                kind="returncode", detail=stderr_tail, workdir=workdir)
 
     def _log_tails(self, workdir):
         text = ""
         for label, name in (("stderr", STDERR_LOG), ("stdout", STDOUT_LOG)):
-            tail = _tail(os.path.join(workdir, name))
+            tail = file_tail(os.path.join(workdir, name))
             if tail:
-                text += f"\n--- {label} (last {_TAIL_LINES} lines) ---\n{tail}"
+                text += f"\n--- {label} (last {TAIL_LINES} lines) ---\n{tail}"
         return text
 
     def _read(self, workdir):
+        kept = f"(working directory kept: {workdir})"
         where = f"command {self.argv!r}"
         if self.reader is not None:
             try:
                 value = self.reader(workdir)
             except Exception as exc:
                 raise InnerSolverError(
-                    f"`reader` raised {type(exc).__name__}: {exc} (working directory kept: "
-                    f"{workdir}){self._log_tails(workdir)}", kind="output",
+                    f"`reader` raised {type(exc).__name__}: {exc} {kept}"
+                    f"{self._log_tails(workdir)}", kind="output",
                     detail=exception_detail(exc), workdir=workdir) from exc
         else:
-            value = _read_output_file(workdir, self.output, self._log_tails)
+            value = read_output_file(workdir, self.output, self.text_format, self._log_tails)
             where += f" (output file {self.output!r})"
         try:
             return as_theta(value, where=where, n_outputs=self.n_outputs, workdir=workdir)
         except InnerSolverError as exc:
-            exc.args = (f"{exc.args[0]} (working directory kept: {workdir})",)
+            # Wrong count or NaN: what the program said about it (a warning on stderr)
+            # is the first thing the user needs.
+            exc.args = (f"{exc.args[0]} {kept}{self._log_tails(workdir)}",)
+            exc.detail = exc.detail or file_tail(os.path.join(workdir, STDERR_LOG))
             raise
 
 
 # -- helpers -------------------------------------------------------------------------
+
+def _point_key(phi, seed):
+    """Identifies a point across retries: a hash of phi's bytes and the seed."""
+    digest = hashlib.blake2b(phi.tobytes(), digest_size=6)
+    digest.update(repr(seed).encode())
+    return digest.hexdigest()
+
 
 def _check_argv(argv):
     if isinstance(argv, (str, bytes)):
@@ -451,186 +584,3 @@ def _accepted_kwargs(func, names):
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return tuple(names)
     return tuple(n for n in names if n in params)
-
-
-def _parse_template(text, names):
-    """Split the template once into (literal, key, index, spec) pieces; refuse unknowns."""
-    allowed = {"phi", "n", "seed", *(names or ())}
-    fields = []
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise FG2UValueError(f"`template` is not a valid format string ({exc}); write "
-                             "literal braces as '{{' and '}}'") from None
-    for literal, field, spec, conversion in parsed:
-        if field is None:
-            fields.append((literal, None, None, None))
-            continue
-        key, index = field, None
-        if "[" in field:
-            key, _, rest = field.partition("[")
-            if key != "phi" or not rest.endswith("]"):
-                raise FG2UValueError(f"template placeholder {{{field}}}: only phi can be "
-                                     "indexed, as in {phi[3]}")
-            try:
-                index = int(rest[:-1])
-            except ValueError:
-                raise FG2UValueError(f"template placeholder {{{field}}}: the index must be "
-                                     "an integer, as in {phi[3]}") from None
-        if key not in allowed or "." in field or conversion:
-            known = ", ".join("{" + a + "}" for a in sorted(allowed))
-            raise FG2UValueError(f"unknown template placeholder {{{field}}}; known: {known} "
-                                 "and {phi[i]} (literal braces are written '{{' and '}}')")
-        if spec:
-            try:
-                format(1.0, spec)
-            except ValueError:
-                raise FG2UValueError(f"template placeholder {{{field}:{spec}}}: invalid "
-                                     "format spec for a number") from None
-        fields.append((literal, key, index, spec))
-    return fields
-
-
-def _format_number(value, spec):
-    if spec:
-        return format(value, spec)
-    # repr of a Python float is the shortest string that reads back to the same double.
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _finite_int(value, name):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise FG2UValueError(f"`{name}` must be an int, got {value!r}") from None
-
-
-def _wait_then_clean_group(proc, timeout, grace):
-    """Wait for ``proc``; on timeout kill its process group. True if it finished in time.
-
-    The child is waited for *without reaping it* (pidfd / waitid WNOWAIT): while it is
-    a zombie its pid, which is also the process-group id, cannot be recycled, so the
-    final ``killpg`` -- which removes whatever the command left running in its group --
-    cannot hit an unrelated group.
-    """
-    pgid = proc.pid
-    try:
-        finished = _wait_unreaped(proc, timeout)
-    except BaseException:
-        # KeyboardInterrupt or a worker being cancelled: do not leave the command running.
-        _killpg(pgid, signal.SIGKILL)
-        proc.wait()
-        raise
-    if not finished:
-        _killpg(pgid, signal.SIGTERM)
-        if grace > 0:
-            _wait_unreaped(proc, grace)
-    _killpg(pgid, signal.SIGKILL)
-    proc.wait()
-    return finished
-
-
-def _wait_unreaped(proc, timeout):
-    if timeout is None:
-        try:
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            return True
-        except (AttributeError, ChildProcessError):
-            proc.wait()
-            return True
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        # No pidfd (non-Linux): poll; the zombie is reaped, so the race above is
-        # back, but only for the microseconds between reaping and killpg.
-        try:
-            proc.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        # PEP 475: poll() restarts with the remaining timeout after a signal.
-        return bool(poller.poll(timeout * 1000.0))
-    finally:
-        os.close(fd)
-
-
-def _killpg(pgid, sig):
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(path, n=_TAIL_LINES, max_bytes=16384):
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except OSError:
-        return ""
-    lines = data.decode("utf-8", errors="replace").rstrip().splitlines()
-    return "\n".join(lines[-n:])
-
-
-def _head(path, n=_HEAD_LINES, max_bytes=4096):
-    with open(path, "rb") as fh:
-        data = fh.read(max_bytes)
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return "\n".join(line[:200] for line in lines[:n])
-
-
-def _read_output_file(workdir, name, log_tails):
-    path = os.path.join(workdir, name)
-    if not os.path.isfile(path):
-        present = sorted(os.listdir(workdir))
-        raise InnerSolverError(
-            f"output file {name!r} was not written by the command (working directory kept: "
-            f"{workdir}; it holds {present}){log_tails(workdir)}", kind="output",
-            workdir=workdir)
-    if name.endswith(".npy"):
-        try:
-            return np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise InnerSolverError(f"output file {name!r} is not a valid .npy file: {exc} "
-                                   f"(working directory kept: {workdir})", kind="output",
-                                   workdir=workdir) from None
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        text = fh.read()
-    try:
-        values = _parse_numbers(text)
-    except ValueError as exc:
-        raise InnerSolverError(
-            f"output file {name!r} is not a list of numbers ({exc}); first lines:\n"
-            f"{_head(path)}\n(working directory kept: {workdir})", kind="output",
-            workdir=workdir) from None
-    if values.size == 0:
-        raise InnerSolverError(f"output file {name!r} is empty (working directory kept: "
-                               f"{workdir}){log_tails(workdir)}", kind="output",
-                               workdir=workdir)
-    return values
-
-
-def _parse_numbers(text):
-    if "#" in text:
-        text = "\n".join(line.partition("#")[0] for line in text.splitlines())
-    tokens = text.replace(",", " ").replace(";", " ").split()
-    try:
-        return np.array([float(t) for t in tokens], dtype=np.float64)
-    except ValueError:
-        pass
-    out = []
-    for t in tokens:
-        try:
-            out.append(float(t))
-        except ValueError:
-            try:
-                # Fortran writes double-precision exponents as 1.5D-03.
-                out.append(float(t.replace("D", "E").replace("d", "e")))
-            except ValueError:
-                raise ValueError(f"cannot read {t[:40]!r} as a number") from None
-    return np.array(out, dtype=np.float64)

@@ -1,0 +1,134 @@
+"""A legacy simulator that fails in every way a real one does, for the process tests.
+
+    python storm_sim.py POLICY MARKER [protect=PID] [sync=DIR]
+
+Reads ``input.txt`` in the working directory: the numbers of ``phi`` on the first
+line, and the word ``perturbed`` on a second line for a point that is not the base
+point of an estimate (written by the tests' writer from the ``warm_start`` it gets).
+Writes ``out.txt``: ``theta = model(phi)``, 3 numbers with 17 digits. ``MARKER`` is
+only there to be found in the command lines of the processes, with their children.
+
+POLICY:
+
+    ok        always succeeds
+    hang      starts a child (same command line, ``hang0``), creates ``DIR/started``
+              when ``sync=DIR`` is given, then both sleep 60 s
+    sign      phi[0] < 0: waits (up to 60 s) for ``DIR/started`` when ``sync=DIR`` is
+              given, prints to stderr and exits 3; otherwise like hang
+    unstable  prints "WARNING unstable" to stderr and writes NaN
+    header    writes theta as a table under a header line ``TIME T(0.25) T(0.5)``
+    storm     the base point succeeds; a perturbed point fails with a mode drawn from
+              a hash of its input line, the same at every attempt: about 5 % each
+              exit 3 with a stderr message ("returncode"), NaN after a warning
+              ("nonfinite"), 2 numbers instead of 3 ("shape"), sleeping 60 s past the
+              adapter's timeout ("timeout"), and SIGKILL of the process that started
+              the simulator, i.e. the worker ("crash"; when that process is the
+              ``protect=PID`` one, the test process itself, it exits 9 instead)
+
+Only the standard library, so that it starts fast.
+"""
+
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+STORM_BANDS = (("returncode", 0.05), ("nonfinite", 0.10), ("shape", 0.14),
+               ("timeout", 0.175), ("crash", 0.21))
+
+
+def model(phi):
+    a, b = phi[0], phi[1]
+    return [a + 0.5 * math.sin(b), b + 0.5 * math.sin(a), a * b]
+
+
+def storm_mode(line):
+    """The failure mode of a perturbed point with input line ``line`` (or None)."""
+    u = int.from_bytes(hashlib.blake2b(line.strip().encode(), digest_size=8).digest(),
+                       "little") / 2.0**64
+    for mode, upper in STORM_BANDS:
+        if u < upper:
+            return mode
+    return None
+
+
+def write(values):
+    with open("out.txt", "w") as fh:
+        fh.write("\n".join(repr(v) for v in values) + "\n")
+
+
+def options(argv):
+    return dict(a.split("=", 1) for a in argv[3:] if "=" in a)
+
+
+def hang(argv):
+    if argv[1] != "hang0":
+        # -S: a fast start, so that the child exists well before any test acts.
+        # Popen returns once the child has exec'd: its command line shows from now on.
+        subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), "hang0",
+                          *argv[2:]])
+        sync = options(argv).get("sync")
+        if sync:
+            open(os.path.join(sync, "started"), "w").close()
+    time.sleep(60)
+
+
+def main(argv):
+    policy = argv[1]
+    if policy == "hang0":
+        hang(argv)
+        return
+    with open("input.txt") as fh:
+        lines = fh.read().splitlines()
+    phi = [float(t) for t in lines[0].split()]
+    perturbed = len(lines) > 1 and lines[1].strip() == "perturbed"
+    if policy == "hang":
+        hang(argv)
+    elif policy == "sign":
+        if phi[0] < 0:
+            sync = options(argv).get("sync")
+            deadline = time.monotonic() + 60
+            while sync and not os.path.exists(os.path.join(sync, "started")) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+            print("negative phi[0]: refusing", file=sys.stderr)
+            sys.exit(3)
+        hang(argv)
+    elif policy == "unstable":
+        print("step 1 ok", file=sys.stderr)
+        print("WARNING unstable: CFL number 3.2 > 1", file=sys.stderr)
+        write([math.nan] * 3)
+    elif policy == "header":
+        with open("out.txt", "w") as fh:
+            fh.write("TIME T(0.25) T(0.5)\n")
+            for t, v in zip((0.0, 1.0, 2.0), model(phi)):
+                fh.write(f"{t!r} {v!r} {2 * v!r}\n")
+    elif policy == "storm" and perturbed and storm_mode(lines[0]) is not None:
+        mode = storm_mode(lines[0])
+        if mode == "returncode":
+            print("solver diverged at iteration 17", file=sys.stderr)
+            sys.exit(3)
+        elif mode == "nonfinite":
+            print("WARNING unstable", file=sys.stderr)
+            write([math.nan] * 3)
+        elif mode == "shape":
+            write(model(phi)[:2])
+        elif mode == "timeout":
+            time.sleep(60)
+        elif mode == "crash":
+            protected = int(options(argv).get("protect", -1))
+            if os.getppid() in (protected, 1):
+                sys.exit(9)
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(60)  # the parent-death signal ends this at once
+    elif policy in ("ok", "storm"):
+        write(model(phi))
+    else:
+        sys.exit(f"unknown policy {policy!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

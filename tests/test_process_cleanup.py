@@ -1,0 +1,216 @@
+"""No process a run started outlives it: solvers.Subprocess under every way a run ends.
+
+The simulator (tests/data/storm_sim.py, policy "hang") starts a child and both sleep
+60 s, with a marker in their command lines. Each test ends a run in one way -- the
+process that started the command killed, a loky or dask worker killed, a map aborted
+while solves are in flight, a dask task cancelled, SIGTERM or SIGKILL of a process
+running fz.minimize -- and then waits for every process with the marker to be gone,
+up to GONE_WITHIN seconds: a bound far above what it takes (a fraction of a second),
+not a timing that is asserted. Before the adapter's process guard they all survived
+for the full 60 s, with ppid 1.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+
+import numpy as np
+import pytest
+
+import fg2u_zo as fz
+from _process_checks import (leftovers, parent_of, processes_with, survivors, wait_for,
+                             wait_started)
+from fg2u_zo.errors import InnerSolverError
+from solvers import Subprocess
+
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+SIM = str(DATA / "storm_sim.py")
+REPO = str(pathlib.Path(__file__).resolve().parents[1])
+GONE_WITHIN = 15.0
+
+
+@pytest.fixture
+def marker():
+    value = f"fg2u-test-{uuid.uuid4().hex}"
+    yield value
+    for pid in processes_with(value):  # whatever the test did, leave nothing behind
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def hang_solver(marker, root, policy="hang", *options, **kwargs):
+    return Subprocess([sys.executable, SIM, policy, marker, *options], template="{phi}\n",
+                      output="out.txt", workdir_root=root, **kwargs)
+
+
+def command_pids(marker):
+    """The simulator and its child, once both run; the simulator first."""
+    pids = wait_started(marker, 2)
+    leader = [p for p in pids if parent_of(p) not in pids]
+    assert len(leader) == 1, pids
+    return leader + [p for p in pids if p != leader[0]]
+
+
+def child_env(marker):
+    """The environment of a child python: the marker travels here, not in its argv."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    env["FG2U_TEST_MARKER"] = marker
+    return env
+
+
+CALLER = """
+import os
+import sys
+import numpy as np
+from solvers import Subprocess
+sim, root = sys.argv[1:3]
+marker = os.environ["FG2U_TEST_MARKER"]
+solver = Subprocess([sys.executable, sim, "hang", marker], template="{phi}\\n",
+                    output="out.txt", workdir_root=root)
+solver(np.zeros(2))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_command_dies_with_the_process_that_started_it(marker, tmp_path, sig):
+    caller = subprocess.Popen([sys.executable, "-c", CALLER, SIM, str(tmp_path)],
+                              env=child_env(marker))
+    try:
+        pids = command_pids(marker)
+        assert parent_of(pids[0]) == caller.pid
+        caller.send_signal(sig)
+        assert survivors(pids, GONE_WITHIN) == []
+    finally:
+        caller.kill()
+        caller.wait()
+    # The watchdog keeps the call's working directory as a failure, with a note.
+    kept = wait_for(lambda: [p for p in tmp_path.iterdir() if "-failed-" in p.name],
+                    GONE_WITHIN)
+    assert len(kept) == 1 and len(list(tmp_path.iterdir())) == 1, list(tmp_path.iterdir())
+    assert "died while its command ran" in (kept[0] / "fg2u-failure.txt").read_text()
+
+
+@pytest.mark.timeout(180)
+def test_loky_worker_killed_takes_its_command_along(marker, tmp_path):
+    solver = hang_solver(marker, tmp_path)
+    errors = []
+
+    def run(ev):
+        try:
+            ev.map(solver, [np.zeros(2)], lambda index, theta: None)
+        except InnerSolverError as exc:
+            errors.append(exc)
+
+    with fz.Evaluator("loky", n_jobs=1, max_retries=0) as ev:
+        thread = threading.Thread(target=run, args=(ev,), daemon=True)
+        thread.start()
+        pids = command_pids(marker)
+        worker = parent_of(pids[0])
+        assert worker != os.getpid()
+        os.kill(worker, signal.SIGKILL)
+        assert survivors(pids, GONE_WITHIN) == []
+        thread.join(60)
+    assert errors and errors[0].kind == "crash"
+    assert leftovers(marker, GONE_WITHIN) == []
+
+
+@pytest.mark.dask
+@pytest.mark.timeout(180)
+def test_dask_worker_killed_or_task_cancelled(dask_client, marker, tmp_path):
+    solver = hang_solver(marker, tmp_path)
+    future = dask_client.submit(solver, np.zeros(2), pure=False)
+    try:
+        pids = command_pids(marker)
+        worker = parent_of(pids[0])
+        assert worker != os.getpid()
+        os.kill(worker, signal.SIGKILL)
+        assert survivors(pids, GONE_WITHIN) == []
+        # The scheduler runs the task again on another worker; cancelling it there
+        # kills that command too (dask cannot interrupt the thread running the task).
+        rerun = command_pids(marker)
+        assert not set(rerun) & set(pids)
+        future.cancel()
+        assert survivors(rerun, GONE_WITHIN) == []
+    finally:
+        future.cancel()
+        dask_client.wait_for_workers(2, timeout=120)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["loky", pytest.param("dask", marks=pytest.mark.dask)])
+def test_aborted_map_kills_the_solves_in_flight(backend, marker, tmp_path, request):
+    # Two points: one hangs; the other fails once the first has started, which stops the
+    # map (max_failure_fraction=0) while the hanging solve is in flight.
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    solver = hang_solver(marker, tmp_path, "sign", f"sync={sync}")
+    options = dict(max_retries=0, max_failure_fraction=0.0)
+    if backend == "loky":
+        ev = fz.Evaluator("loky", n_jobs=2, **options)
+    else:
+        ev = fz.Evaluator("dask", client=request.getfixturevalue("dask_client"), **options)
+    with ev:
+        with pytest.raises(InnerSolverError, match="negative phi"):
+            ev.map(solver, [np.array([1.0, 0.0]), np.array([-1.0, 0.0])],
+                   lambda index, theta: None)
+        pids = processes_with(marker)
+        assert len(pids) == 2  # in flight when the map gave up
+        if backend == "dask":
+            # The cancelled task's command goes at once, the Evaluator still open.
+            assert survivors(pids, GONE_WITHIN) == []
+    assert leftovers(marker, GONE_WITHIN) == []
+
+
+RUN = """
+import os
+import sys
+import numpy as np
+import fg2u_zo as fz
+from solvers import Subprocess
+sim, root, backend, address = sys.argv[1:5]
+marker = os.environ["FG2U_TEST_MARKER"]
+solver = Subprocess([sys.executable, sim, "hang", marker], template="{phi}\\n",
+                    output="out.txt", workdir_root=root)
+problem = fz.BilevelProblem(inner=solver, outer=lambda theta, phi: (theta ** 2).sum())
+if backend == "loky":
+    options = {"backend": "loky", "n_jobs": 1}
+else:
+    options = {"evaluator": fz.Evaluator("dask", scheduler_address=address)}
+fz.minimize(problem, np.zeros(2), estimator=fz.FG2UZO(num_directions=2, step=1e-3),
+            steps=1, checkpoint=os.path.join(root, "run.ckpt"), **options)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("backend", ["loky", pytest.param("dask", marks=pytest.mark.dask)])
+def test_stopping_a_run_leaves_no_command_behind(backend, sig, marker, tmp_path, request):
+    address = (request.getfixturevalue("dask_client").scheduler.address
+               if backend == "dask" else "")
+    run = subprocess.Popen([sys.executable, "-c", RUN, SIM, str(tmp_path), backend, address],
+                           env=child_env(marker))
+    try:
+        pids = wait_started(marker, 2, timeout=120)
+        run.send_signal(sig)
+        assert leftovers(marker, GONE_WITHIN) == []
+        assert not set(pids) & set(processes_with(marker))
+        run.wait(60)
+        if sig == signal.SIGTERM:
+            # minimize stops on SIGTERM: the step is abandoned, the run returns.
+            assert run.returncode == 0
+    finally:
+        run.kill()
+        run.wait()
+        if backend == "dask":
+            request.getfixturevalue("dask_client").wait_for_workers(2, timeout=120)
