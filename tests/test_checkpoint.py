@@ -349,3 +349,155 @@ def test_no_torch_save_or_load(tmp_path, monkeypatch):
     fz.minimize(problem, np.zeros(5), est, optimizer="rprop", steps=2, rng=0,
                 checkpoint=tmp_path / "r.ckpt", progress=False)
     assert fz.resume(tmp_path / "r.ckpt", problem, steps=3, progress=False).nit == 3
+
+
+# -- a checkpoint is data (issue 15, items 1-3) -------------------------------------------
+@pytest.fixture
+def run_dir(tmp_path):
+    """A 4-step run: run.ckpt and its 4-line run.jsonl, in their own directory."""
+    d = tmp_path / "runs"
+    fz.minimize(RidgeHyperproblem().problem(), np.zeros(5),
+                fz.FG2UZO(num_directions=2, step="auto"), lr=0.1, steps=4, rng=0,
+                checkpoint=d / "run.ckpt", history=d / "run.jsonl", progress=False)
+    return d
+
+
+@pytest.mark.parametrize("noise", [
+    {"class": "fg2u_zo.outer.history:HistoryWriter", "data": {"path": "VICTIM"}, "age": 0},
+    {"type": "fg2u_zo.outer.history:HistoryWriter", "data": {"path": "VICTIM"}, "age": 0},
+    {"type": "HistoryWriter", "data": {"path": "VICTIM"}, "age": 0},
+    {"type": "NoiseEstimate", "data": {"path": "VICTIM"}, "age": 0},
+], ids=["v1-class", "module-path", "other-tag", "unknown-field"])
+def test_a_checkpoint_cannot_choose_code_to_run(run_dir, noise):
+    # Item 1: meta.json named a class and its arguments, and resume called it (here: a
+    # HistoryWriter that empties the file of the attacker's choice).
+    victim = run_dir / "victim.txt"
+    victim.write_text("precious\n")
+    text = json.dumps(noise).replace("VICTIM", str(victim))
+    _rewrite(run_dir / "run.ckpt", lambda meta: meta.update(noise=json.loads(text)))
+    with pytest.raises(fz.CheckpointError, match="noise"):
+        fz.resume(run_dir / "run.ckpt", RidgeHyperproblem().problem(), progress=False)
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("name", ["fg2u_zo.cli:main", "fg2u_zo.outer.history:HistoryWriter",
+                                  "os:system"])
+def test_a_checkpoint_cannot_name_the_stepper_code(run_dir, name):
+    def edit(meta):
+        meta["config"]["optimizer"] = {"name": name, "options": {"argv": ["run", "x"]}}
+
+    _rewrite(run_dir / "run.ckpt", edit)
+    with pytest.raises(fz.CheckpointError, match="not a known stepper"):
+        fz.resume(run_dir / "run.ckpt", RidgeHyperproblem().problem(), progress=False)
+
+
+def test_history_path_in_a_checkpoint_is_never_a_place_to_write(run_dir):
+    # Item 1: a changed history.path truncated any file on resume.
+    victim = run_dir / "victim.txt"
+    victim.write_text("line 1\nline 2\nline 3\nline 4\nline 5\n")
+    _rewrite(run_dir / "run.ckpt",
+             lambda meta: meta["history"].update(path=str(victim)))
+    with pytest.raises(fz.CheckpointError, match="not an fg2u-zo history"):
+        fz.resume(run_dir / "run.ckpt", RidgeHyperproblem().problem(), steps=6,
+                  progress=False)
+    assert victim.read_text() == "line 1\nline 2\nline 3\nline 4\nline 5\n"
+
+
+def test_resuming_a_copy_writes_the_copy_history(run_dir, tmp_path):
+    # Item 2: the absolute history path was stored, so a copy appended to the original.
+    import shutil
+
+    original = (run_dir / "run.jsonl").read_bytes()
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    res = fz.resume(copy / "run.ckpt", RidgeHyperproblem().problem(), steps=6,
+                    progress=False)
+    assert res.nit == 6
+    assert (run_dir / "run.jsonl").read_bytes() == original
+    assert _history_steps(copy / "run.jsonl") == list(range(6))
+    # The caller may name another history instead.
+    res = fz.resume(copy / "run.ckpt", RidgeHyperproblem().problem(), steps=7,
+                    history=tmp_path / "other.jsonl", progress=False)
+    assert _history_steps(tmp_path / "other.jsonl") == [6]
+
+
+def _set(path, value):
+    def edit(meta):
+        keys = path.split(".")
+        target = meta
+        for key in keys[:-1]:
+            target = target[key]
+        if value is _DELETE:
+            del target[keys[-1]]
+        else:
+            target[keys[-1]] = value
+    return edit
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("step", "forty", "`step` must be an integer"),
+    ("step", -5, "`step` must be >= 0"),
+    ("step", 4.0, "`step` must be an integer"),
+    ("step", True, "`step` must be an integer"),
+    ("phase", 3, "`phase`"),
+    ("step_in_phase", 9, "`step_in_phase` must be <= step"),
+    ("totals", _DELETE, "`totals` is missing"),
+    ("totals.nfev", -1, "`totals.nfev` must be >= 0"),
+    ("totals.solver_time", "fast", "`totals.solver_time` must be a number"),
+    ("history.lines", 40, "`history.lines` must be <= step"),
+    ("history.path", 7, "`history.path` must be a string"),
+    ("rng.bit_generator", "Evil", "`rng` uses bit generator 'Evil'"),
+    ("rng.state", "x", "`rng` is not a valid PCG64 state"),
+    ("config.phase_steps", [0], "`config.phase_steps`"),
+    ("config.transform", ["tanh"] * 5, "`config.transform`"),
+    ("config.phases", "all", "`config.phases`"),
+    ("config.optimizer", _DELETE, "`config.optimizer` is missing"),
+    ("noise.age", -2, "`noise.age` must be >= 0"),
+    ("noise.data.nfev", "many", "`noise.data.nfev` must be an integer"),
+    ("stepper.data", [], "`stepper.data` must be a JSON object"),
+    ("status", "hacked", "`status` must be one of"),
+    ("num_params", 3, "num_params` must"),
+])
+def test_malformed_fields_name_the_field_and_write_nothing(run_dir, field, value, message):
+    # Item 3: raw KeyError/TypeError, "step": -5 accepted; item 2: the history truncated
+    # before the checkpoint was found bad.
+    ckpt, history = run_dir / "run.ckpt", run_dir / "run.jsonl"
+    with open(history, "a") as fh:  # lines past the checkpoint, as after a kill
+        fh.write(history.read_text().splitlines()[-1] + "\n")
+    _rewrite(ckpt, _set(field, value))
+    before = {p: p.read_bytes() for p in (ckpt, history)}
+    with pytest.raises(fz.CheckpointError, match=message):
+        fz.resume(ckpt, RidgeHyperproblem().problem(), progress=False)
+    with pytest.raises(fz.CheckpointError, match=message):
+        fz.minimize(RidgeHyperproblem().problem(), np.zeros(5),
+                    fz.FG2UZO(num_directions=2, step="auto"), lr=0.1, steps=4,
+                    checkpoint=ckpt, history=history, resume=True, progress=False)
+    assert {p: p.read_bytes() for p in (ckpt, history)} == before
+    assert sorted(os.listdir(run_dir)) == ["run.ckpt", "run.jsonl"]
+
+
+@pytest.mark.parametrize("array, value, message", [
+    ("phi", np.full(5, np.nan), "`phi` is not finite"),
+    ("z", np.zeros(3), "`z` must be float64 of shape"),
+    ("upper", np.full(5, np.nan), "without NaN"),
+    ("lower", np.full(5, 9.0), "`phi` lies outside the bounds"),
+    ("stepper/state.0.exp_avg", np.zeros(7), "exp_avg.*shape"),
+])
+def test_malformed_arrays_are_refused(run_dir, array, value, message):
+    def edit(arrays):
+        arrays[array] = value
+
+    _rewrite(run_dir / "run.ckpt", edit_arrays=edit)
+    with pytest.raises(fz.CheckpointError, match=message):
+        fz.resume(run_dir / "run.ckpt", RidgeHyperproblem().problem(), progress=False)
+
+
+def test_cli_resume_of_a_malformed_checkpoint_exits_2(run_dir, capsys):
+    from fg2u_zo.cli import main
+
+    _rewrite(run_dir / "run.ckpt", _set("step", "forty"))
+    assert main(["resume", str(run_dir / "run.ckpt")]) == 2
+    assert "`step` must be an integer" in capsys.readouterr().err

@@ -529,3 +529,118 @@ def test_history_reports_the_fd_step_and_its_predicted_error(tmp_path):
         assert rec.fd_step is not None and rec.fd_step > 0
         # float64 closed-form solver: the difference carries many digits
         assert rec.fd_error is not None and 0 < rec.fd_error < 1e-6
+
+
+# -- issue 15: numbers and what a user sees --------------------------------------------------
+class _CountingSolver:
+    def __init__(self, ridge):
+        self.ridge, self.calls = ridge, 0
+
+    def __call__(self, phi):
+        self.calls += 1
+        return self.ridge.inner(phi)
+
+
+@pytest.mark.timeout(30)
+def test_a_non_finite_value_stops_the_step_and_keeps_the_last_good_state(ridge, tmp_path):
+    # Item 7: sqrt of a negative number made phi and the Adam state NaN, and the
+    # checkpoint was overwritten with them. F = ridge + sqrt(0.35 - phi[0]) - phi[0]:
+    # descent pushes phi[0] up until the sqrt turns NaN at phi[0] > 0.35.
+    def outer(theta, phi):
+        return ridge.outer(theta, phi) + torch.sqrt(0.35 - phi[0]) - 2.0 * phi[0]
+
+    problem = fz.BilevelProblem(inner=ridge.inner, outer=outer, num_params=5)
+    ckpt, history = tmp_path / "run.ckpt", tmp_path / "run.jsonl"
+    with pytest.raises(fz.FG2UValueError, match=r"F\(phi\) = nan.*not finite") as info:
+        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6), lr=0.1,
+                    steps=50, rng=0, checkpoint=ckpt, history=history, progress=False)
+    saved = fz.read_checkpoint(ckpt)
+    assert info.value.checkpoint == str(ckpt)
+    assert 2 <= saved.step < 50 and saved.status == "failed"
+    # The state saved is the one the failed step started from: finite, at the phi where
+    # F turned NaN, with no optimizer step taken for it.
+    assert np.all(np.isfinite(saved.phi)) and saved.phi[0] > 0.35
+    for arr in saved.stepper_state.arrays.values():
+        assert np.all(np.isfinite(arr))
+    assert saved.stepper_state.arrays["state.0.step"] == saved.step  # no step for the NaN
+    records = fz.read_history(history)
+    assert len(records) == saved.step and all(np.isfinite(r.value) for r in records)
+    assert records[-1].phi[0] <= 0.35
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"phi0": np.full(5, 1.7e308)}, fz.FG2UValueError, r"phi0\[0\]` = 1.7e\+308 is beyond"),
+    ({"phi0": np.full(5, -1.7e308)}, fz.FG2UValueError, "would overflow"),
+    ({"phi0": np.zeros(5) + 1j}, fz.FG2UTypeError, "`phi0` must be real"),
+    ({"bounds": (np.nan, 10.0)}, fz.FG2UValueError, r"`bounds` lo\[0\] is nan"),
+    ({"bounds": (-1.0, [1, 2, np.nan, 4, 5])}, fz.FG2UValueError, r"hi\[2\] is nan"),
+    ({"target": np.nan}, fz.FG2UValueError, "`target` must be a number, got nan"),
+    ({"target": 1 + 2j}, fz.FG2UTypeError, "`target` must be a real number"),
+])
+def test_odd_inputs_are_refused_before_any_solve(ridge, kwargs, error, message):
+    # Item 11: +-1.7e308 with step="auto" sent inf points; NaN bounds, complex phi0 and a
+    # NaN target were accepted.
+    solver = _CountingSolver(ridge)
+    problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
+    kwargs = {"phi0": np.zeros(5), **kwargs}
+    with pytest.raises(error, match=message):
+        fz.minimize(problem, estimator=fz.FG2UZO(num_directions=2, step="auto"), steps=2,
+                    progress=False, **kwargs)
+    assert solver.calls == 0
+
+
+class _FailingEvery:
+    """The ridge solver, raising on the 4th and 8th call of every 9 (two of a step's
+    eight perturbed solves with 4 central directions, never the base point)."""
+
+    def __init__(self, ridge):
+        self.ridge, self.calls = ridge, 0
+
+    def __call__(self, phi):
+        self.calls += 1
+        if self.calls % 9 in (4, 8):
+            raise RuntimeError("segmentation fault (simulated)")
+        return self.ridge.inner(phi)
+
+
+@pytest.mark.timeout(30)
+def test_failures_are_reported_by_kind(ridge, caplog):
+    # Item 12: a run in which solves failed ended with no count and no log line.
+    solver = _FailingEvery(ridge)
+    problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
+    with fz.Evaluator(max_retries=0) as ev, caplog.at_level("WARNING", logger="fg2u_zo"):
+        res = fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6),
+                          lr=0.1, steps=5, rng=0, evaluator=ev, progress=False)
+    assert res.failures == {"exception": 10}
+    assert [r.failures for r in res.history] == [2] * 5
+    assert "failures={'exception': 10}" in repr(res)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("failed for good (exception)" in w for w in warnings)
+    assert any("exception: 10" in w for w in warnings)  # the totals at the end
+    clean = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6),
+                        lr=0.1, steps=2, rng=0, progress=False)
+    assert clean.failures == {}
+
+
+@pytest.mark.timeout(60)
+def test_failure_totals_survive_a_resume(ridge, tmp_path):
+    solver = _FailingEvery(ridge)
+    problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
+    with fz.Evaluator(max_retries=0) as ev:
+        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6), lr=0.1,
+                    steps=3, rng=0, evaluator=ev, checkpoint=tmp_path / "f.ckpt",
+                    progress=False)
+        assert fz.read_checkpoint(tmp_path / "f.ckpt").totals["failures"] == {"exception": 6}
+        solver.calls = 0
+        res = fz.resume(tmp_path / "f.ckpt", problem, steps=5, evaluator=ev, progress=False)
+    assert res.failures == {"exception": 10}
+
+
+def test_bounds_violation_message_is_readable(ridge):
+    # Item 16: "phi0[0, 2] = [0.3, 0.8] is outside [[1.0, 1.0], [5.0, 5.0]]".
+    phi0 = np.array([2.0, 2.0, 0.3, 2.0, 7.5])
+    with pytest.raises(fz.FG2UValueError) as info:
+        fz.minimize(ridge.problem(), phi0, fz.FG2UZO(), bounds=(1.0, 5.0), steps=1)
+    assert str(info.value) == (
+        "`phi0` must lie inside `bounds`: phi0[2] = 0.3 is below the lower bound 1; "
+        "phi0[4] = 7.5 is above the upper bound 5")

@@ -360,6 +360,10 @@ def _arrays(arrays, n):
             out["lower"] > out["upper"]):
         raise CheckpointError("checkpoint arrays `lower`/`upper` must be bounds lower <= "
                               "upper without NaN")
+    outside = np.flatnonzero((out["phi"] < out["lower"]) | (out["phi"] > out["upper"]))
+    if outside.size:
+        raise CheckpointError(f"checkpoint array `phi` lies outside the bounds at "
+                              f"{outside[:10].tolist()}")
     return out
 
 

@@ -49,6 +49,8 @@ class Bounds:
 def _bound_array(value, num_params, name, default):
     if value is None:
         return np.full(num_params, default)
+    if np.iscomplexobj(value) or isinstance(value, complex):
+        raise FG2UTypeError(f"`bounds` {name} must be real, got {value!r}")
     try:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -61,7 +63,12 @@ def _bound_array(value, num_params, name, default):
         raise FG2UValueError(
             f"`bounds` {name} must be a number or have length {num_params} (one per "
             f"parameter), got shape {arr.shape}")
-    arr = np.where(np.isnan(arr), default, arr)  # NaN means "no bound", like None
+    nan = np.flatnonzero(np.isnan(arr))
+    if nan.size:
+        # NaN is more often a bug upstream than a wish for no bound: say which.
+        raise FG2UValueError(
+            f"`bounds` {name}[{int(nan[0])}] is nan; pass None (or {default}) for no bound "
+            "on that side")
     return arr
 
 
