@@ -644,3 +644,25 @@ def test_bounds_violation_message_is_readable(ridge):
     assert str(info.value) == (
         "`phi0` must lie inside `bounds`: phi0[2] = 0.3 is below the lower bound 1; "
         "phi0[4] = 7.5 is above the upper bound 5")
+
+
+@pytest.mark.timeout(30)
+def test_a_phase_can_have_its_own_outer_loss(ridge, tmp_path):
+    # Continuation in the horizon: fit part of the misfit first, then all of it.
+    def first_half(theta, phi):
+        return ridge.outer(theta, phi) * 0.5
+
+    problem = ridge.problem()
+    est = fz.FG2UZO(num_directions=2, step=1e-6)
+    path = tmp_path / "p.ckpt"
+    res = fz.minimize(problem, np.zeros(5), lr=0.1, rng=0, checkpoint=path, progress=False,
+                      phases=[fz.Phase(steps=2, estimator=est, outer=first_half),
+                              fz.Phase(steps=2, estimator=est)])
+    for r in res.history:
+        full = problem.outer_value(ridge.inner(r.phi), r.phi)
+        assert r.value == (0.5 * full if r.phase == 0 else full)
+    assert fz.read_checkpoint(path).config["phases"][0]["outer"] == "custom"
+    with pytest.raises(fz.CheckpointError, match="outer loss.*phases="):
+        fz.resume(path, problem, steps=5)
+    with pytest.raises(fz.FG2UTypeError, match="Phase `outer`"):
+        fz.Phase(steps=1, outer="mse")

@@ -152,6 +152,13 @@ def test_sketch_is_kept_only_when_the_stepper_asks():
                     optimizer=Peek(wants), steps=1, rng=0, progress=False)
         assert (seen[0] is not None) == wants
     assert seen[0].Y.shape[1] == 3  # one column per direction
+    # An estimator that cannot keep a sketch is refused before any solve.
+    from fg2u_zo.testing import UnrolledQuadratic
+
+    uq = UnrolledQuadratic(num_params=3, steps=5)
+    with pytest.raises(fz.FG2UValueError, match="phase 0: .*keep their sketch.*RGU"):
+        fz.minimize(uq.problem(), np.zeros(3), fz.RGU(),
+                    optimizer=Peek(True), steps=1, progress=False)
 
 
 def test_torch_optimizer_stepper_equals_a_torch_loop():

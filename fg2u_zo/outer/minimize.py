@@ -22,7 +22,7 @@ from ..evaluation.evaluator import Evaluator
 from ..problem import BilevelProblem
 from ..validation import as_generator, check_phi, check_positive_float, check_positive_int
 from .checkpoint import config_differences, read_checkpoint
-from .phases import Phase, build_plans, estimator_from_config
+from .phases import Phase, build_plans, check_stepper_fits, estimator_from_config
 from .result import STATUSES, OptimizeResult
 from .run import NonFiniteStepError, Run
 from .schedules import schedule_from_config
@@ -198,6 +198,7 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
     T = ParameterTransform.from_spec(transform, num_params, bounds_)
     plans = build_plans(problem, estimator, phases, steps, lr, schedule)
     stepper = make_stepper(optimizer, optimizer_options)
+    check_stepper_fits(stepper, plans)
     callbacks = _as_callbacks(callback)
     target = _check_target(target)
     gtol = _check_optional_positive(gtol, "gtol")

@@ -18,7 +18,8 @@ from ..problem import BilevelProblem
 from ..validation import check_positive_float, check_positive_int
 from .schedules import as_schedule, schedule_config
 
-__all__ = ["Phase", "PhasePlan", "build_plans", "estimator_config", "estimator_from_config"]
+__all__ = ["Phase", "PhasePlan", "build_plans", "estimator_config", "estimator_from_config",
+           "accepts_noise", "keeps_sketch", "check_stepper_fits"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,32 @@ def accepts_noise(estimator) -> bool:
     except (TypeError, ValueError):
         return False
     return "noise" in params
+
+
+def keeps_sketch(estimator) -> bool:
+    """Whether ``estimator.estimate`` takes ``keep_sketch=`` (FG2UZO, BlackBoxES,
+    CoordinateFD, FG2U)."""
+    declared = getattr(estimator, "keeps_sketch", None)
+    if isinstance(declared, bool):
+        return declared
+    try:
+        params = inspect.signature(estimator.estimate).parameters
+    except (TypeError, ValueError):
+        return False
+    return "keep_sketch" in params
+
+
+def check_stepper_fits(stepper, plans) -> None:
+    """Refuse, before step 0, a stepper that asks for sketches of an estimator that
+    cannot keep them."""
+    if "sketch" not in stepper.extras:
+        return
+    for i, plan in enumerate(plans):
+        if not keeps_sketch(plan.estimator):
+            raise FG2UValueError(
+                f"phase {i}: the stepper {stepper.config().get('name')!r} needs estimates "
+                f"that keep their sketch, which {type(plan.estimator).__name__} cannot "
+                "give; use FG2UZO, BlackBoxES, CoordinateFD or FG2U in that phase")
 
 
 def build_plans(problem, estimator, phases, steps, lr, schedule) -> list:
