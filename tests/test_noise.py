@@ -523,3 +523,20 @@ def test_full_precision_model_at_round_points_is_not_taken_for_printed_output():
     assert g.noise.relative_noise < 1e-12, g.noise
     exact = fz.CoordinateFD(step=1e-6).estimate(problem, phi).grad
     np.testing.assert_allclose(g.grad, exact, rtol=1e-6)
+
+
+def test_difference_to_noise_follows_the_outer_gradient(ridge):
+    # The noise of the projection <g, S> scales with g: a probe made where the outer
+    # gradient was 100 times larger must not make the differences look drowned later.
+    inner = Printed(ridge.inner, 8)
+    big = fz.BilevelProblem(inner=inner, outer=lambda th, ph: 100.0 * ridge.outer(th, ph))
+    small = fz.BilevelProblem(inner=inner, outer=ridge.outer)
+    est = fz.FG2UZO(num_directions=4, directions="coordinate")
+    probe = est.estimate(big, PHI, rng=0).noise
+    assert probe.status == "ok" and probe.method == "digits"
+    g_big = est.estimate(big, PHI, rng=1, noise=probe)
+    g_small = est.estimate(small, PHI, rng=1, noise=probe)
+    np.testing.assert_allclose(g_small.noise.difference_to_noise,
+                               g_big.noise.difference_to_noise, rtol=1e-9)
+    assert g_small.noise.difference_to_noise > 100  # 8 digits: far above the noise
+    assert not fz.noise_needs_refresh(probe, g_small, phi=PHI, age=1)

@@ -130,7 +130,7 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
     if noise is not None:
         # How far the differences rose above the noise: the refresh diagnostic.
         noise = difference_ratio(noise, diffs[0::2] - diffs[1::2] if scheme == "central"
-                                 else diffs)
+                                 else diffs, g_theta if project == "inner" else None)
     block = None if pairs else frame_block_size(directions, phi.size, b - int(ok.sum()))
     grad, stderr = combine_projections(direct, V[ok], c[ok], pairs=pairs, block_size=block)
     failures = [Failure(f.index, points.direction(f.index), f.kind, f.message, f.attempts)

@@ -95,10 +95,12 @@ class NoiseEstimate:
     solver_time : float
         Seconds spent inside the solver by the probe.
     difference_to_noise : float or None
-        Filled in on the copy an estimate reports (``MetaGradient.noise``): median over
-        its directions of ``|f(phi + h u_i) - f(phi)| / noise`` (forward) or
-        ``|f(phi + h u_i) - f(phi - h u_i)| / noise`` (central). Near 1 the differences
-        are drowned in noise. ``None`` straight out of :func:`estimate_noise`.
+        Filled in on the copy an estimate reports (``MetaGradient.noise``): root mean
+        square over its directions of ``|f(phi + h u_i) - f(phi)| / noise`` (forward) or
+        ``|f(phi + h u_i) - f(phi - h u_i)| / noise`` (central), the projection's noise
+        taken at the estimate's own outer gradient when the per-output noise is known.
+        Near 1 the differences are drowned in noise. ``None`` straight out of
+        :func:`estimate_noise`.
     """
 
     noise: float

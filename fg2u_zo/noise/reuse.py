@@ -11,7 +11,17 @@ from ..errors import FG2UTypeError, FG2UValueError
 from .noise_estimate import NoiseEstimate
 from .steps import default_step, max_step, min_step, step_scale
 
-__all__ = ["auto_step", "check_noise_estimate", "difference_ratio", "noise_needs_refresh"]
+__all__ = ["auto_step", "check_noise_estimate", "difference_ratio", "noise_needs_refresh",
+           "MIN_DIFFERENCE_TO_NOISE"]
+
+#: A kept noise estimate is refreshed when the estimate's differences fall below this
+#: many times the noise. Why 3: a difference ``r`` times its noise carries a relative
+#: noise error ``sqrt(2) / r`` per direction, which adds ``2 N / ((N + 1) r**2)`` ~
+#: ``2 / r**2`` to the relative variance of the Monte-Carlo gradient (whatever the
+#: number of directions, since both terms average down alike): at ``r = 3`` the error
+#: grows by 10% at most, and re-probing (8 to 40 solves) cannot buy more. Below it,
+#: as when the curvature or the noise changed since the probe, the step is drowned.
+MIN_DIFFERENCE_TO_NOISE = 3.0
 
 
 def auto_step(noise: NoiseEstimate, phi: np.ndarray, scheme: str) -> float:
@@ -47,19 +57,43 @@ def check_noise_estimate(noise, num_params: int, quantity: str):
     return noise
 
 
-def difference_ratio(noise: NoiseEstimate, differences) -> NoiseEstimate:
-    """The copy of ``noise`` an estimate reports, with its ``difference_to_noise``."""
+def difference_ratio(noise: NoiseEstimate, differences, g_theta=None) -> NoiseEstimate:
+    """The copy of ``noise`` an estimate reports, with its ``difference_to_noise``.
+
+    Parameters
+    ----------
+    noise : NoiseEstimate
+    differences : array_like
+        The estimate's differences of the examined scalar, one per direction.
+    g_theta : ndarray, optional
+        The outer gradient ``grad_theta f`` at the estimate's base point (projection
+        estimates). The noise of the projection ``<g, S>`` scales with ``g``: a probe
+        made where the residual was large overstates it once the outer loop nears a
+        fit, and the differences would look drowned when only ``g`` shrank. With the
+        per-output noise of the probe the noise is taken at the current ``g``,
+        ``sqrt(sum_j (g_j sigma_j)^2)``.
+    """
     d = np.abs(np.asarray(differences, dtype=np.float64))
     d = d[np.isfinite(d)]
     if d.size == 0 or not np.isfinite(noise.noise):
         return noise
-    median = float(np.median(d))
-    ratio = median / noise.noise if noise.noise > 0 else np.inf
+    level = noise.noise
+    out = noise.output_noise
+    if (g_theta is not None and noise.quantity == "inner" and noise.status == "ok"
+            and out is not None and out.size == np.size(g_theta)
+            and np.all(np.isfinite(out))):
+        level = float(np.sqrt(np.sum((np.ravel(g_theta) * out) ** 2)))
+    # The root mean square, not the median: with a few directions one of them nearly
+    # orthogonal to the gradient makes the median dip and would trigger a re-probe;
+    # the RMS estimates the size of a difference along a typical direction.
+    rms = float(np.sqrt(np.mean(d * d)))
+    ratio = rms / level if level > 0 else np.inf
     return replace(noise, difference_to_noise=ratio)
 
 
 def noise_needs_refresh(previous, result=None, *, phi=None, age=None, max_age=None,
-                        min_age=1, scale_change=2.0, min_difference_to_noise=10.0) -> bool:
+                        min_age=1, scale_change=2.0,
+                        min_difference_to_noise=MIN_DIFFERENCE_TO_NOISE) -> bool:
     """Whether a kept :class:`NoiseEstimate` should be measured again.
 
     Meant for an outer loop that passes ``noise=`` to its estimator: measure once, reuse
@@ -77,6 +111,7 @@ def noise_needs_refresh(previous, result=None, *, phi=None, age=None, max_age=No
     6. the latest estimate's finite differences were within ``min_difference_to_noise``
        times the noise (``result.noise.difference_to_noise``) -> True: the step is
        drowned in noise, as happens when the curvature or the noise changed since.
+       Above it the estimate is stable and kept (see :data:`MIN_DIFFERENCE_TO_NOISE`).
 
     Parameters
     ----------
@@ -92,7 +127,8 @@ def noise_needs_refresh(previous, result=None, *, phi=None, age=None, max_age=No
     scale_change : float
         Allowed factor of change of phi's scale.
     min_difference_to_noise : float
-        Smallest acceptable median ``|difference| / noise``.
+        Smallest acceptable ``difference_to_noise`` (RMS ``|difference| / noise``);
+        default :data:`MIN_DIFFERENCE_TO_NOISE` (3).
 
     Returns
     -------
