@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -250,11 +249,29 @@ def test_user_script_parameter_file_and_timeout(tmp_path):
 
     slow = tmp_path / "forever.edp"
     slow.write_text("real s = 0;\nwhile (1) { s += 1; }\n")
-    start = time.monotonic()
     with pytest.raises(InnerSolverError) as info:
         FreeFem(slow, timeout=1.0, workdir_root=tmp_path)(phi)
     assert info.value.kind == "timeout"
-    assert time.monotonic() - start < 2.0
+    # The endless script was killed, not left running (the marker's 30 s timeout bounds
+    # the wait; no wall-clock figure is asserted).
+    assert not _running_with_argument(str(slow))
+
+
+def _running_with_argument(text):
+    """Whether a process whose command line contains ``text`` is alive (reads /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            return True
+    return False
 
 
 # -- picklable, parallel -----------------------------------------------------------------
