@@ -346,3 +346,17 @@ def test_plot_errors_exit_2(tmp_path, capsys):
     empty.write_text("")
     assert main(["plot", str(empty)]) == 2
     assert "no steps" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_run_summary_reports_dropped_evaluations_by_kind(case, monkeypatch, capsys):
+    config = PYTHON_CONFIG.replace("cli_model.py:decay", "cli_model.py:flaky_decay").replace(
+        'step = "auto"', 'step = 1e-6\nscheme = "forward"') + (
+        "\n[parallel]\nbackend = \"sequential\"\nmax_retries = 0\n")
+    (case / "flaky.toml").write_text(config)
+    monkeypatch.chdir(case)
+    assert main(["run", "flaky.toml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"failures\s+(\d+) evaluations dropped \(exception (\d+)\)", out)
+    assert match, out
+    assert int(match.group(1)) == int(match.group(2)) >= 1

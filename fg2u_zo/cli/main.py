@@ -173,6 +173,9 @@ def _report(res, start_value=None):
         print(f"  phi         {np.array2string(res.phi, precision=6, separator=', ')}")
     print(f"  steps {res.nit}, nfev {res.nfev}, solver time {res.solver_time:.3g} s, "
           f"wall time {res.wall_time:.3g} s")
+    if res.failures:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(res.failures.items()))
+        print(f"  failures    {sum(res.failures.values())} evaluations dropped ({kinds})")
     if res.checkpoint:
         print(f"  checkpoint  {res.checkpoint}")
     return EXIT_SIGTERM if res.status == "sigterm" else 0

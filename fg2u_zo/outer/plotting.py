@@ -124,8 +124,12 @@ def history_figure(history, *, title=None):
         title = os.path.basename(source)
     if title:
         last = records[-1]
-        fig.suptitle(f"{title}: {len(records)} steps, final F = {last.value:.4g}, "
-                     f"nfev = {last.nfev_total}" if math.isfinite(last.value) else title)
+        # The history holds F at the start of each step and the solves spent by its end;
+        # the CLI summary's "value" is F after the last step (one more solve), so the
+        # title says which F it shows instead of calling it final.
+        fig.suptitle(f"{title}: {len(records)} steps; F at the last step = "
+                     f"{last.value:.4g}; nfev after it = {last.nfev_total}"
+                     if math.isfinite(last.value) else title)
     return fig
 
 
