@@ -42,7 +42,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...errors import FG2UValueError, InnerSolverError
+from ...errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from ...validation import check_choice, check_positive_float, check_positive_int
 from .base import Stepper, StepperState, StepUpdate
 from .measurements import Measurements
@@ -77,6 +77,12 @@ class GaussNewton(Stepper):
         ones arrive (a DFBGN-style subspace method for large N).
     radius : float, optional
         Initial trust radius in ``z`` (default ``0.1 * max(1, max|z0|)``, as DFO-LS).
+    radius_factors : sequence of float
+        Once the directions span all N dimensions, also try the trust-region steps at
+        these multiples of the radius in the same group (e.g. ``(0.25, 1, 4)``); the
+        best trial is the candidate and each one corrects the model by Broyden. In
+        ``"refresh"`` mode they take places of re-measured directions (the group keeps
+        its size); in ``"lean"`` mode they add solves. Default ``(1,)``: one trial.
 
     Notes
     -----
@@ -105,6 +111,7 @@ class GaussNewton(Stepper):
     mode: str = "lean"
     memory: int | None = None
     radius: float | None = None
+    radius_factors: tuple = (1.0,)
 
     name: ClassVar[str] = "gauss-newton"
     extras: ClassVar[frozenset] = frozenset(
@@ -119,10 +126,22 @@ class GaussNewton(Stepper):
             check_positive_int(self.memory, "memory")
         if self.radius is not None:
             check_positive_float(self.radius, "radius")
+        try:
+            factors = tuple(float(f) for f in self.radius_factors)
+        except (TypeError, ValueError):
+            raise FG2UTypeError(
+                f"`radius_factors` must be a sequence of positive numbers, got "
+                f"{self.radius_factors!r}") from None
+        if not factors or not all(np.isfinite(f) and f > 0 for f in factors):
+            raise FG2UValueError(
+                f"`radius_factors` must be positive numbers (e.g. (0.5, 1, 2)), got "
+                f"{self.radius_factors!r}")
+        object.__setattr__(self, "radius_factors", factors)
 
     def config(self) -> dict:
         return {"name": self.name, "num_directions": self.num_directions,
-                "mode": self.mode, "memory": self.memory, "radius": self.radius}
+                "mode": self.mode, "memory": self.memory, "radius": self.radius,
+                "radius_factors": list(self.radius_factors)}
 
     def check_state(self, state, num_params):
         """Check a state read from a checkpoint: array names and shapes."""
@@ -240,23 +259,31 @@ class GaussNewton(Stepper):
         trial = bool(np.any(z_t != z_k)) and predicted > 0
         step_norm = float(np.linalg.norm(z_t - z_k))
 
-        # The directions to measure: grow the subspace, or re-measure the oldest.
-        refresh = self.mode == "refresh" or data.get("refresh", False) or not trial
-        if d < n:
-            k = min(m.b, n - d)
-            drop = max(0, d + k - self._memory(n))
-        else:
-            k = min(m.b, n) if refresh else 0
-            drop = k
+        # The directions to measure: grow the subspace (new ones first), and re-measure
+        # the oldest in "refresh" mode, after a poor step, or when there is no trial.
+        grow = min(m.b, n - d)
+        refresh = (self.mode == "refresh"
+                   or (d == n and (data.get("refresh", False) or not trial)))
+        k = min(m.b, n) if refresh else grow
+        # Trials at other radii: in places of re-measured directions, or (lean, once
+        # the subspace is complete) as extra solves; the best trial is the candidate.
+        extra = []
+        if trial and (refresh or d == n):
+            extra = self._extra_trials(g, H, delta, z_k, z_t, Q, m)
+            if refresh:
+                extra = extra[:k - grow]
+                k -= len(extra)
+        drop = max(0, d + k - self._memory(n))
         center = z_t if trial else z_k
         U = new_directions(Q[:, drop:], k, m.rng)
         h = m.step(center, data.get("noise"))
         with clock.paused():
             out = m.group(z_t if trial else None, center, U, h, theta_k.reshape(shape),
-                          theta_center=None if trial else theta_k)
+                          theta_center=None if trial else theta_k,
+                          extra=[e[0] for e in extra])
         info = {"rho": None, "accepted": None, "trial_value": None, "step_norm": step_norm,
-                "jvp": out.jvp}
-        if trial and out.theta_trial is None:
+                "jvp": out.jvp, "trials": int(trial) + len(extra)}
+        if trial and out.theta_trial is None and all(t is None for t in out.theta_extra):
             # The trial failed: a smaller step (half the one that failed: an interior
             # step would otherwise come back to the same point), the same model; the
             # perturbations around it have no base to difference against.
@@ -267,26 +294,53 @@ class GaussNewton(Stepper):
                                 info)
         new_refresh = False
         if trial:
-            theta_t = out.theta_trial
-            F_t = float(m.problem.outer_value(theta_t.reshape(shape), m.phi(z_t)))
-            rho = (F_k - F_t) / predicted if np.isfinite(F_t) else -np.inf
-            # The secant along the step holds whether or not the trial is accepted.
-            Y = broyden_update(Y, c, theta_t - theta_k)
+            # Every trial that came back: (F, rho, z, theta, step length, radius used,
+            # reached its boundary); the main one first.
+            results = []
+            for (z_e, c_e, pred_e, radius_e, bound_e), theta_e in (
+                    [((z_t, c, predicted, delta, tr.on_boundary), out.theta_trial)]
+                    + list(zip(extra, out.theta_extra))):
+                if theta_e is None:
+                    continue
+                F_e = float(m.problem.outer_value(theta_e.reshape(shape), m.phi(z_e)))
+                rho_e = (F_k - F_e) / pred_e if np.isfinite(F_e) else -np.inf
+                # The secant along each step holds whether or not it is accepted.
+                Y = broyden_update(Y, c_e, theta_e - theta_k)
+                results.append((F_e if np.isfinite(F_e) else np.inf, rho_e, z_e, theta_e,
+                                float(np.linalg.norm(z_e - z_k)), radius_e, bound_e))
+            F_t, rho, z_b, theta_b, norm_b, radius_b, bound_b = min(
+                results, key=lambda r: r[0])
             accepted = bool(rho > ACCEPT)
-            if rho < SHRINK:
-                delta, new_refresh = 0.25 * step_norm, True
-            elif rho > EXPAND and tr.on_boundary:
-                delta = 2.0 * delta
-            delta = max(delta, h)  # below the difference step the model resolves nothing
+            new_refresh = bool(rho < SHRINK)
+            delta = radius_update(rho, radius_b, norm_b, bound_b, h)
             info.update(rho=float(rho) if np.isfinite(rho) else None, accepted=accepted,
-                        trial_value=F_t if np.isfinite(F_t) else None)
+                        trial_value=F_t if np.isfinite(F_t) else None, step_norm=norm_b)
             if accepted:
-                z_k, theta_k, F_k = z_t, theta_t, F_t
+                z_k, theta_k, F_k = z_b, theta_b, F_t
         grad_z = Q @ g
         Q, Y = self._add_columns(Q[:, drop:], Y[:, drop:], out)
         data.update(delta=float(delta), refresh=new_refresh, value=float(F_k),
                     iteration=data["iteration"] + 1)
         return self._result(m, z_k, theta_k, Q, Y, data, F_k, grad_z, out, clock, h, info)
+
+    def _extra_trials(self, g, H, delta, z_k, z_t, Q, m):
+        """Trust-region steps at ``radius_factors`` times the radius (other than 1),
+        each distinct from the main trial and from each other:
+        ``(z, c, predicted, radius, on_boundary)``."""
+        out, seen = [], [z_t]
+        for f in self.radius_factors:
+            if f == 1.0:
+                continue
+            tr = solve_trust_region(g, H, f * delta)
+            z_e = m.project(z_k + Q @ tr.step)
+            if any(np.array_equal(z_e, s) for s in seen):
+                continue
+            c_e = Q.T @ (z_e - z_k)
+            pred = model_decrease(g, H, c_e)
+            if pred > 0:
+                seen.append(z_e)
+                out.append((z_e, c_e, pred, f * delta, tr.on_boundary))
+        return out
 
     @staticmethod
     def _result(m, z, theta, Q, Y, data, value, grad_z, out, clock, h, info):
@@ -300,6 +354,18 @@ class GaussNewton(Stepper):
         return StepUpdate(z=z.copy(), state=StepperState(arrays, data), phi=m.phi(z),
                           value=float(value), grad=grad, failures=list(out.failures),
                           info=info)
+
+
+def radius_update(rho, delta, step_norm, on_boundary, h):
+    """The next trust radius after a trial with ratio ``rho`` and step length
+    ``step_norm``: a quarter of the step below ``SHRINK``, twice the radius above
+    ``EXPAND`` when the step reached the boundary; never below the difference step
+    ``h`` (the model resolves nothing shorter)."""
+    if rho < SHRINK:
+        delta = 0.25 * step_norm
+    elif rho > EXPAND and on_boundary:
+        delta = 2.0 * delta
+    return max(delta, h)
 
 
 def _check_start(theta0, failures):

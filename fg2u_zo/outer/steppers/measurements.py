@@ -52,6 +52,7 @@ class GroupResult:
     thetas: list = field(default_factory=list)
     U: np.ndarray | None = None
     JU: np.ndarray | None = None
+    theta_extra: list = field(default_factory=list)
     failures: list = field(default_factory=list)
     jvp: int = 0
 
@@ -125,27 +126,31 @@ class Measurements:
             failure = Failure(0, None, getattr(exc, "kind", "exception"), str(exc))
             return Evaluations(thetas=[None] * len(zs), failures=[failure])
 
-    def group(self, trial, center, U, h, warm_start, theta_center=None) -> GroupResult:
-        """Solve the trial (or nothing, when ``trial`` is None) and measure the columns
-        ``U`` around ``center`` (the trial, or the current point whose output
-        ``theta_center`` is known)."""
+    def group(self, trial, center, U, h, warm_start, theta_center=None,
+              extra=()) -> GroupResult:
+        """Solve the trial (or nothing, when ``trial`` is None) and the ``extra`` trial
+        points, and measure the columns ``U`` around ``center`` (the trial, or the
+        current point whose output ``theta_center`` is known), all in one group."""
+        trials = ([trial] if trial is not None else []) + list(extra)
         if self.exact:
-            ev = self.evaluate([trial] if trial is not None else [], warm_start)
-            theta_t = _flat(ev.thetas[0]) if trial is not None else None
-            out = GroupResult(theta_t, center, theta_t if trial is not None else theta_center,
-                              failures=list(ev.failures))
+            ev = self.evaluate(trials, warm_start)
+            thetas = [_flat(t) for t in ev.thetas]
+        else:
+            points = self.perturb(center, U, h)
+            ev = self.evaluate(trials + points, warm_start)
+            thetas = [_flat(t) for t in ev.thetas]
+        theta_t = thetas[0] if trial is not None else None
+        first_extra = 1 if trial is not None else 0
+        out = GroupResult(theta_t, center, theta_t if trial is not None else theta_center,
+                          failures=list(ev.failures),
+                          theta_extra=thetas[first_extra:len(trials)])
+        if self.exact:
             if out.theta_center is not None and U.shape[1]:
                 out.U, out.JU = U, self.jacobian_products(center, U)
                 out.jvp = U.shape[1]
-            return out
-        points = self.perturb(center, U, h)
-        zs = ([trial] if trial is not None else []) + points
-        ev = self.evaluate(zs, warm_start)
-        thetas = [_flat(t) for t in ev.thetas]
-        theta_t = thetas[0] if trial is not None else None
-        perturbed = thetas[1:] if trial is not None else thetas
-        return GroupResult(theta_t, center, theta_t if trial is not None else theta_center,
-                           points=points, thetas=perturbed, failures=list(ev.failures))
+        else:
+            out.points, out.thetas = points, thetas[len(trials):]
+        return out
 
     def jacobian_products(self, z, U):
         """``J_S(T(z)) diag(T'(z)) U`` by forward mode through ``problem.inner_torch``."""
