@@ -41,13 +41,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 import scipy.optimize
+import scipy.sparse
 import torch
 from scipy.linalg import solveh_banded
 
 import fg2u_zo as fz
 
-__all__ = ["Case", "Diffusion2D", "WeightedRidge", "diffusion_case",
-           "reweight_case", "burgers_case", "build_case", "FAMILIES"]
+__all__ = ["Case", "Diffusion2D", "WeightedRidge", "CauchyMisfit", "diffusion_case",
+           "robust_case", "reweight_case", "burgers_case", "build_case", "FAMILIES",
+           "LEAST_SQUARES_FAMILIES"]
 
 #: Sizes each family is measured at.
 FAMILIES = {"diffusion": (16, 64, 256), "reweight": (10, 100, 1000), "burgers": (2,),
