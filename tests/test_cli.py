@@ -360,3 +360,15 @@ def test_run_summary_reports_dropped_evaluations_by_kind(case, monkeypatch, caps
     match = re.search(r"failures\s+(\d+) evaluations dropped \(exception (\d+)\)", out)
     assert match, out
     assert int(match.group(1)) == int(match.group(2)) >= 1
+
+
+@pytest.mark.timeout(60)
+def test_check_gradient_exits_non_zero_on_a_failed_verdict(case, monkeypatch, capsys):
+    from fg2u_zo.cli.main import EXIT_FAILED
+
+    (case / "tiny.toml").write_text(PYTHON_CONFIG.replace('step = "auto"', "step = 1e-17"))
+    monkeypatch.chdir(case)
+    with pytest.warns(fz.ZeroDifferenceWarning):
+        code = main(["check-gradient", "tiny.toml"])
+    assert code == EXIT_FAILED
+    assert "FAILED" in capsys.readouterr().out

@@ -666,3 +666,23 @@ def test_a_phase_can_have_its_own_outer_loss(ridge, tmp_path):
         fz.resume(path, problem, steps=5)
     with pytest.raises(fz.FG2UTypeError, match="Phase `outer`"):
         fz.Phase(steps=1, outer="mse")
+
+
+def test_a_step_below_the_resolution_is_not_reported_as_converged():
+    """Issue: FG2UZO(step=1e-17) at phi ~ 1 gives all-zero differences; the run used to
+    report success with phi unchanged. Now it stops as "degenerate", warns once, and says
+    what to do."""
+    import warnings
+
+    from fg2u_zo.testing import RidgeHyperproblem
+
+    problem = RidgeHyperproblem(num_features=3).problem()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = fz.minimize(problem, np.ones(3), fz.FG2UZO(num_directions=3, step=1e-17),
+                          lr=0.1, steps=5, rng=0, progress=False)
+    assert res.status == "degenerate" and not res.success
+    assert res.nit == 1
+    assert "step='auto'" in res.message
+    zero = [w for w in caught if issubclass(w.category, fz.ZeroDifferenceWarning)]
+    assert len(zero) == 1

@@ -274,8 +274,14 @@ def _cmd_check(args):
                                        rng=cfg.minimize_options.get("rng", 0),
                                        evaluator=evaluator)
     print(check)
-    if args.tol is not None and not check.rel_err <= args.tol:
-        _error(f"relative error {check.rel_err:.3e} exceeds --tol {args.tol:g}")
+    if args.tol is not None:
+        if not check.rel_err <= args.tol:
+            _error(f"relative error {check.rel_err:.3e} exceeds --tol {args.tol:g}")
+            return EXIT_FAILED
+    elif not check.passed:
+        # Without --tol the check's own verdict (its standard error and the predicted
+        # finite-difference error) decides the exit status.
+        _error(f"the gradient check failed: {check.reason}")
         return EXIT_FAILED
     return 0
 

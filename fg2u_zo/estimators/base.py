@@ -73,6 +73,11 @@ class Estimator:
     """Base class: subclasses implement :meth:`estimate`."""
 
     name = "estimator"
+    #: Keywords ``estimate`` takes beyond the common ones, declared here so that the
+    #: outer loop never inspects signatures: ``"noise"`` (reuse a NoiseEstimate),
+    #: ``"keep_sketch"`` (fill ``MetaGradient.sketch``), ``"warned"`` (a set shared by
+    #: a run's estimates so each warning shows once).
+    options: frozenset = frozenset()
 
     def check_problem(self, problem) -> None:
         """Raise a clear error if ``problem`` lacks what this estimator needs.

@@ -73,6 +73,7 @@ class FG2U(Estimator):
     vectorize: bool = True
 
     name: ClassVar[str] = "FG2U"
+    options: ClassVar[frozenset] = frozenset({"keep_sketch"})
 
     def __post_init__(self):
         check_positive_int(self.num_directions, "num_directions")

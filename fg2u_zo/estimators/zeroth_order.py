@@ -291,6 +291,7 @@ class FG2UZO(_RandomFD):
     """
 
     name: ClassVar[str] = "FG2UZO"
+    options: ClassVar[frozenset] = frozenset({"noise", "keep_sketch", "warned"})
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,7 @@ class BlackBoxES(_RandomFD):
     """
 
     name: ClassVar[str] = "BlackBoxES"
+    options: ClassVar[frozenset] = frozenset({"noise", "keep_sketch", "warned"})
     _project: ClassVar[str] = "value"
 
 
@@ -327,6 +329,7 @@ class CoordinateFD(Estimator):
     through: str = "auto"
 
     name: ClassVar[str] = "CoordinateFD"
+    options: ClassVar[frozenset] = frozenset({"noise", "keep_sketch", "warned"})
 
     def __post_init__(self):
         check_choice(self.scheme, "scheme", SCHEMES)

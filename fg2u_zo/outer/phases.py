@@ -8,7 +8,6 @@ and outer loss, its learning rate and schedule), checked before step 0.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from ..validation import check_positive_float, check_positive_int
 from .schedules import as_schedule, schedule_config
 
 __all__ = ["Phase", "PhasePlan", "build_plans", "estimator_config", "estimator_from_config",
-           "accepts_noise", "keeps_sketch", "check_stepper_fits"]
+           "accepts_noise", "keeps_sketch", "estimator_options", "check_stepper_fits"]
 
 
 @dataclass(frozen=True)
@@ -165,29 +164,20 @@ def phase_problem(problem, solver, outer, index):
 
 
 def accepts_noise(estimator) -> bool:
-    """Whether ``estimator.estimate`` takes ``noise=`` (the finite-difference ones)."""
-    declared = getattr(estimator, "accepts_noise", None)
-    if isinstance(declared, bool):
-        return declared
-    # The others would hand an unknown keyword on to the Evaluator.
-    try:
-        params = inspect.signature(estimator.estimate).parameters
-    except (TypeError, ValueError):
-        return False
-    return "noise" in params
+    """Whether ``estimator.estimate`` takes ``noise=`` (declared in ``Estimator.options``)."""
+    return "noise" in estimator_options(estimator)
 
 
 def keeps_sketch(estimator) -> bool:
     """Whether ``estimator.estimate`` takes ``keep_sketch=`` (FG2UZO, BlackBoxES,
     CoordinateFD, FG2U)."""
-    declared = getattr(estimator, "keeps_sketch", None)
-    if isinstance(declared, bool):
-        return declared
-    try:
-        params = inspect.signature(estimator.estimate).parameters
-    except (TypeError, ValueError):
-        return False
-    return "keep_sketch" in params
+    return "keep_sketch" in estimator_options(estimator)
+
+
+def estimator_options(estimator) -> frozenset:
+    """The extra keywords an estimator declares (``Estimator.options``); nothing is
+    read from its signature."""
+    return frozenset(getattr(estimator, "options", ()))
 
 
 def check_stepper_fits(stepper, plans) -> None:

@@ -12,7 +12,8 @@ __all__ = ["OptimizeResult", "STATUSES"]
 
 #: Why a run stopped -> whether that is a success (it ended as configured).
 STATUSES = {"steps": True, "target": True, "gtol": True, "callback": True,
-            "max_nfev": True, "max_time": True, "sigint": False, "sigterm": False}
+            "max_nfev": True, "max_time": True, "sigint": False, "sigterm": False,
+            "degenerate": False}
 
 
 @dataclass(frozen=True, repr=False)
@@ -38,10 +39,13 @@ class OptimizeResult:
     message : str
     success : bool
         True when the run ended as configured (steps done, target or tolerance reached,
-        budget spent, a callback asked), False when a signal stopped it.
+        budget spent, a callback asked), False when a signal stopped it or the
+        estimates were degenerate.
     status : str
         ``"steps"``, ``"target"``, ``"gtol"``, ``"callback"``, ``"max_nfev"``,
-        ``"max_time"``, ``"sigint"`` or ``"sigterm"``.
+        ``"max_time"``, ``"sigint"``, ``"sigterm"`` or ``"degenerate"`` (every
+        finite difference of an estimate was exactly zero: the step is below the
+        solver's output resolution; not a success).
     meta_gradient : MetaGradient or None
         The last estimate.
     z : ndarray

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import CheckpointError, FG2UValueError
 from .checkpoint import Checkpoint, write_checkpoint
 from .history import HistoryWriter, Progress, StepRecord, read_history
-from .phases import estimator_config
+from .phases import estimator_config, estimator_options
 from .serialization import generator_from_state, generator_state
 from .signals import Abandon, SignalGuard, annotate
 from .steppers.base import Evaluations, StepperState
@@ -46,6 +46,10 @@ _MESSAGES = {
     "callback": "a callback asked to stop",
     "max_nfev": "spent the budget of max_nfev={max_nfev} inner solves",
     "max_time": "spent the budget of max_time={max_time:g} s",
+    "degenerate": ("stopped after {nit} steps: every finite difference of the last estimate "
+                   "was exactly zero, so the step is below what the solver's output "
+                   "resolves and the gradient says nothing; use step='auto' or a larger "
+                   "fixed step"),
 }
 
 
@@ -119,6 +123,7 @@ class Run:
         self.state = None
         self.message = self.signal_message = ""
         self._warned_kinds = set()
+        self._estimate_warned = set()
         self._wall_start = time.perf_counter()
 
     # state ------------------------------------------------------------------------------
@@ -298,6 +303,11 @@ class Run:
                 return "target"
             if gtol is not None and record.grad_norm <= gtol:
                 return "gtol"
+            if self.meta_gradient is not None and getattr(self.meta_gradient,
+                                                          "degenerate", False):
+                # Every difference was exactly zero: the step did not see the solver
+                # move, so a zero gradient here says nothing about convergence.
+                return "degenerate"
 
     def _step(self, ev):
         """One step: estimate, update, checks, then commit (replace the state)."""
@@ -314,6 +324,8 @@ class Run:
                 kwargs["noise"] = s.noise
             if "sketch" in wants:
                 kwargs["keep_sketch"] = True
+            if "warned" in estimator_options(plan.estimator):
+                kwargs["warned"] = self._estimate_warned  # each warning once per run
             g = plan.estimator.estimate(plan.problem, phi, rng=s.rng, evaluator=ev, **kwargs)
             spend.nfev += int(g.nfev)
             spend.solver_time += float(g.solver_time)
