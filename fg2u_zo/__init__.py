@@ -35,6 +35,12 @@ _EXPORTS = {
     "StepUpdate": "outer.steppers.base", "register_stepper": "outer.steppers",
     "StepRecord": "outer.history", "read_history": "outer.history",
     "read_checkpoint": "outer.checkpoint",
+    # globalization: continuation in the horizon, parallel multi-start
+    "horizon_schedule": "outer.horizons", "horizon_phases": "outer.horizons",
+    "Converged": "outer.convergence",
+    "Continuation": "outer.continuation", "ContinuationResult": "outer.continuation",
+    "continuation": "outer.continuation",
+    "multistart": "outer.multistart", "MultiStartResult": "outer.multistart",
     # results and checks
     "MetaGradient": "result", "Failure": "result", "GradientCheck": "result",
     "Sketch": "result",
