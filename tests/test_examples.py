@@ -48,24 +48,27 @@ def test_freefem_calibration_recovers_the_field(tmp_path):
     png = tmp_path / "field.png"
     res, out = run_example("freefem_calibration.py", "--seed", "0", "--plot", str(png))
     assert res["mode"] == "quick" and res["K"] == 4 and res["mesh"] == 16, out
-    # 100 steps x (1 base + 2 directions) + the final value: the Evaluator's count.
-    assert res["nfev"] == 301, out
-    # Data misfit J: measured 208 -> 2.4 (ratio 0.0117), where the truth itself scores
-    # 0.0102 (1 % noise plus the model error of a mesh half as fine as the data's).
-    # A 30-fold reduction, and within 2x of the truth's misfit: the data are fitted.
+    assert res["optimizer"] == "gauss-newton" and res["nfev"] <= 150, out
+    # Data misfit J: measured 208 -> 0.95 (ratio 0.0046), where the truth itself scores
+    # 0.0102 (1 % noise plus the model error of a mesh half as fine as the data's): the
+    # data are fitted (to the noise, which the smoothness penalty then limits).
     assert res["misfit_ratio"] < 0.03, out
     assert res["misfit_ratio"] < 2.0 * res["truth_misfit_ratio"], out
-    # ||log k - log k_true|| / ||log k_true||: 1 at the start; measured 0.295 (other seeds
-    # of the field and directions: 0.29-0.50; CMA-ES 0.94, TPE 1.29 at this budget).
-    assert res["field_rel_err"] < 0.45, out
-    # The peers ran at the same budget, counted exactly; DFO-LS exploits the residual
-    # vector and converges early (130 solves, field error 0.105): a check that the
-    # residuals it gets are the loss FG2U-ZO minimizes.
+    # ||log k - log k_true|| / ||log k_true||: 1 at the start; measured 0.105, the same
+    # minimizer as DFO-LS's (CMA-ES 1.04, TPE 1.22 at this budget).
+    assert res["field_rel_err"] < 0.2, out
+    # Solves to 1 % of the initial gap: measured 19 (16 directions + 3 trials) against
+    # DFO-LS's 20; at most 10 % more, or the Gauss-Newton steps are not working.
+    dfols_calls = res["peer_calls_to_target"]["DFO-LS"]
+    assert res["calls_to_target"] is not None and dfols_calls is not None, out
+    assert res["calls_to_target"] <= 1.1 * dfols_calls + 1, out
+    # The peers ran at the same budget, counted exactly; DFO-LS converges early: a check
+    # that the residuals it gets are the loss FG2U-ZO minimizes.
     assert set(res["peer_field_rel_err"]) == {"CMA-ES", "Optuna TPE", "DFO-LS"}, out
-    assert res["peer_nfev"]["CMA-ES"] == res["peer_nfev"]["Optuna TPE"] == 301, out
-    assert res["peer_nfev"]["DFO-LS"] <= 301, out
+    assert res["peer_nfev"]["CMA-ES"] == res["peer_nfev"]["Optuna TPE"] == res["nfev"], out
+    assert res["peer_nfev"]["DFO-LS"] <= res["nfev"], out
     assert res["peer_field_rel_err"]["DFO-LS"] < 0.3, out
-    # CMA-ES (0.94) and TPE (1.29) barely move the field in 301 solves.
+    # CMA-ES and TPE barely move the field in 150 solves.
     assert res["field_rel_err"] < res["peer_field_rel_err"]["CMA-ES"] - 0.2, out
     assert all(np.isfinite(v) for v in res["peer_misfit_ratio"].values()), out
     with open(png, "rb") as fh:

@@ -21,9 +21,11 @@ import fg2u_zo as fz
 from fg2u_zo.outer.checkpoint import read_checkpoint
 from fg2u_zo.outer.steppers.base import Evaluations, StepperState
 from fg2u_zo.outer.steppers.gauss_newton import GaussNewton
-from fg2u_zo.outer.steppers.subspace_model import (add_difference_columns, broyden_update,
-                                                   new_directions, outer_model)
-from fg2u_zo.outer.steppers.trust_region import model_decrease, solve_trust_region
+from fg2u_zo.outer.steppers.subspace_model import (ModelHessian, add_difference_columns,
+                                                   broyden_update, new_directions,
+                                                   outer_model)
+from fg2u_zo.outer.steppers.trust_region import (KrylovSubproblem, model_decrease,
+                                                 solve_trust_region)
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 EPS = np.finfo(np.float64).eps
@@ -111,6 +113,34 @@ def test_trust_region_hard_case(delta):
     assert -r.decrease < -model_decrease(g, H, pinv) - 1e-6
 
 
+@pytest.mark.parametrize("kind", ["low-rank", "positive", "indefinite"])
+@pytest.mark.parametrize("delta", [0.1, 1.0, 10.0])
+def test_krylov_subproblem_matches_the_exact_solution(kind, delta):
+    rng = np.random.default_rng(7)
+    d = 200
+    if kind == "low-rank":   # a least-squares model with 5 residuals: 6 products suffice
+        B = rng.standard_normal((d, 5))
+        H = B @ B.T
+    elif kind == "positive":
+        A = rng.standard_normal((d, d))
+        H = A @ A.T / d + 0.1 * np.eye(d)
+    else:
+        A = rng.standard_normal((d, d))
+        H = (A + A.T) / np.sqrt(d)
+    g = rng.standard_normal(d)
+    exact = solve_trust_region(g, H, delta)
+    krylov = KrylovSubproblem(g, lambda v: H @ v)
+    step = krylov.solve(delta)
+    assert krylov.products < d
+    if kind == "low-rank":
+        assert krylov.products <= 6
+    # The Lanczos residual test stops at 1e-10 ||g||: the steps agree to about that.
+    np.testing.assert_allclose(step.step, exact.step, rtol=0,
+                               atol=1e-8 * max(1.0, np.linalg.norm(exact.step)))
+    assert step.decrease == pytest.approx(exact.decrease, rel=1e-9)
+    assert krylov.decrease(step.step) == pytest.approx(step.decrease, rel=1e-9)
+
+
 def test_trust_region_rejects_bad_input():
     with pytest.raises(ValueError, match="delta"):
         solve_trust_region(np.ones(2), np.eye(2), 0.0)
@@ -140,6 +170,24 @@ def test_outer_model_matches_the_hessian_of_the_outer_loss():
     np.testing.assert_allclose(H, YP.T @ full @ YP, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(g, YP.T @ grad, rtol=1e-12, atol=1e-13)
     assert value == pytest.approx(float(outer(torch.tensor(theta), torch.tensor(phi))))
+
+
+def test_model_hessian_products_match_the_dense_model():
+    rng = np.random.default_rng(8)
+    M, N, d = 6, 4, 3
+    W = torch.tensor(rng.standard_normal((M, M)))
+
+    def outer(theta, phi):
+        return torch.log1p(((W @ theta) ** 2).sum()) + (phi ** 4).sum() + (theta[:N] * phi).sum()
+
+    problem = fz.BilevelProblem(inner=lambda phi: phi, outer=outer)
+    theta, phi = rng.standard_normal(M), rng.standard_normal(N)
+    Y, P = rng.standard_normal((M, d)), rng.standard_normal((N, d))
+    _, g, H, _, _ = outer_model(problem, theta, phi, Y, P)
+    hess = ModelHessian(problem, theta, phi, Y, P)
+    np.testing.assert_allclose(hess.g, g, rtol=1e-13, atol=1e-14)
+    for v in np.eye(d):
+        np.testing.assert_allclose(hess(v), H @ v, rtol=1e-12, atol=1e-12)
 
 
 def test_broyden_keeps_an_exact_jacobian_exact_on_a_linear_solver():
@@ -529,3 +577,58 @@ def test_sigkill_then_resume_gives_the_same_final_phi_bit_for_bit(tmp_path):
     assert res.phi.tobytes() == reference.phi.tobytes()
     assert res.nit == child.STEPS and res.nfev == reference.nfev
     assert [r.value for r in res.history] == [r.value for r in reference.history]
+
+
+# -- transforms and phases --------------------------------------------------------------------
+def test_log_transform_and_bounds():
+    # The same decay in its natural parameters (positive), moved in z = log(phi): the
+    # direct term and the clipping act in z, the model's phi-term through T'(z).
+    y, truth = torch.tensor(_decay(DECAY_TRUTH)), torch.tensor(DECAY_TRUTH)
+    problem = fz.BilevelProblem(inner=lambda p: _decay(np.log(p)), num_params=4,
+                                outer=lambda t, p: 0.5 * ((t - y) ** 2).sum()
+                                + 0.05 * ((torch.log(p) - truth) ** 2).sum())
+    phi0 = np.ones(4)
+    F0 = problem.outer_value(_decay(np.zeros(4)), phi0)
+    res = fz.minimize(problem, phi0, fz.FG2UZO(step=1e-6, scheme="forward"),
+                      optimizer="gauss-newton", optimizer_options={"num_directions": 4},
+                      transform="log", bounds=(1e-3, 10.0), steps=200, target=1e-12 * F0,
+                      rng=0, progress=False)
+    assert res.status == "target", res
+    assert np.all(res.phi > 1e-3) and np.all(res.phi <= 10.0)
+
+
+def test_a_new_phase_restarts_the_model():
+    y = torch.tensor(_decay(DECAY_TRUTH))
+    outer = lambda t, p: 0.5 * ((t - y) ** 2).sum()  # noqa: E731
+    problem = fz.BilevelProblem(inner=_decay, outer=outer, num_params=4)
+    rough = lambda phi: np.round(_decay(phi), 2)  # noqa: E731  a low-fidelity solver
+    phases = [fz.Phase(steps=4, solver=rough), fz.Phase(steps=40)]
+    F0 = problem.outer_value(_decay(np.zeros(4)), np.zeros(4))
+    res = fz.minimize(problem, np.zeros(4), fz.FG2UZO(step=1e-6, scheme="forward"),
+                      optimizer="gauss-newton",
+                      optimizer_options={"num_directions": 4, "radius": 0.5},
+                      phases=phases, target=1e-10 * F0, rng=0, progress=False)
+    assert res.status == "target", res
+    start = res.history[4]
+    assert start.phase == 1 and start.info["rho"] is None  # a fresh model at phase 2
+    assert start.nfev == 5
+
+
+def test_trials_at_several_radii_share_the_group():
+    # Refresh mode with radius_factors: once the subspace is complete, each group holds
+    # the trials at the given multiples of the radius in places of re-measured
+    # directions (its size stays b + 1), and the run still reaches the target.
+    phi0 = np.zeros(4)
+    problem = _decay_problem(0.0, phi0)
+    F0 = problem.outer_value(_decay(phi0), phi0)
+    res = fz.minimize(problem, phi0, fz.FG2UZO(step=1e-6, scheme="forward"),
+                      optimizer="gauss-newton",
+                      optimizer_options={"num_directions": 4, "mode": "refresh",
+                                         "radius": 0.5, "radius_factors": (0.25, 1, 4)},
+                      steps=100, target=1e-10 * F0, rng=0, progress=False)
+    assert res.status == "target", res
+    later = res.history[1:]
+    assert max(r.info["trials"] for r in later) == 3
+    assert all(r.nfev <= 5 for r in later)
+    with pytest.raises(ValueError, match="radius_factors"):
+        GaussNewton(radius_factors=(1.0, -2.0))

@@ -46,9 +46,9 @@ from ...errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from ...validation import check_choice, check_positive_float, check_positive_int
 from .base import Stepper, StepperState, StepUpdate
 from .measurements import Measurements
-from .subspace_model import (add_difference_columns, broyden_update, new_directions,
-                             outer_model)
-from .trust_region import model_decrease, solve_trust_region
+from .subspace_model import (ModelHessian, add_difference_columns, broyden_update,
+                             new_directions, outer_model)
+from .trust_region import DenseSubproblem, KrylovSubproblem
 
 __all__ = ["GaussNewton"]
 
@@ -57,6 +57,10 @@ MODES = ("lean", "refresh")
 ACCEPT = 1e-4
 #: Shrink below, expand above (when the step reached the boundary).
 SHRINK, EXPAND = 0.25, 0.75
+#: Largest subspace whose model Hessian is formed and eigendecomposed; above it the
+#: subproblem is solved in a Krylov subspace of Hessian-vector products (O(d^2) work per
+#: product instead of O(d^3) per iteration).
+DENSE_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -249,13 +253,20 @@ class GaussNewton(Stepper):
         shape = tuple(data["theta_shape"])
         F_k, delta = float(data["value"]), float(data["delta"])
         n, d = Q.shape
-        # The model and its trust-region step.
+        # The model and its trust-region step: exact (eigendecomposition) in a small
+        # subspace, in a Krylov subspace of Hessian-vector products in a large one.
         P = m.dphi(z_k)[:, None] * Q
-        _, g, H, _, _ = outer_model(m.problem, theta_k.reshape(shape), m.phi(z_k), Y, P)
-        tr = solve_trust_region(g, H, delta)
+        if d <= DENSE_MAX:
+            _, g, H, _, _ = outer_model(m.problem, theta_k.reshape(shape), m.phi(z_k), Y, P)
+            sub = DenseSubproblem(g, H)
+        else:
+            hess = ModelHessian(m.problem, theta_k.reshape(shape), m.phi(z_k), Y, P)
+            g = hess.g
+            sub = KrylovSubproblem(g, hess)
+        tr = sub.solve(delta)
         z_t = m.project(z_k + Q @ tr.step)
         c = Q.T @ (z_t - z_k)  # the step in the columns' coordinates (after clipping)
-        predicted = model_decrease(g, H, c)
+        predicted = sub.decrease(c)
         trial = bool(np.any(z_t != z_k)) and predicted > 0
         step_norm = float(np.linalg.norm(z_t - z_k))
 
@@ -269,7 +280,7 @@ class GaussNewton(Stepper):
         # the subspace is complete) as extra solves; the best trial is the candidate.
         extra = []
         if trial and (refresh or d == n):
-            extra = self._extra_trials(g, H, delta, z_k, z_t, Q, m)
+            extra = self._extra_trials(sub, delta, z_k, z_t, Q, m)
             if refresh:
                 extra = extra[:k - grow]
                 k -= len(extra)
@@ -323,7 +334,7 @@ class GaussNewton(Stepper):
                     iteration=data["iteration"] + 1)
         return self._result(m, z_k, theta_k, Q, Y, data, F_k, grad_z, out, clock, h, info)
 
-    def _extra_trials(self, g, H, delta, z_k, z_t, Q, m):
+    def _extra_trials(self, sub, delta, z_k, z_t, Q, m):
         """Trust-region steps at ``radius_factors`` times the radius (other than 1),
         each distinct from the main trial and from each other:
         ``(z, c, predicted, radius, on_boundary)``."""
@@ -331,12 +342,12 @@ class GaussNewton(Stepper):
         for f in self.radius_factors:
             if f == 1.0:
                 continue
-            tr = solve_trust_region(g, H, f * delta)
+            tr = sub.solve(f * delta)
             z_e = m.project(z_k + Q @ tr.step)
             if any(np.array_equal(z_e, s) for s in seen):
                 continue
             c_e = Q.T @ (z_e - z_k)
-            pred = model_decrease(g, H, c_e)
+            pred = sub.decrease(c_e)
             if pred > 0:
                 seen.append(z_e)
                 out.append((z_e, c_e, pred, f * delta, tr.on_boundary))

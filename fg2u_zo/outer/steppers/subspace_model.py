@@ -25,7 +25,8 @@ from torch.func import grad, jvp, vmap
 
 from ...errors import FG2UValueError
 
-__all__ = ["outer_model", "broyden_update", "new_directions", "add_difference_columns"]
+__all__ = ["outer_model", "ModelHessian", "broyden_update", "new_directions",
+           "add_difference_columns"]
 
 #: Entries of one vmapped chunk of Hessian-vector products (columns x (M + N)).
 _CHUNK_ENTRIES = 1 << 22
@@ -133,6 +134,53 @@ def _hessian_products_loop(f, th, ph, Yt, Pt):
         out_t.append((torch.zeros_like(th) if ht is None else ht.detach())[None])
         out_p.append((torch.zeros_like(ph) if hp is None else hp.detach())[None])
     return out_t, out_p
+
+
+class ModelHessian:
+    """``v -> [Y; P]^T (Hessian of f) [Y; P] v`` without forming the d x d matrix.
+
+    The outer loss's gradient graph is built once at ``(theta, phi)``; each product is
+    one double-backward pass through it plus two products with ``[Y; P]`` (O(d (M + N))),
+    where the dense Hessian of :func:`outer_model` costs d Hessian-vector products and
+    a d x d x (M + N) product. For :class:`~.trust_region.KrylovSubproblem`.
+
+    Attributes
+    ----------
+    value : float
+    g : ndarray, shape (d,)
+        The model gradient ``Y^T grad_theta f + P^T grad_phi f``.
+    """
+
+    def __init__(self, problem, theta, phi, Y, P):
+        theta = np.asarray(theta, dtype=np.float64)
+        f = _outer_function(problem, theta.shape)
+        self.Y, self.P = Y, P
+        self._th = torch.tensor(theta.reshape(-1), requires_grad=True)
+        self._ph = torch.tensor(np.asarray(phi, dtype=np.float64), requires_grad=True)
+        out = f(self._th, self._ph)
+        gt, gp = torch.autograd.grad(out, (self._th, self._ph), create_graph=True,
+                                     allow_unused=True)
+        self._gt = torch.zeros_like(self._th) if gt is None else gt
+        self._gp = torch.zeros_like(self._ph) if gp is None else gp
+        self.value = float(out.detach())
+        self.g = Y.T @ self._gt.detach().numpy() + P.T @ self._gp.detach().numpy()
+
+    def __call__(self, v):
+        vt = torch.as_tensor(self.Y @ v)
+        vp = torch.as_tensor(self.P @ v)
+        inner = (self._gt * vt).sum() + (self._gp * vp).sum()
+        if not inner.requires_grad:  # the loss is linear: its Hessian is zero
+            return np.zeros_like(v)
+        ht, hp = torch.autograd.grad(inner, (self._th, self._ph), retain_graph=True,
+                                     allow_unused=True)
+        ht = np.zeros(self._th.shape) if ht is None else ht.numpy()
+        hp = np.zeros(self._ph.shape) if hp is None else hp.numpy()
+        out = self.Y.T @ ht + self.P.T @ hp
+        if not np.all(np.isfinite(out)):
+            raise FG2UValueError(
+                "the outer loss's Hessian-vector products are not finite at the current "
+                "point; the Gauss-Newton model needs a twice-differentiable outer loss")
+        return out
 
 
 def broyden_update(Y, a, dtheta):

@@ -16,6 +16,10 @@ Gould and Toint, "Trust-Region Methods", ch. 7):
 - the *hard case*: ``g`` has no component along the eigenvectors of ``lam_min < 0`` and
   ``||a(-lam_min)|| < delta``; then ``a = a(-lam_min) + tau v_min`` with ``tau`` chosen
   so that ``||a|| = delta``.
+
+For large ``d`` (or a Hessian known only through products), :class:`KrylovSubproblem`
+solves the same problem in a Lanczos subspace and :class:`DenseSubproblem` wraps the
+exact solver with the same interface.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import scipy.optimize
 
 from ...errors import FG2UValueError
 
-__all__ = ["TrustRegionStep", "solve_trust_region", "model_decrease"]
+__all__ = ["TrustRegionStep", "solve_trust_region", "model_decrease", "DenseSubproblem",
+           "KrylovSubproblem"]
 
 #: Eigenvalues within this fraction of ``max |lam|`` of ``lam_min`` count as equal to it.
 _EIG_TOL = 1e-10
@@ -174,3 +179,84 @@ def solve_trust_region(g, H, delta) -> TrustRegionStep:
     if norm > 0:
         at *= delta / norm  # the root is on the boundary; remove the root finder's slack
     return finish(at, sigma, True)
+
+
+class DenseSubproblem:
+    """The subproblem with an explicit Hessian: :func:`solve_trust_region` at any radius."""
+
+    def __init__(self, g, H):
+        self.g, self.H = np.asarray(g, dtype=np.float64), np.asarray(H, dtype=np.float64)
+
+    def solve(self, delta) -> TrustRegionStep:
+        return solve_trust_region(self.g, self.H, delta)
+
+    def decrease(self, a) -> float:
+        return model_decrease(self.g, self.H, a)
+
+
+class KrylovSubproblem:
+    """The subproblem with a Hessian known through products ``hess_vec(v)``, solved in
+    a Lanczos (Krylov) subspace ``K_k(H, g)`` (the GLTR method of Gould, Lucidi, Roma
+    and Toint, 1999).
+
+    The Lanczos basis ``V`` (fully reorthogonalized) grows one product at a time; the
+    projected problem ``min s^T V^T g + s^T (V^T H V) s / 2, ||s|| <= delta`` is solved
+    exactly by :func:`solve_trust_region`, and ``a = V s``. Its residual in the full
+    space is ``|beta_k s_k|`` (the Lanczos relation), so the basis stops growing once
+    that is below ``rtol * ||g||``, once it spans an invariant subspace, or at
+    ``max_dim``. The first basis vector is ``g``: every step decreases the model at
+    least as much as the Cauchy step. The hard case (``g`` orthogonal to the leftmost
+    eigenvector) is not resolved in the Krylov space; an inexact step is what
+    trust-region methods allow.
+    """
+
+    def __init__(self, g, hess_vec, *, max_dim=None, rtol=1e-10):
+        self.g = np.asarray(g, dtype=np.float64)
+        self.hess_vec = hess_vec
+        self.max_dim = self.g.size if max_dim is None else min(int(max_dim), self.g.size)
+        self.rtol = float(rtol)
+        self.gnorm = float(np.linalg.norm(self.g))
+        self.V, self.HV = [], []
+        self.beta = 0.0       # norm of the next (unnormalized) Lanczos vector
+        self.products = 0     # Hessian-vector products spent
+
+    def _grow(self):
+        if not self.V:
+            v = self.g / self.gnorm
+        else:
+            w = self.HV[-1].copy()
+            for _ in range(2):  # full reorthogonalization, twice for stability
+                w -= np.column_stack(self.V) @ (np.column_stack(self.V).T @ w)
+            self.beta = float(np.linalg.norm(w))
+            if self.beta <= 1e-14 * max(1.0, float(np.linalg.norm(self.HV[-1]))):
+                self.beta = 0.0
+                return False   # invariant subspace: the projected solution is exact
+            v = w / self.beta
+        self.V.append(v)
+        self.HV.append(np.asarray(self.hess_vec(v), dtype=np.float64))
+        self.products += 1
+        return True
+
+    def solve(self, delta) -> TrustRegionStep:
+        if self.gnorm == 0.0:
+            return TrustRegionStep(np.zeros_like(self.g), 0.0, 0.0, False)
+        while True:
+            if not self.V:
+                self._grow()
+            V = np.column_stack(self.V)
+            T = V.T @ np.column_stack(self.HV)
+            small = solve_trust_region(V.T @ self.g, 0.5 * (T + T.T), delta)
+            # The next Lanczos vector's weight in H V s: beta_k |s_k| (after growing once
+            # more, beta is known; before, estimate it from the last product).
+            w = self.HV[-1] - V @ (V.T @ self.HV[-1])
+            residual = float(np.linalg.norm(w)) * abs(small.step[-1])
+            if (residual <= self.rtol * self.gnorm or len(self.V) >= self.max_dim
+                    or not self._grow()):
+                a = V @ small.step
+                return TrustRegionStep(a, small.decrease, small.multiplier,
+                                       small.on_boundary, small.hard_case)
+
+    def decrease(self, a) -> float:
+        a = np.asarray(a, dtype=np.float64)
+        self.products += 1
+        return float(-(self.g @ a + 0.5 * a @ np.asarray(self.hess_vec(a))))
