@@ -72,7 +72,8 @@ class FreeFem:
         FreeFem++ options before the script name: headless, no echo, quiet.
     **kwargs
         Passed to :class:`solvers.Subprocess` (``env``, ``workdir_root``,
-        ``keep_workdir``, ``link``, ``kill_grace``).
+        ``keep_workdir``, ``keep_failed``, ``link``, ``kill_grace``, and ``skiprows``,
+        ``usecols``, ``comments`` for an output table with a header or extra columns).
 
     Raises
     ------
@@ -125,6 +126,13 @@ class FreeFem:
         self.args = [str(a) for a in args]
         self.n_params = None if n_params is None else positive_int(n_params, "n_params")
         name = os.path.basename(script)
+        staged = {os.path.basename(os.fspath(f)) for f in
+                  ([files] if isinstance(files, (str, os.PathLike)) else files)}
+        for written, what in ((name, "the script"), (param_file, "`param_file`")):
+            if written in staged:
+                raise FG2UValueError(f"`files` has an entry named {written!r}, the name of "
+                                     f"{what}, which is written into each working directory; "
+                                     "rename one of them")
         writer = _FreeFemInput(param_file, name, source)
         self._run = Subprocess([executable, *flags, name, *self.args], writer=writer,
                                output=output, files=files, timeout=timeout,

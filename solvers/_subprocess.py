@@ -4,6 +4,10 @@ The adapter itself: arguments, staging, one run, reading the result. What it bui
 on lives next to it: input templates (:mod:`solvers._template`), reading the output
 (:mod:`solvers._text_output`), working directories (:mod:`solvers._workdirs`) and
 starting commands that cannot outlive the run (:mod:`solvers._process_guard`).
+
+The module is about 600 lines because the class docstring, the adapter's user manual
+(every argument, every failure kind, what happens to processes and directories), is
+170 of them; the code is under 450.
 """
 
 from __future__ import annotations
@@ -106,7 +110,9 @@ class Subprocess:
         written through the link into the original.
     link : bool, default False
         Symlink ``files`` instead of copying them (faster for large files; the command
-        must not modify them).
+        must not modify them). The links are made after ``writer`` has run, and a file
+        it wrote under a linked name is an error, so that nothing the adapter writes
+        goes through a link into the original.
     timeout : float, optional
         Seconds before the command's whole process group is sent SIGTERM, then SIGKILL
         after ``kill_grace`` seconds. ``None`` waits forever.
@@ -369,6 +375,10 @@ class Subprocess:
                 untrack_workdir(workdir)
 
     def _evaluate(self, workdir, phi, text, seed, warm_start):
+        # Links are made after the writer has run, so that it cannot write through one
+        # into the user's own file; copies before, so that it may edit them.
+        if self.writer is not None and self.link:
+            self._call_writer(phi, workdir, seed, warm_start)
         try:
             self._stage(workdir)
             if text is not None:
@@ -378,7 +388,7 @@ class Subprocess:
             raise InnerSolverError(f"cannot prepare the working directory (working "
                                    f"directory kept: {workdir}): {exc}",
                                    kind="exception", workdir=workdir) from exc
-        if self.writer is not None:
+        if self.writer is not None and not self.link:
             self._call_writer(phi, workdir, seed, warm_start)
         self._run(workdir)
         return self._read(workdir)
@@ -404,6 +414,11 @@ class Subprocess:
         for src in self.files:
             dst = os.path.join(workdir, os.path.basename(src))
             if self.link:
+                if os.path.lexists(dst):
+                    raise FG2UValueError(
+                        f"`writer` wrote {os.path.basename(src)!r}, the name under which "
+                        f"`files` links {src!r} into the working directory; rename one of "
+                        "them")
                 os.symlink(src, dst)
             elif os.path.isdir(src):
                 shutil.copytree(src, dst, symlinks=True)

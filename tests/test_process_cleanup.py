@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 import signal
 import subprocess
 import sys
@@ -98,6 +99,57 @@ def test_command_dies_with_the_process_that_started_it(marker, tmp_path, sig):
                     GONE_WITHIN)
     assert len(kept) == 1 and len(list(tmp_path.iterdir())) == 1, list(tmp_path.iterdir())
     assert "died while its command ran" in (kept[0] / "fg2u-failure.txt").read_text()
+
+
+SENDER = """
+import os
+import pickle
+import sys
+from solvers import Subprocess
+sim, root = sys.argv[1:3]
+solver = Subprocess([sys.executable, sim, "hang", os.environ["FG2U_TEST_MARKER"]],
+                    template="{phi}\\n", output="out.txt", workdir_root=root)
+sys.stdout.buffer.write(pickle.dumps(solver))
+sys.stdout.buffer.flush()
+os.close(1)
+sys.stdin.read()  # lives until the test closes stdin
+"""
+
+
+@pytest.mark.timeout(120)
+def test_commands_die_with_the_process_that_sent_the_solver(marker, tmp_path):
+    # The process that pickles a solver (the one running the optimization, sending it
+    # to workers) owns the commands it starts: they die when it exits, even if the
+    # process running them lives on (a loky worker waiting for its command).
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, SIM, str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env=child_env(marker))
+    solver = pickle.loads(sender.stdout.read())
+    assert solver._owner is not None and solver._owner[0] == sender.pid
+    assert pickle.loads(pickle.dumps(solver))._owner is None  # this process: no owner
+    sender.stdin.close()
+    sender.wait(60)
+    with pytest.raises(InnerSolverError) as info:
+        solver(np.zeros(2))
+    assert info.value.kind == "returncode" and "SIGKILL" in str(info.value)
+    assert leftovers(marker, GONE_WITHIN) == []
+    # Unpickled once its sender has exited (e.g. read back from a file), it has no
+    # owner: its commands run.
+    again = pickle.loads(pickle.dumps(solver))
+    assert again._owner is None
+
+
+@pytest.mark.timeout(120)
+def test_evaluator_timeout_kills_the_command_and_keeps_its_directory(marker, tmp_path):
+    # The sequential backend's timeout interrupts the adapter's wait with SIGALRM.
+    solver = hang_solver(marker, tmp_path)
+    with fz.Evaluator("sequential", timeout=1.0, max_retries=0) as ev:
+        with pytest.raises(InnerSolverError, match="longer than timeout=1 s"):
+            ev.map(solver, [np.zeros(2)], lambda index, theta: None)
+    assert leftovers(marker, GONE_WITHIN) == []
+    kept = list(tmp_path.iterdir())
+    assert len(kept) == 1, kept
+    assert "interrupted by SolverTimeout" in (kept[0] / "fg2u-failure.txt").read_text()
 
 
 @pytest.mark.timeout(180)

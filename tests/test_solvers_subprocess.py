@@ -12,12 +12,14 @@ import time
 import numpy as np
 import pytest
 
+import fg2u_zo as fz
 from _parallel_checks import assert_dask_matches_serial, assert_loky_matches_serial
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from solvers import Subprocess
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 SIM = str(DATA / "sim.py")
+STORM = str(DATA / "storm_sim.py")
 PHI = np.array([0.1, 1.0 / 3.0, -2.5e10, 1e-300, math.pi])
 
 
@@ -32,6 +34,20 @@ def sim(*args, **kwargs):
     return Subprocess([sys.executable, SIM, *args], **kwargs)
 
 
+def storm(policy, *options, **kwargs):
+    """tests/data/storm_sim.py with a policy; phi on the first line of input.txt."""
+    kwargs.setdefault("output", "out.txt")
+    kwargs.setdefault("timeout", 60)
+    kwargs.setdefault("template", "{phi}\n")
+    return Subprocess([sys.executable, STORM, policy, "-", *options], **kwargs)
+
+
+def storm_model(phi):
+    # Same formula and libm as storm_sim.py: the round trip is exact.
+    a, b = phi[0], phi[1]
+    return np.array([a + 0.5 * math.sin(b), b + 0.5 * math.sin(a), a * b])
+
+
 def write_with_seed(phi, workdir, *, seed=None, warm_start=None):
     extra = [float(seed)] if seed is not None else []
     extra += [] if warm_start is None else [float(np.sum(warm_start))]
@@ -42,6 +58,12 @@ def write_with_seed(phi, workdir, *, seed=None, warm_start=None):
 def write_plain(phi, workdir):
     with open(os.path.join(workdir, "input.txt"), "w") as fh:
         fh.write(" ".join(map(repr, phi.tolist())))
+
+
+def write_refusing(phi, workdir):
+    if phi.shape[0] != 4:
+        raise FG2UValueError(f"this deck needs 4 numbers, got {phi.shape[0]}")
+    write_plain(phi, workdir)
 
 
 def read_and_negate(workdir):
@@ -103,6 +125,77 @@ def test_csv_with_fortran_exponents_and_comments(tmp_path):
     np.testing.assert_allclose(theta, known(PHI[:3]), rtol=1e-15, atol=0)
 
 
+def test_header_line_skiprows_usecols_comments(tmp_path):
+    # out.txt: "TIME T(0.25) T(0.5)", then rows "t theta_i 2*theta_i".
+    phi = np.array([0.5, -1.25])
+    theta = storm_model(phi)
+    with pytest.raises(InnerSolverError) as info:
+        storm("header", workdir_root=tmp_path)(phi)
+    msg = str(info.value)
+    assert info.value.kind == "output"
+    assert "cannot read 'TIME' as a number (line 1" in msg and "skiprows" in msg
+    np.testing.assert_array_equal(
+        storm("header", skiprows=1, usecols=1, workdir_root=tmp_path)(phi), theta)
+    np.testing.assert_array_equal(
+        storm("header", skiprows=1, usecols=-1, workdir_root=tmp_path)(phi), 2 * theta)
+    np.testing.assert_array_equal(
+        storm("header", skiprows=1, usecols=[2, 1], workdir_root=tmp_path)(phi),
+        np.column_stack([2 * theta, theta]).ravel())
+    table = storm("header", comments=["TIME", "#"], workdir_root=tmp_path)(phi)
+    np.testing.assert_array_equal(table, np.column_stack([[0, 1, 2], theta, 2 * theta]).ravel())
+    with pytest.raises(InnerSolverError, match="line 2 has 3 column"):
+        storm("header", skiprows=1, usecols=3, workdir_root=tmp_path)(phi)
+
+
+def test_comments_none_and_text_options_checked(tmp_path):
+    with pytest.raises(InnerSolverError, match="cannot read '#'"):
+        sim("csv", template="{phi}", comments=None, workdir_root=tmp_path)(PHI[:3])
+    with pytest.raises(FG2UValueError, match="text `output`"):
+        sim("ok", output="out.npy", skiprows=1)
+    with pytest.raises(FG2UValueError, match="text `output`"):
+        sim("ok", output=None, reader=read_and_negate, usecols=0)
+    with pytest.raises(FG2UValueError, match="`skiprows` must be >= 0"):
+        sim("ok", skiprows=-1)
+    with pytest.raises(FG2UTypeError, match="`usecols`"):
+        sim("ok", usecols="1")
+    with pytest.raises(FG2UValueError, match="`comments`"):
+        sim("ok", comments="")
+
+
+def test_staged_file_named_like_a_written_one_is_refused(tmp_path):
+    # Linked, the rendered template would go through the link into the user's file;
+    # copied, it would silently replace it (or stand in for a missing output).
+    own = tmp_path / "input.txt"
+    own.write_text("user data\n")
+    out = tmp_path / "out.txt"
+    out.write_text("1 2 3\n")
+    for link in (True, False):
+        with pytest.raises(FG2UValueError, match="`input_name`"):
+            sim("ok", template="{phi}", files=[own], link=link)
+        with pytest.raises(FG2UValueError, match="`output`"):
+            sim("ok", template="{phi}", input_name="deck.txt", files=[out], link=link)
+    assert own.read_text() == "user data\n"
+    # A writer may replace a copied file, never write through a link.
+    solver = sim("ok", writer=write_plain, files=[own], link=False, workdir_root=tmp_path)
+    np.testing.assert_array_equal(solver(PHI), known(PHI))
+    linked = sim("ok", writer=write_plain, files=[own], link=True, workdir_root=tmp_path)
+    with pytest.raises(FG2UValueError, match="`writer` wrote 'input.txt'"):
+        linked(PHI)
+    assert own.read_text() == "user data\n"
+
+
+def test_freefem_refuses_a_staged_file_named_like_its_inputs(tmp_path):
+    from solvers import FreeFem
+    script = tmp_path / "model.edp"
+    script.write_text("// empty\n")
+    for name in ("phi.txt", "model.edp"):
+        clash = tmp_path / "data" / name
+        clash.parent.mkdir(exist_ok=True)
+        clash.write_text("1\n")
+        with pytest.raises(FG2UValueError, match=repr(name)):
+            FreeFem(script, files=[clash], link=True, executable=sys.executable)
+
+
 def test_npy_output_and_files_copied_or_linked(tmp_path):
     code = ("import numpy as np; a = np.loadtxt('input.txt', ndmin=1);"
             "b = np.loadtxt('table.txt'); np.save('out.npy', a * b)")
@@ -151,6 +244,51 @@ def test_keep_workdir_keeps_every_directory(tmp_path):
     kept = sorted(tmp_path.iterdir())
     assert len(kept) == 2
     np.testing.assert_array_equal(np.loadtxt(kept[0] / "out.txt"), known(PHI))
+
+
+def test_only_the_last_failures_no_retry_repaired_are_kept(tmp_path):
+    # 24 points: about 30 % fail at every attempt, the others fail once and succeed at
+    # the retry. Only the directories of points dropped for good may stay, the last
+    # keep_failed of them; before, every failed attempt left one (40 here).
+    root, state = tmp_path / "runs", tmp_path / "state"
+    root.mkdir()
+    state.mkdir()
+    solver = storm("flaky", f"state={state}", workdir_root=root, keep_failed=3)
+    points = [np.array([0.1 * k, 1.0]) for k in range(24)]
+    with fz.Evaluator("sequential", max_retries=1, max_failure_fraction=0.9) as ev:
+        stats = ev.map(solver, points, lambda index, theta: None)
+    dropped = len(stats.failures)
+    assert 4 <= dropped <= 12 and stats.nfev == 2 * len(points)  # every point retried
+    kept = sorted(root.iterdir())
+    assert len(kept) == 3, kept
+    for path in kept:
+        assert "-failed-" in path.name
+        assert "this point always fails" in (path / "fg2u-failure.txt").read_text()
+    # The message of a dropped point names its kept directory.
+    assert any(str(path) in f.message for f in stats.failures for path in kept)
+
+
+def test_keep_failed_zero_keeps_nothing_and_says_so(tmp_path):
+    solver = sim("fail", template="{phi}", workdir_root=tmp_path, keep_failed=0)
+    with pytest.raises(InnerSolverError) as info:
+        solver(PHI)
+    assert info.value.workdir is None
+    assert "working directory removed: keep_failed=0" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_replaces_the_directory_of_an_earlier_attempt(tmp_path):
+    solver = sim("fail", template="{phi}", workdir_root=tmp_path)
+    for _ in range(3):
+        with pytest.raises(InnerSolverError):
+            solver(PHI)
+    assert len(list(tmp_path.iterdir())) == 1
+    for k in range(3):
+        with pytest.raises(InnerSolverError):
+            solver(PHI + k + 1)
+    assert len(list(tmp_path.iterdir())) == 4
+    with pytest.raises(FG2UValueError, match="keep_failed"):
+        sim("ok", template="{phi}", keep_failed=-1)
 
 
 # -- failures ----------------------------------------------------------------------------
@@ -211,6 +349,32 @@ def test_nonfinite_and_wrong_length_output(tmp_path):
     with pytest.raises(InnerSolverError) as info:
         sim("ok", template="{phi}", n_outputs=3, workdir_root=tmp_path)(PHI)
     assert info.value.kind == "shape" and "n_outputs" in str(info.value)
+
+
+def test_nonfinite_output_carries_the_programs_stderr(tmp_path):
+    with pytest.raises(InnerSolverError) as info:
+        storm("unstable", workdir_root=tmp_path)(np.array([0.5, 1.0]))
+    assert info.value.kind == "nonfinite"
+    assert "WARNING unstable: CFL number 3.2 > 1" in str(info.value)
+    assert info.value.detail.splitlines()[-1] == "WARNING unstable: CFL number 3.2 > 1"
+    assert info.value.workdir in str(info.value)
+
+
+def test_wrong_length_phi_is_a_value_error_before_anything_runs(tmp_path):
+    # Deterministic errors: FG2UValueError, which an evaluator does not retry.
+    solver = sim("ok", template="{phi}", n_params=3, workdir_root=tmp_path)
+    with pytest.raises(FG2UValueError, match="must have 3 entries"):
+        solver(np.zeros(2))
+    named = sim("ok", template="{a} {b}", names=["a", "b"], workdir_root=tmp_path)
+    with pytest.raises(FG2UValueError, match="`names` has 2 entries"):
+        named(np.zeros(3))
+    with pytest.raises(FG2UValueError, match="out of range"):
+        sim("ok", template="{phi[2]}", workdir_root=tmp_path)(np.zeros(2))
+    refusing = sim("ok", writer=write_refusing, workdir_root=tmp_path)
+    with pytest.raises(FG2UValueError, match="needs 4 numbers"):
+        refusing(np.zeros(2))
+    assert list(tmp_path.iterdir()) == []
+    np.testing.assert_array_equal(solver(np.zeros(3)), known(np.zeros(3)))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

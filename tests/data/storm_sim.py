@@ -1,6 +1,6 @@
 """A legacy simulator that fails in every way a real one does, for the process tests.
 
-    python storm_sim.py POLICY MARKER [protect=PID] [sync=DIR]
+    python storm_sim.py POLICY MARKER [protect=PID] [sync=DIR] [crash=self] [state=DIR]
 
 Reads ``input.txt`` in the working directory: the numbers of ``phi`` on the first
 line, and the word ``perturbed`` on a second line for a point that is not the base
@@ -17,13 +17,17 @@ POLICY:
               given, prints to stderr and exits 3; otherwise like hang
     unstable  prints "WARNING unstable" to stderr and writes NaN
     header    writes theta as a table under a header line ``TIME T(0.25) T(0.5)``
+    flaky     with ``state=DIR``: a point whose input hashes below 0.3 always fails
+              (exit 5); any other point fails at its first attempt (exit 4, noted in
+              DIR) and succeeds at the next
     storm     the base point succeeds; a perturbed point fails with a mode drawn from
               a hash of its input line, the same at every attempt: about 5 % each
               exit 3 with a stderr message ("returncode"), NaN after a warning
               ("nonfinite"), 2 numbers instead of 3 ("shape"), sleeping 60 s past the
               adapter's timeout ("timeout"), and SIGKILL of the process that started
               the simulator, i.e. the worker ("crash"; when that process is the
-              ``protect=PID`` one, the test process itself, it exits 9 instead)
+              ``protect=PID`` one, the test process itself, it exits 9 instead; with
+              ``crash=self`` it SIGKILLs itself, as an out-of-memory kill would)
 
 Only the standard library, so that it starts fast.
 """
@@ -31,8 +35,6 @@ Only the standard library, so that it starts fast.
 import hashlib
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -45,10 +47,15 @@ def model(phi):
     return [a + 0.5 * math.sin(b), b + 0.5 * math.sin(a), a * b]
 
 
+def unit_hash(line):
+    """A number in [0, 1) fixed by the input line."""
+    return int.from_bytes(hashlib.blake2b(line.strip().encode(), digest_size=8).digest(),
+                          "little") / 2.0**64
+
+
 def storm_mode(line):
     """The failure mode of a perturbed point with input line ``line`` (or None)."""
-    u = int.from_bytes(hashlib.blake2b(line.strip().encode(), digest_size=8).digest(),
-                       "little") / 2.0**64
+    u = unit_hash(line)
     for mode, upper in STORM_BANDS:
         if u < upper:
             return mode
@@ -65,6 +72,8 @@ def options(argv):
 
 
 def hang(argv):
+    import subprocess  # only here: a fast start for the other policies
+
     if argv[1] != "hang0":
         # -S: a fast start, so that the child exists well before any test acts.
         # Popen returns once the child has exec'd: its command line shows from now on.
@@ -119,11 +128,25 @@ def main(argv):
         elif mode == "timeout":
             time.sleep(60)
         elif mode == "crash":
+            import signal
+            if options(argv).get("crash") == "self":
+                os.kill(os.getpid(), signal.SIGKILL)
             protected = int(options(argv).get("protect", -1))
             if os.getppid() in (protected, 1):
                 sys.exit(9)
             os.kill(os.getppid(), signal.SIGKILL)
             time.sleep(60)  # the parent-death signal ends this at once
+    elif policy == "flaky":
+        u = unit_hash(lines[0])
+        seen = os.path.join(options(argv)["state"], f"{u!r}")
+        if u < 0.3:
+            print("this point always fails", file=sys.stderr)
+            sys.exit(5)
+        if not os.path.exists(seen):
+            open(seen, "w").close()
+            print("first attempt fails", file=sys.stderr)
+            sys.exit(4)
+        write(model(phi))
     elif policy in ("ok", "storm"):
         write(model(phi))
     else:
