@@ -28,6 +28,8 @@ _EXPORTS = {
     "Neumann": "estimators.implicit",
     # evaluation
     "Evaluator": "evaluation",
+    "Backend": "evaluation.backends", "register_backend": "evaluation.backends",
+    "available_backends": "evaluation.backends",
     # outer optimization
     "minimize": "outer.minimize", "resume": "outer.minimize", "Phase": "outer.phases",
     "OptimizeResult": "outer.result",

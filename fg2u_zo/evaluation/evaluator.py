@@ -18,10 +18,13 @@ import sys
 import threading
 import weakref
 
+import numpy as np
+
 from .backends import BackendConfig, BackendNames, check_backend_name, create_backend
-from .joblib_config import effective_n_jobs, from_parallel_config
+from .joblib_config import effective_n_jobs, from_parallel_config, usable_cpus
 from .map_run import BatchSizer, MapRun, MapStats
 from .solver_memory import SolverMemory, accepted_keywords
+from .worker import headline
 from ..validation import check_positive_float, check_positive_int
 from ..errors import FG2UTypeError, FG2UValueError
 
@@ -32,6 +35,8 @@ logger = logging.getLogger(__name__)
 #: The registered backend names, read from the registry at every use.
 BACKENDS = BackendNames()
 
+# The oversubscription hint is given once per process.
+_HINTED = set()
 
 
 class Evaluator:
@@ -88,14 +93,19 @@ class Evaluator:
     n_jobs : int, optional
         Number of workers; joblib's convention for negative values (``-1``: all CPUs).
         Default: the ``joblib.parallel_config`` value, else 1 for ``"sequential"`` and
-        ``os.cpu_count()`` for the other backends. An existing dask or ray cluster runs
-        as many evaluations at once as it has threads/CPUs, whatever ``n_jobs`` says:
-        :attr:`workers` reports that number.
+        the CPUs this process may use (``joblib.cpu_count()``) for the other backends.
+        More workers than CPUs slow a CPU-bound solver down (a hint is logged once). An
+        existing dask or ray cluster runs as many evaluations at once as it has
+        threads/CPUs, whatever ``n_jobs`` says: :attr:`workers` reports that number.
     timeout : float, optional
         Seconds allowed for one evaluation; ``None``: no limit. An evaluation that runs
         longer is a failure of kind ``"timeout"``.
     max_retries : int
         Further attempts at a failed evaluation (same point) before it is dropped.
+        Failures that the same point gives again are not retried: the solver rejected
+        its arguments (``FG2UValueError``/``FG2UTypeError``), or reported an unusable
+        result itself (an ``InnerSolverError`` of kind ``"nonfinite"`` or
+        ``"missing_executable"``, or any exception with ``retryable = False``).
     max_failure_fraction : float in [0, 1)
         When more than this fraction of a map's points are dropped, the map stops
         with :class:`~fg2u_zo.InnerSolverError` (as soon as that is certain).
@@ -118,6 +128,16 @@ class Evaluator:
         For an invalid argument; the message names it.
     ImportError
         When dask or ray is asked for and not installed.
+
+    Attributes
+    ----------
+    failure_counts : dict
+        ``kind -> number`` of evaluations dropped for good since the Evaluator was
+        made (each call's own are in its :class:`MapStats`). The first failure of each
+        kind is logged at WARNING (logger ``fg2u_zo.evaluation.evaluator``) with the
+        count of its call; later ones are only counted.
+    startup_time : float
+        Seconds the last start of the workers took.
 
     Notes
     -----
@@ -198,8 +218,7 @@ class Evaluator:
         if backend is None:
             backend = "loky" if (n_jobs or 1) > 1 else "sequential"
         if n_jobs is None:
-            import os
-            n_jobs = 1 if backend == "sequential" else (os.cpu_count() or 1)
+            n_jobs = 1 if backend == "sequential" else usable_cpus()
         if client is None and backend == "dask" and scheduler_address is None:
             client = config_client
         self.backend = backend
@@ -208,6 +227,9 @@ class Evaluator:
         self.client = client
         #: seconds spent starting workers or a cluster (the last start)
         self.startup_time = 0.0
+        #: failures for good since the Evaluator was made, by kind (see MapStats)
+        self.failure_counts = {}
+        self._warned_kinds = set()
         self._task_ids = itertools.count()
         self._lock = threading.RLock()
         self._running = False
@@ -215,6 +237,8 @@ class Evaluator:
         self._impl = None
         self._finalizer = None
         self._make_backend()  # fails now, not at first use, when dask/ray is missing
+        if client is None and scheduler_address is None and backend != "sequential":
+            self._hint_oversubscription()
 
     def _make_backend(self):
         config = BackendConfig(name=self.backend, n_jobs=self.n_jobs, kill_grace=self.kill_grace,
@@ -224,6 +248,17 @@ class Evaluator:
         self._started = False
         # Workers and clusters go away with the Evaluator even without close().
         self._finalizer = weakref.finalize(self, impl.close)
+
+    def _hint_oversubscription(self):
+        cpus = usable_cpus()
+        if self.n_jobs <= cpus or "n_jobs" in _HINTED:
+            return
+        _HINTED.add("n_jobs")
+        logger.warning(
+            "n_jobs=%d is more than the %d CPU(s) this process may use: the workers "
+            "oversubscribe the cores, and a CPU-bound solver then runs slower per call and "
+            "no faster overall; use n_jobs <= %d unless the solver mostly waits (I/O, a "
+            "remote program). This hint is given once.", self.n_jobs, cpus, cpus)
 
     def __repr__(self):
         return (f"Evaluator(backend={self.backend!r}, n_jobs={self.n_jobs}, "
@@ -236,6 +271,14 @@ class Evaluator:
 
     def __exit__(self, *exc):
         self.close()
+
+    @property
+    def backend_object(self):
+        """The :class:`~fg2u_zo.Backend` this Evaluator runs on (made anew after
+        :meth:`close`; starts nothing)."""
+        if self._impl is None:
+            self._make_backend()
+        return self._impl
 
     @property
     def workers(self) -> int:
@@ -279,6 +322,22 @@ class Evaluator:
             kwargs["warm_start"] = warm_start
         return kwargs
 
+    def _report(self, stats, call):
+        """Add a call's failures to the totals; log each kind the first time it appears."""
+        for kind, count in stats.failure_counts.items():
+            self.failure_counts[kind] = self.failure_counts.get(kind, 0) + count
+            if kind in self._warned_kinds:
+                continue
+            self._warned_kinds.add(kind)
+            first = next(f for f in stats.failures if f.kind == kind)
+            logger.warning(
+                "%d evaluation(s) of the inner solver failed for good with kind %r in this "
+                "%s (after %d attempt(s) at most; first: %s). Later failures of this kind "
+                "are counted in Evaluator.failure_counts and the results' failures, not "
+                "logged.", count, kind, call,
+                max(f.attempts for f in stats.failures if f.kind == kind),
+                headline(first.message))
+
     def _run(self, solver, points, on_result, *, seed, warm_start, expected_shape, base):
         if not callable(solver):
             raise FG2UTypeError(f"the inner solver must be callable, got {type(solver).__name__}")
@@ -305,8 +364,13 @@ class Evaluator:
                     return run.run()
                 finally:
                     impl.end()
+                    self._report(run.stats, "solve" if base else "map")
             finally:
                 self._running = False
+
+    def _known_shape(self, solver, point):
+        """The output shape this solver gave at a base point shaped like ``point``."""
+        return self._memory.shape(solver, np.shape(point))
 
     def solve(self, solver, phi, *, seed=None, warm_start=None, expected_shape=None):
         """Evaluate the solver at one point, with retries, on the backend's workers.
@@ -323,7 +387,10 @@ class Evaluator:
         warm_start : ndarray, optional
             Passed as ``warm_start=``.
         expected_shape : tuple, optional
-            Shape the output must have.
+            Shape the output must have. Default: the shape of this solver's output at
+            an earlier base point of the same shape (a later base solve that returns
+            another shape is a failure of kind ``"shape"``, retried like any other);
+            unchecked at the first solve.
 
         Returns
         -------
@@ -350,10 +417,14 @@ class Evaluator:
         def keep(index, theta):
             box["theta"] = theta
 
+        learn = expected_shape is None
+        if learn:
+            expected_shape = self._known_shape(solver, phi)
         stats = self._run(solver, [phi], keep, seed=seed, warm_start=warm_start,
                           expected_shape=expected_shape, base=True)
         theta = box["theta"]
-        self._memory.note(solver, stats.solver_time / max(stats.nfev, 1))
+        self._memory.note(solver, stats.solver_time / max(stats.nfev, 1), np.shape(phi),
+                          theta.shape if learn else None)
         return theta, stats
 
     def map(self, solver, points, on_result, *, seed=None, warm_start=None,
@@ -374,7 +445,9 @@ class Evaluator:
         seed, warm_start : optional
             Passed to every call that accepts them (the same for every point).
         expected_shape : tuple, optional
-            Shape every output must have (else a failure of kind ``"shape"``).
+            Shape every output must have (else a failure of kind ``"shape"``). Default:
+            the shape of this solver's output at an earlier base point (see
+            :meth:`solve`), if any.
 
         Returns
         -------
@@ -397,5 +470,7 @@ class Evaluator:
         >>> sums, stats.nfev, stats.failures
         ({0: 2.0, 1: 8.0}, 2, [])
         """
+        if expected_shape is None and len(points):
+            expected_shape = self._known_shape(solver, points[0])
         return self._run(solver, points, on_result, seed=seed, warm_start=warm_start,
                          expected_shape=expected_shape, base=False)

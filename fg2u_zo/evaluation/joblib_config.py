@@ -11,17 +11,26 @@ import os
 from .backends import available_backends
 from ..errors import FG2UValueError
 
-__all__ = ["effective_n_jobs", "from_parallel_config"]
+__all__ = ["effective_n_jobs", "from_parallel_config", "usable_cpus"]
 
 _JOBLIB_NAMES = {"LokyBackend": "loky", "MultiprocessingBackend": "loky",
                  "ThreadingBackend": "threading", "SequentialBackend": "sequential",
                  "DaskDistributedBackend": "dask", "RayBackend": "ray"}
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use (its affinity mask and cgroup quota, as joblib counts)."""
+    try:
+        from joblib import cpu_count
+        return max(1, int(cpu_count()))
+    except ImportError:  # pragma: no cover - joblib is a dependency
+        return os.cpu_count() or 1
+
+
 def effective_n_jobs(n_jobs):
     """joblib's convention: ``-1`` all CPUs, ``-2`` all but one, ..."""
     if n_jobs < 0:
-        return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+        return max(1, usable_cpus() + 1 + n_jobs)
     return n_jobs
 
 

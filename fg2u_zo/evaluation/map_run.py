@@ -3,7 +3,7 @@
 The points are cut into tasks (batches of points, sized by :class:`BatchSizer`), at
 most as many tasks as the backend's capacity are in flight, and each result is handed
 to ``on_result`` as soon as it arrives and then dropped. A failed point is retried
-; a point
+unless the failure is deterministic (see :mod:`fg2u_zo.evaluation.worker`); a point
 that keeps failing is dropped and reported; a worker that dies takes only the point it
 was running with it (the others are resubmitted).
 """
@@ -49,6 +49,8 @@ class MapStats:
         Seconds spent inside the solver, as timed by the workers and summed here.
     failures : list of Failure
         Points dropped after their retries (``direction`` is left None here).
+    failure_counts : dict
+        ``kind -> number`` of the dropped points (the totals of ``failures``).
     resubmitted : int
         Evaluations lost with a worker that another point crashed and run again; not
         in ``nfev`` (whether they had started is unknown).
@@ -61,6 +63,7 @@ class MapStats:
     nfev: int = 0
     solver_time: float = 0.0
     failures: list = field(default_factory=list)
+    failure_counts: dict = field(default_factory=dict)
     resubmitted: int = 0
     tasks: int = 0
     wall_time: float = 0.0
@@ -69,6 +72,11 @@ class MapStats:
     def failed(self) -> set:
         """Indices of the dropped points."""
         return {f.index for f in self.failures}
+
+    def add_failure(self, failure: Failure):
+        """Record a dropped point."""
+        self.failures.append(failure)
+        self.failure_counts[failure.kind] = self.failure_counts.get(failure.kind, 0) + 1
 
 
 class BatchSizer:
@@ -151,6 +159,7 @@ class MapRun:
         self.attempts = collections.Counter()
         self.owner = {}  # index -> task id it is in flight with
         self.in_flight = {}  # task id -> indices still without an outcome
+        self.exclusive = None  # a suspect's task that runs with nothing else in flight
 
     # -- submitting ---------------------------------------------------------------------
 
@@ -170,15 +179,29 @@ class MapRun:
     def _fill(self):
         capacity = self.backend.capacity()
         while len(self.in_flight) < capacity:
+            if self.exclusive in self.in_flight:
+                return
+            if self.suspects and not self.backend.isolates_tasks:
+                # On a backend that cannot say which task killed a worker, a point rerun
+                # alone must be alone on the whole backend: a crash of anything else in
+                # flight could be blamed on it. Wait for the others, then run it by itself.
+                if self.in_flight:
+                    return
+                self.exclusive = self._submit([self.suspects.popleft()])
+                return
             indices = self._next_items()
             if not indices:
                 return
-            task_id = next(self.task_ids)
-            for index in indices:
-                self.owner[index] = task_id
-            self.in_flight[task_id] = list(indices)
-            self.stats.tasks += 1
-            self.backend.submit(task_id, [(i, self.points[i]) for i in indices], self.timeout)
+            self._submit(indices)
+
+    def _submit(self, indices):
+        task_id = next(self.task_ids)
+        for index in indices:
+            self.owner[index] = task_id
+        self.in_flight[task_id] = list(indices)
+        self.stats.tasks += 1
+        self.backend.submit(task_id, [(i, self.points[i]) for i in indices], self.timeout)
+        return task_id
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -233,7 +256,7 @@ class MapRun:
             self.suspected.discard(index)
             self.on_result(index, outcome.theta)
         else:
-            self._charge(index, outcome.kind, outcome.message)
+            self._charge(index, outcome.kind, outcome.message, outcome.retryable)
 
     def _release(self, index, task_id):
         if self.owner.get(index) == task_id:
@@ -261,15 +284,15 @@ class MapRun:
                 self.retry.appendleft(index)  # innocent bystander
                 self.stats.resubmitted += 1
 
-    def _charge(self, index, kind, message):
+    def _charge(self, index, kind, message, retryable=True):
         """One failed attempt of ``index``: retry it or drop it."""
         self.attempts[index] += 1
         attempts = self.attempts[index]
-        if attempts <= self.max_retries:
+        if retryable and attempts <= self.max_retries:
             logger.debug("point %d failed (%s), retrying", index, kind)
             (self.suspects if index in self.suspected else self.retry).append(index)
             return
-        self.stats.failures.append(Failure(index, None, kind, message, attempts))
+        self.stats.add_failure(Failure(index, None, kind, message, attempts))
         if self.base:
             raise inner_solver_error(
                 f"the inner solver failed at the base point phi after {attempts} attempt(s) "

@@ -1,7 +1,8 @@
-"""What an Evaluator knows about a solver: the keywords it takes, its time.
+"""What an Evaluator knows about a solver: the keywords it takes, its time, its shapes.
 
 Learned from the solver's signature and its base solves, and used to call it right
-(``seed=`` / ``warm_start=`` only where accepted) and to size the first batches.
+(``seed=`` / ``warm_start=`` only where accepted), to size the first batches, and to
+validate a later base solve's output like the perturbed ones.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import weakref
 
 __all__ = ["accepted_keywords", "SolverMemory"]
 
-# Solvers whose base-solve time an Evaluator remembers.
+# Solvers whose base-solve time and output shapes an Evaluator remembers.
 _SOLVER_MEMORY = 8
 
 
@@ -30,12 +31,13 @@ def accepted_keywords(solver) -> frozenset:
 class SolverMemory:
     """What the Evaluator learned about a few solvers from their base solves.
 
-    Per solver object: the seconds of its last base solve (a batching prior). Solvers
-    are held by weak reference where they allow it.
+    Per solver object: the seconds of its last base solve (a batching prior) and the
+    output shape for each input shape, so that a later base solve is validated like
+    the perturbed ones. Solvers are held by weak reference where they allow it.
     """
 
     def __init__(self):
-        self._entries = {}  # id(solver) -> [ref, seconds]
+        self._entries = {}  # id(solver) -> [ref, seconds, {input shape: output shape}]
 
     def _entry(self, solver):
         entry = self._entries.get(id(solver))
@@ -48,8 +50,13 @@ class SolverMemory:
         entry = self._entry(solver)
         return None if entry is None else entry[1]
 
-    def note(self, solver, seconds):
-        """Remember a base solve."""
+    def shape(self, solver, input_shape):
+        """The output shape of the solver's base solves at inputs of ``input_shape``."""
+        entry = self._entry(solver)
+        return None if entry is None else entry[2].get(input_shape)
+
+    def note(self, solver, seconds, input_shape, output_shape):
+        """Remember a base solve (``output_shape=None``: keep the known shape)."""
         entry = self._entry(solver)
         if entry is None:
             try:
@@ -58,8 +65,10 @@ class SolverMemory:
                 ref = _StrongRef(solver)
             while len(self._entries) >= _SOLVER_MEMORY:
                 self._entries.pop(next(iter(self._entries)))
-            entry = self._entries[id(solver)] = [ref, None]
+            entry = self._entries[id(solver)] = [ref, None, {}]
         entry[1] = seconds
+        if output_shape is not None:
+            entry[2][input_shape] = output_shape
 
 
 class _StrongRef:

@@ -3,8 +3,16 @@
 This module is imported by every worker (loky processes, dask and ray workers,
 threads), so it stays small and imports nothing heavy. Each evaluation is turned
 into an :class:`Outcome` and never raises: the validated theta, or the failure's
-kind and message. Outcomes hold builtins and numpy
+kind, message and whether a retry can help. Outcomes hold builtins and numpy
 arrays, so they cross process boundaries bit for bit.
+
+Failures a retry cannot change are marked ``retryable=False``: the solver rejected
+its arguments (it raised :class:`~fg2u_zo.FG2UValueError` or
+:class:`~fg2u_zo.FG2UTypeError`, e.g. a ``phi`` of the wrong length), or it reported
+itself that its output is unusable (an :class:`~fg2u_zo.InnerSolverError` of a kind
+in :data:`DETERMINISTIC_KINDS`, such as the non-finite output of a program that warned
+about it). A solver can decide for itself by setting ``retryable`` on the exception
+it raises.
 
 Timeouts are enforced here, inside the worker, so that a stuck solver frees its
 worker without the parent having to kill anything:
@@ -30,17 +38,52 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InnerSolverError
+from ..errors import FG2UTypeError, FG2UValueError, InnerSolverError
 
 # A stuck solver that swallowed the first SIGALRM (a broad ``except BaseException``)
 # gets it again every _ALARM_REPEAT seconds until it returns.
 _ALARM_REPEAT = 1.0
 
 _TAIL_LINES = 20
+# An InnerSolverError's message (its reason, then the program's stderr/stdout tails)
+# is kept whole up to this many lines; longer ones keep their head and their end.
+_MESSAGE_LINES = 60
+
+#: Kinds of :class:`~fg2u_zo.InnerSolverError` that a solver raises only when it ran to
+#: the end and found its own result unusable: the same point gives the same failure.
+DETERMINISTIC_KINDS = frozenset({"nonfinite", "missing_executable"})
+
+
+def headline(message) -> str:
+    """The line of a failure message that says what went wrong.
+
+    The exception line of a traceback (its last line); else the message's first line
+    that is not a note.
+    """
+    lines = [line for line in str(message).strip().splitlines()
+             if line.strip() and not line.startswith("(not retried")]
+    if not lines:
+        return ""
+    if lines[0].startswith("Traceback"):
+        return lines[-1].strip()
+    return lines[0].strip()
+
 
 def tail(text, lines: int = _TAIL_LINES) -> str:
     """The last ``lines`` lines of ``text`` (tracebacks and stderr end with the cause)."""
     return "\n".join(str(text).rstrip().splitlines()[-lines:])
+
+
+def clip(text, lines: int = _MESSAGE_LINES) -> str:
+    """``text`` whole when short; else its first lines (the reason) and its last ones."""
+    all_lines = str(text).rstrip().splitlines()
+    if len(all_lines) <= lines:
+        return "\n".join(all_lines)
+    head = lines // 3
+    keep_tail = lines - head - 1
+    skipped = len(all_lines) - head - keep_tail
+    return "\n".join(all_lines[:head] + [f"[... {skipped} lines ...]"]
+                     + all_lines[-keep_tail:])
 
 
 @dataclass(frozen=True)
@@ -62,6 +105,9 @@ class Outcome:
     message : str
         The failure's message: the error, the tail of the traceback, the solver's
         stderr tail when it reported one.
+    retryable : bool
+        False when the same point would fail the same way again (see the module
+        docstring).
     """
 
     index: int
@@ -69,6 +115,7 @@ class Outcome:
     seconds: float
     kind: str | None = None
     message: str = ""
+    retryable: bool = True
 
     @property
     def ok(self) -> bool:
@@ -76,8 +123,39 @@ class Outcome:
         return self.kind is None
 
 
-def _failed(index, kind, message, seconds) -> Outcome:
-    return Outcome(index, None, seconds, kind, message)
+def _failed(index, kind, message, seconds, retryable=True) -> Outcome:
+    return Outcome(index, None, seconds, kind, message, retryable)
+
+
+def describe_error(exc) -> tuple:
+    """``(kind, message, retryable)`` of an exception raised by a solver.
+
+    An :class:`~fg2u_zo.InnerSolverError` keeps its kind, and its ``detail`` (the
+    program's stderr tail, for external commands) is added to the message unless the
+    message already shows it; any other exception is ``"exception"`` with the tail of
+    its traceback.
+    """
+    flag = getattr(exc, "retryable", None)
+    if isinstance(exc, InnerSolverError):
+        text = str(exc)
+        detail = str(exc.detail or "").strip()
+        if detail and detail not in text:
+            text = f"{text}\n{detail}"
+        kind, message = exc.kind, clip(text)
+        retryable = exc.kind not in DETERMINISTIC_KINDS
+        why = f"the solver itself reported this {exc.kind!r} failure"
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        kind, message = "exception", tail(text)
+        # The solver's own argument check (a phi of the wrong length, say).
+        retryable = not isinstance(exc, (FG2UValueError, FG2UTypeError))
+        why = f"the solver rejected its arguments ({type(exc).__name__})"
+    if isinstance(flag, bool):
+        retryable = flag
+        why = "the solver's error says a retry cannot help"
+    if not retryable:
+        message = f"(not retried: {why}; the same point would fail the same way)\n{message}"
+    return kind, message, retryable
 
 
 class SolverTimeout(BaseException):
@@ -88,7 +166,11 @@ class SolverTimeout(BaseException):
 
 
 def check_output(out, expected_shape):
-    """Validate a solver's output; return ``(theta, None)`` or ``(None, (kind, message))``."""
+    """Validate a solver's output; return ``(theta, None)`` or ``(None, (kind, message))``.
+
+    These failures are retried: a solver that returns a wrong shape or NaN once may not
+    the next time (a stochastic solver, a flaky file system).
+    """
     if out is None or isinstance(out, (str, bytes, dict)):
         return None, ("type", f"solver returned {type(out).__name__}, which is not an array "
                               "of floats; return the inner solution as a numpy array")
@@ -99,7 +181,8 @@ def check_output(out, expected_shape):
                               f"of floats ({exc})")
     if expected_shape is not None and theta.shape != tuple(expected_shape):
         return None, ("shape", f"solver returned shape {theta.shape}, expected "
-                               f"{tuple(expected_shape)} (the shape at the base point)")
+                               f"{tuple(expected_shape)}, the shape of its other outputs (at "
+                               "the base point, at earlier base points)")
     if not np.all(np.isfinite(theta)):
         nbad = int(np.size(theta) - np.count_nonzero(np.isfinite(theta)))
         return None, ("nonfinite", f"solver returned {nbad} non-finite value(s) (NaN/inf)")
@@ -214,13 +297,10 @@ def evaluate(solver, index, point, kwargs, expected_shape, timeout):
         return _failed(index, "timeout", f"the inner solver ran longer than timeout={timeout:g} "
                                          f"s and was stopped after {seconds:.3g} s ({how})",
                        seconds), abandoned
-    except InnerSolverError as exc:
-        detail = f"{exc}\n{exc.detail}" if exc.detail else str(exc)
-        return _failed(index, exc.kind, tail(detail), time.perf_counter() - start), abandoned
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - every solver error is recorded
-        seconds = time.perf_counter() - start
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return _failed(index, "exception", tail(text), seconds), abandoned
+        kind, message, retryable = describe_error(exc)
+        return _failed(index, kind, message, time.perf_counter() - start,
+                       retryable), abandoned
     seconds = time.perf_counter() - start
     theta, err = check_output(out, expected_shape)
     if err is not None:

@@ -100,17 +100,24 @@ class Backend(abc.ABC):
     in_caller_thread : bool
         Tasks run in the calling thread during :meth:`poll`: batching would only delay
         the results, so the Evaluator submits one point per task.
+    process_isolated : bool
+        Solves run in worker processes: a solver that kills its process (a segfault,
+        ``os._exit``, the out-of-memory killer) costs a worker, reported as a failure
+        of kind ``"crash"``, not the caller.
     kills_on_timeout : bool
-        A solver past its timeout is stopped (interrupted, or its process killed).
-        False where it can only be abandoned and keeps running in the background
-        (threads).
+        A solver past its timeout is stopped even when it does not return to Python
+        (stuck in C code, SIGALRM blocked): its process is killed. Where False, a
+        timed-out solver is interrupted when it can be (SIGALRM in a main thread) or
+        abandoned to run on in the background (threads); either way the point is
+        reported as ``"timeout"`` and the map goes on.
     """
 
     name = "backend"
     isolates_tasks = True
     task_overhead = 1e-4
     in_caller_thread = False
-    kills_on_timeout = True
+    process_isolated = False
+    kills_on_timeout = False
 
     def start(self) -> float:
         """Start workers or connect to a cluster, and wait until they accept work.

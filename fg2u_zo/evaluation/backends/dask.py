@@ -47,7 +47,7 @@ class DaskBackend(Backend):
     name = "dask"
     isolates_tasks = False
     task_overhead = 3e-3
-    kills_on_timeout = False
+    process_isolated = True
 
     def __init__(self, n_jobs, *, client=None, scheduler_address=None, kill_grace=2.0):
         try:

@@ -21,6 +21,8 @@ class LokyBackend(Backend):
 
     name = "loky"
     task_overhead = 2e-4
+    process_isolated = True
+    kills_on_timeout = True
 
     def __init__(self, n_jobs, kill_grace):
         self.n_jobs, self.kill_grace = n_jobs, kill_grace

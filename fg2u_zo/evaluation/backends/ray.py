@@ -28,6 +28,8 @@ class RayBackend(Backend):
 
     name = "ray"
     task_overhead = 1e-3
+    process_isolated = True
+    kills_on_timeout = True
 
     def __init__(self, n_jobs, *, scheduler_address=None, kill_grace=2.0):
         try:

@@ -25,7 +25,6 @@ class ThreadingBackend(Backend):
 
     name = "threading"
     task_overhead = 5e-5
-    kills_on_timeout = False
 
     def __init__(self, n_jobs):
         self.n_jobs = n_jobs
