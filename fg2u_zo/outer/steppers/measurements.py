@@ -28,7 +28,7 @@ import torch
 from torch.func import jvp, vmap
 
 from ...errors import FG2UValueError, InnerSolverError
-from ...noise.estimate import NoiseEstimate, auto_step, probe_lines, probe_noise
+from ...noise import NoiseEstimate, auto_step, probe_lines, probe_noise
 from ...noise.steps import default_step
 from ...result import Failure
 from ..transforms import ParameterTransform, as_bounds
@@ -188,7 +188,7 @@ class Measurements:
         lines = probe_lines(self.rng, z0.size, "gaussian")
         return probe_noise(self.problem, z0, lines, theta0=theta0, g_theta=g_theta,
                            quantity="inner", evaluator=_EvaluateAsEvaluator(self),
-                           scheme="forward", stacklevel=4)
+                           scheme="forward")
 
 
 def _flat(theta):
