@@ -347,7 +347,7 @@ class _Watchdog:
             return False
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", REAPER], stdin=read_end,
+                [sys.executable, "-I", "-S", REAPER, str(os.getpid())], stdin=read_end,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except (OSError, ValueError) as exc:
             os.close(write_end)

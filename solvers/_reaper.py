@@ -1,8 +1,8 @@
 """The watchdog process: kills what a process started when that process goes away.
 
-Run as ``python -I -S _reaper.py`` by :mod:`solvers._process_guard`, one per process
-that runs external commands (the main process, each loky or dask worker), in a
-session of its own so that killing the worker's process group does not take it too.
+Run as ``python -I -S _reaper.py PID`` by :mod:`solvers._process_guard`, one per
+process that runs external commands (PID: the main process, a loky or dask worker), in
+a session of its own so that killing the worker's process group does not take it too.
 It reads JSON lines on stdin, whose other end only that process holds:
 
 * ``["group", pgid, owner]`` / ``["ungroup", pgid]``: a command's process group runs /
@@ -166,7 +166,8 @@ def _load_workdirs():
 
 def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    Reaper(os.getppid()).run()
+    # The pid comes from the command line: the parent may be gone before we ask.
+    Reaper(int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()).run()
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def test_command_dies_with_the_process_that_started_it(marker, tmp_path, sig):
     kept = wait_for(lambda: [p for p in tmp_path.iterdir() if "-failed-" in p.name],
                     GONE_WITHIN)
     assert len(kept) == 1 and len(list(tmp_path.iterdir())) == 1, list(tmp_path.iterdir())
-    assert "died while its command ran" in (kept[0] / "fg2u-failure.txt").read_text()
+    note = (kept[0] / "fg2u-failure.txt").read_text()
+    assert f"(pid {caller.pid}) that ran this call died while its command ran" in note
 
 
 SENDER = """
