@@ -181,7 +181,9 @@ class Subprocess:
     worker killed, crashed or restarted, SIGKILL of the run), when the process that
     sent the solver to a worker on the same machine exits (the run was stopped while
     the worker waits), and when the dask task running it is cancelled (the run gave
-    up on it). On Linux the kernel's parent-death signal kills the command itself at
+    up on it; noticed within a quarter of a second, in the task's own thread only --
+    with an Evaluator ``timeout`` the solver runs in a helper thread, and a timed-out
+    one ends at this adapter's ``timeout`` or with its worker). On Linux the kernel's parent-death signal kills the command itself at
     once; a small watchdog process per worker kills its whole process group
     (:mod:`solvers._process_guard`). A grandchild that starts a session of its own
     escapes process groups and is not tracked. Without ``/proc`` (not Linux) the
