@@ -1,0 +1,62 @@
+"""The Gauss-Newton rows and the robust (non-least-squares) case of
+``python -m benchmarks.peers``: exact call counting and grouping, and the robust case's
+two implementations agreeing."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+import fg2u_zo as fz
+from benchmarks import peers
+from benchmarks._peer_problems import build_case
+
+
+class CountingSolver:
+    def __init__(self, solver):
+        self.solver, self.calls = solver, 0
+
+    def __call__(self, phi, *, warm_start=None, seed=None):
+        self.calls += 1
+        return self.solver(phi)
+
+
+@pytest.mark.parametrize("mode", ["lean", "refresh"])
+def test_gauss_newton_calls_are_counted_exactly_and_grouped_per_iteration(mode):
+    case = build_case("reweight", 10)
+    counter = CountingSolver(case.problem.inner)
+    case = dataclasses.replace(case, problem=fz.BilevelProblem(
+        inner=counter, outer=case.problem.outer, num_params=case.size))
+    method = peers.METHODS_BY_NAME["GN " + mode]
+    setting = {"num_directions": 4, "mode": mode, "radius": 1.0}
+    trace = method.run(case, setting, seed=0, budget=60, stop_at=-math.inf)
+    assert trace.nfev == counter.calls <= 60
+    groups = trace.groups[:-1].tolist()          # the last group is the final value solve
+    assert groups[0] == 5                        # the start and 4 directions
+    if mode == "lean":
+        # trial + 4 new directions, then trial + the last 2; once the subspace is
+        # complete, a trial alone, or with 4 re-measured directions after a poor step
+        # (4 without a trial when the model sees no decrease)
+        assert groups[1:3] == [5, 3]
+        assert set(groups[3:]) <= {1, 4, 5} and 1 in groups[3:]
+    else:
+        # trial + 4 directions (new first, then re-measured) in every group
+        assert set(groups) == {5}
+    assert trace.groups[-1] == 1
+    assert math.isfinite(trace.own_time) and trace.own_time >= 0
+
+
+def test_robust_case_residuals_square_sum_to_the_cauchy_loss_and_the_adjoint_is_right():
+    case = build_case("robust", 16, cells=16)
+    phi = np.random.default_rng(1).uniform(-1, 1, 16)
+    theta = case.problem.inner(phi)
+    assert case.value(phi) == pytest.approx(case.problem.outer_value(theta, phi), rel=1e-12)
+    _, grad = case.problem.inner.misfit_gradient(phi, case.problem.outer)
+    h = 1e-6
+    fd = np.array([(case.value(phi + h * e) - case.value(phi - h * e)) / (2 * h)
+                   for e in np.eye(16)])
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-9 * np.abs(fd).max())
+    # Outliers: 5 % of the 256 sensors; the loss is not a sum of squares of the misfits.
+    assert case.info["outliers"] == round(0.05 * 256)
+    assert case.family not in peers.LEAST_SQUARES_FAMILIES
