@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 BROADCAST_BYTES = 100_000
 
 
+#: How long a cluster may have no worker at all, with tasks outstanding, before a map
+#: fails with kind "crash" (a nanny restarts a worker within seconds when it can).
+NO_WORKER_GRACE_SECONDS = 120.0
+_WORKER_CHECK_SECONDS = 5.0
+
 class DaskBackend(Backend):
     """Tasks on a dask.distributed cluster.
 
@@ -66,6 +71,8 @@ class DaskBackend(Backend):
         self._deadlines = {}
         self._payload = None
         self._capacity = 2 * n_jobs
+        self._workerless_since = None
+        self._workers_checked = 0.0
 
     @property
     def cluster(self):
@@ -156,6 +163,7 @@ class DaskBackend(Backend):
                 raise InnerSolverError(
                     f"the dask client is {self.client.status!r} with {len(self._futures)} "
                     "task(s) outstanding: the scheduler went away", kind="crash")
+            self._check_workers_present()
         while item is not None:
             self._collect(item, events)
             try:
@@ -164,6 +172,33 @@ class DaskBackend(Backend):
                 item = None
         self._enforce_deadlines(events)
         return events
+
+    def _check_workers_present(self):
+        """Fail instead of waiting forever on a cluster that lost every worker.
+
+        A nanny that cannot bring its worker back in time (a loaded machine) leaves the
+        scheduler with no workers; outstanding tasks would then never finish. Asked at
+        most every few seconds, only while tasks are outstanding.
+        """
+        now = time.monotonic()
+        if not self._futures or now - self._workers_checked < _WORKER_CHECK_SECONDS:
+            return
+        self._workers_checked = now
+        try:
+            count = len(self.client.scheduler_info().get("workers", {}))
+        except Exception:  # noqa: BLE001 - a failed query is not evidence either way
+            return
+        if count:
+            self._workerless_since = None
+            return
+        if self._workerless_since is None:
+            self._workerless_since = now
+        elif now - self._workerless_since >= NO_WORKER_GRACE_SECONDS:
+            raise InnerSolverError(
+                f"the dask cluster has had no workers for {NO_WORKER_GRACE_SECONDS:g} s "
+                f"with {len(self._futures)} task(s) outstanding: its workers died and were "
+                "not replaced. Restart the workers (or the cluster) and resume the run "
+                "from its checkpoint", kind="crash")
 
     def _collect(self, item, events):
         task_id, future, submitted = item
