@@ -18,7 +18,9 @@ end of a continuation phase); once every live run is parked at a rung, the paren
 decides which of them go on (successive halving).
 
 Only the parent thread touches the real Evaluator (SIGALRM timeouts need the main
-thread), and each run sees exactly the results it would see alone: the rounds depend
+thread), one run computes at a time (torch.func, behind the exact estimators and the
+Gauss–Newton model, is not thread-safe), and each run sees exactly the results it
+would see alone: the rounds depend
 only on what each run asks, never on thread timing, so the outcome is deterministic.
 Each run's ``nfev`` counts its successful points and the attempts of its dropped
 ones; retries of points that then succeeded are counted only in the lockstep totals.
@@ -187,13 +189,17 @@ class Lockstep:
         self._rungs = {}      # run -> (key, value)
         self._answers = {}    # run -> whether the run stops at its rung
         self._abort = False
+        # One run computes at a time (the GIL allows little more anyway): torch.func's
+        # transforms (the exact estimators, the Gauss-Newton model) keep global state
+        # and crash when two threads use them at once.
+        self._turn = threading.Lock()
 
     # -- called from the runs' threads -------------------------------------------------
     def submit(self, run, request):
         """Park ``run`` with ``request`` until its round is done; return its MapStats."""
         with self._cond:
             self._requests[run] = request
-            self._wait(run, "request")
+        self._park(run, "request")
         if request.error is not None:
             raise request.error
         return request.stats
@@ -202,14 +208,24 @@ class Lockstep:
         """Park ``run`` at rung ``key`` with ``value``; True when it must stop there."""
         with self._cond:
             self._rungs[run] = (key, float(value))
-            self._wait(run, "rung")
+        self._park(run, "rung")
+        with self._cond:
             return self._answers.pop(run)
 
-    def _wait(self, run, state):
-        self._state[run] = state
-        self._cond.notify_all()
-        self._cond.wait_for(lambda: self._state[run] == "running" or self._abort)
-        if self._abort:
+    def _park(self, run, state):
+        """Wait (without the turn) until the parent releases ``run``, then take the turn
+        back. Called by the run's thread, which holds the turn."""
+        with self._cond:
+            self._state[run] = state
+            self._cond.notify_all()
+        self._turn.release()
+        try:
+            with self._cond:
+                self._cond.wait_for(lambda: self._state[run] == "running" or self._abort)
+                aborted = self._abort
+        finally:
+            self._turn.acquire()
+        if aborted:
             raise _Aborted()
 
     # -- the parent ----------------------------------------------------------------------
@@ -279,6 +295,7 @@ class Lockstep:
 
     def _body(self, run, task, results, errors):
         proxy = _GatheredEvaluator(self, run)
+        self._turn.acquire()
         try:
             results[run] = task(proxy, lambda key, value: self.rung(run, key, value))
         except _Aborted:
@@ -286,6 +303,7 @@ class Lockstep:
         except BaseException as exc:   # reported to the caller with the run's index
             errors[run] = exc
         finally:
+            self._turn.release()
             with self._cond:
                 self._state[run] = "done"
                 self._cond.notify_all()

@@ -65,7 +65,8 @@ class MultiStartResult:
     results : list
         Each run's own result (OptimizeResult or ContinuationResult; None if it raised).
     errors : list
-        The exception each run raised, or None.
+        The exception each run raised, or None (when every run raised, multistart
+        raises the first run's exception instead of returning).
     design, design_values : ndarray
         The screened points (``phi0`` first when given) and ``F`` at each (on the first
         phase's problem for a Continuation; inf where the solve failed).
@@ -329,6 +330,12 @@ def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num
         if own:
             ev.close()
 
+    if all(e is not None for e in errors):
+        first = errors[0]
+        if hasattr(first, "add_note"):
+            first.add_note(f"fg2u-zo: every one of the {len(errors)} local runs of "
+                           "multistart raised; this is the first run's error")
+        raise first
     stopped_at = [getattr(r, "stopped_rung", None) if r is not None else None
                   for r in results]
     results = [getattr(r, "result", r) for r in results]
