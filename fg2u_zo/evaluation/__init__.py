@@ -4,7 +4,8 @@
 by name), ``map_run`` (the scheduling loop of one call and its statistics),
 ``backends`` (where solves run: a registry of engines behind one protocol),
 ``worker`` (what runs next to the solver), ``solver_memory`` (what is learned about a
-solver), ``joblib_config`` (joblib's ``n_jobs`` and ``parallel_config`` conventions).
+solver), ``joblib_config`` (joblib's ``n_jobs`` and ``parallel_config`` conventions),
+``journal`` (finished evaluations kept on disk, so that a resumed run solves none twice).
 """
 
 from .backends import Backend, available_backends, register_backend

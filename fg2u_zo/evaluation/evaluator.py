@@ -10,6 +10,7 @@ call is :class:`~fg2u_zo.evaluation.map_run.MapRun`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -138,6 +139,9 @@ class Evaluator:
         count of its call; later ones are only counted.
     startup_time : float
         Seconds the last start of the workers took.
+    nfev_replayed : int
+        Evaluations answered from an attached journal (:meth:`journaling`) since the
+        Evaluator was made, instead of by the solver; not counted in any ``nfev``.
 
     Notes
     -----
@@ -166,6 +170,10 @@ class Evaluator:
     >>> g.nfev
     9
     """
+
+    # Class-level defaults: also those of subclasses that do not run __init__.
+    _journal = None
+    nfev_replayed = 0
 
     def __init__(self, backend=None, n_jobs=None, *, timeout=None, max_retries=1,
                  max_failure_fraction=0.5, batch_size="auto", scheduler_address=None,
@@ -229,6 +237,7 @@ class Evaluator:
         self.startup_time = 0.0
         #: failures for good since the Evaluator was made, by kind (see MapStats)
         self.failure_counts = {}
+        self.nfev_replayed = 0
         self._warned_kinds = set()
         self._task_ids = itertools.count()
         self._lock = threading.RLock()
@@ -313,6 +322,25 @@ class Evaluator:
             self._finalizer()  # runs impl.close() once
         self._impl, self._finalizer = None, None
 
+    @contextlib.contextmanager
+    def journaling(self, journal):
+        """Inside the block, answer evaluations from ``journal`` (an
+        :class:`~fg2u_zo.evaluation.journal.EvaluationJournal`, or None for none) and
+        journal every success as it arrives; replayed ones count in ``nfev_replayed``,
+        not ``nfev``. Used by :func:`fg2u_zo.minimize` with a ``checkpoint=``; raises
+        FG2UValueError when a journal is already attached."""
+        if journal is None:
+            yield self
+            return
+        if self._journal is not None:
+            raise FG2UValueError("this Evaluator already journals another run's "
+                                 "evaluations; runs sharing an Evaluator must not overlap")
+        self._journal = journal
+        try:
+            yield self
+        finally:
+            self._journal = None
+
     def _kwargs(self, solver, seed, warm_start):
         accepted = accepted_keywords(solver)
         kwargs = {}
@@ -349,6 +377,13 @@ class Evaluator:
             try:
                 self.start()
                 impl = self._impl
+                kwargs = self._kwargs(solver, seed, warm_start)
+                journal = None
+                if self._journal is not None:
+                    # Only what the solver is passed makes two calls different.
+                    journal = self._journal.call(seed=kwargs.get("seed"),
+                                                 warm_start=kwargs.get("warm_start"),
+                                                 expected_shape=expected_shape)
                 item_bytes = None
                 if expected_shape is not None:
                     item_bytes = 8 * max(1, math.prod(expected_shape))
@@ -358,12 +393,13 @@ class Evaluator:
                 run = MapRun(impl, points, on_result, task_ids=self._task_ids,
                              timeout=self.timeout, max_retries=self.max_retries,
                              max_failure_fraction=self.max_failure_fraction, base=base,
-                             sizer=sizer, item_bytes=item_bytes)
-                impl.begin(solver, self._kwargs(solver, seed, warm_start), expected_shape)
+                             sizer=sizer, item_bytes=item_bytes, journal=journal)
+                impl.begin(solver, kwargs, expected_shape)
                 try:
                     return run.run()
                 finally:
                     impl.end()
+                    self.nfev_replayed += run.stats.nfev_replayed
                     self._report(run.stats, "solve" if base else "map")
             finally:
                 self._running = False
@@ -423,8 +459,10 @@ class Evaluator:
         stats = self._run(solver, [phi], keep, seed=seed, warm_start=warm_start,
                           expected_shape=expected_shape, base=True)
         theta = box["theta"]
-        self._memory.note(solver, stats.solver_time / max(stats.nfev, 1), np.shape(phi),
-                          theta.shape if learn else None)
+        # A replayed solve still tells how long the solver takes.
+        seconds = ((stats.solver_time + stats.solver_time_replayed)
+                   / max(stats.nfev + stats.nfev_replayed, 1))
+        self._memory.note(solver, seconds, np.shape(phi), theta.shape if learn else None)
         return theta, stats
 
     def map(self, solver, points, on_result, *, seed=None, warm_start=None,

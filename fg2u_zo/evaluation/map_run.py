@@ -5,7 +5,9 @@ most as many tasks as the backend's capacity are in flight, and each result is h
 to ``on_result`` as soon as it arrives and then dropped. A failed point is retried
 unless the failure is deterministic (see :mod:`fg2u_zo.evaluation.worker`); a point
 that keeps failing is dropped and reported; a worker that dies takes only the point it
-was running with it (the others are resubmitted).
+was running with it (the others are resubmitted). With a journal (see
+:mod:`fg2u_zo.evaluation.journal`), points it already holds are answered from it before
+anything is submitted, and every success is journaled as it arrives.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class MapStats:
         Tasks (batches of points) submitted to the backend.
     wall_time : float
         Seconds of wall-clock time of the call.
+    nfev_replayed : int
+        Points answered from the run's journal of finished evaluations (solved before
+        the run was interrupted) instead of by the solver; not in ``nfev``.
+    solver_time_replayed : float
+        Seconds those replayed evaluations took when they were solved; not in
+        ``solver_time``.
     """
 
     nfev: int = 0
@@ -67,6 +75,8 @@ class MapStats:
     resubmitted: int = 0
     tasks: int = 0
     wall_time: float = 0.0
+    nfev_replayed: int = 0
+    solver_time_replayed: float = 0.0
 
     @property
     def failed(self) -> set:
@@ -135,10 +145,13 @@ class MapRun:
     sizer : BatchSizer
     item_bytes : int or None
         Size of one result, to cap the bytes a task holds.
+    journal : JournalCall, optional
+        Answers the points it holds (handed to ``on_result`` first, in index order)
+        and records every success as it arrives.
     """
 
     def __init__(self, backend, points, on_result, *, task_ids, timeout, max_retries,
-                 max_failure_fraction, base, sizer, item_bytes):
+                 max_failure_fraction, base, sizer, item_bytes, journal=None):
         self.backend = backend
         self.points = points
         self.on_result = on_result
@@ -149,6 +162,7 @@ class MapRun:
         self.base = base
         self.sizer = sizer
         self.item_bytes = item_bytes
+        self.journal = journal
         self.total = len(points)
         self.stats = MapStats()
         self.fresh = iter(range(self.total))
@@ -205,9 +219,26 @@ class MapRun:
 
     # -- the loop -----------------------------------------------------------------------
 
+    def _replay(self):
+        """Answer the points the journal holds; only the others will be submitted."""
+        todo = []
+        for index in range(self.total):
+            hit = self.journal.lookup(self.points[index])
+            if hit is None:
+                todo.append(index)
+                continue
+            self.stats.nfev_replayed += 1
+            self.stats.solver_time_replayed += hit.solver_time
+            self.sizer.observe(hit.solver_time)
+            self.on_result(index, hit.theta)
+        self.fresh = iter(todo)
+        self.unsubmitted = len(todo)
+
     def run(self) -> MapStats:
         start = time.perf_counter()
         try:
+            if self.journal is not None and self.journal.replayable:
+                self._replay()
             while True:
                 self._fill()
                 if not self.in_flight:
@@ -254,6 +285,10 @@ class MapRun:
         self.in_flight[task_id].remove(index)
         if outcome.ok:
             self.suspected.discard(index)
+            if self.journal is not None:  # the solve is done, whatever on_result does
+                self.journal.record(self.points[index], outcome.theta,
+                                    solver_time=outcome.seconds,
+                                    attempts=self.attempts[index] + 1)
             self.on_result(index, outcome.theta)
         else:
             self._charge(index, outcome.kind, outcome.message, outcome.retryable)

@@ -11,11 +11,12 @@ A checkpoint is one file, a zip archive (entries stored, not compressed) holding
     checkpoint's directory, and ``lines``, the number of JSONL lines the history had,
     to which a resumed run truncates it); ``rng`` (the numpy ``bit_generator.state``);
     ``noise`` (``{"type": "NoiseEstimate", "data": {...}, "age": k}`` or null);
-    ``totals`` (``nfev``, ``solver_time``, ``wall_time`` and ``failures`` by kind since
-    the run began); ``stepper`` (``data``: the stepper's JSON state); ``config``
-    (estimators, phases, the stepper's configuration under ``optimizer``, schedules,
-    transforms: what must match for the run to continue exactly); ``metadata`` (free
-    JSON, e.g. the config file path and its sha256 written by the CLI).
+    ``totals`` (``nfev``, ``solver_time``, ``wall_time``, ``failures`` by kind and
+    ``nfev_replayed``, evaluations answered from the journal, since the run began);
+    ``stepper`` (``data``: the stepper's JSON state); ``config`` (estimators, phases,
+    the stepper's configuration under ``optimizer``, schedules, transforms: what must
+    match for the run to continue exactly); ``metadata`` (free JSON, e.g. the config
+    file path and its sha256 written by the CLI).
 ``arrays.npz``
     ``phi``, ``z`` (the stepper's unconstrained variable), the bounds ``lower``,
     ``upper`` and the stepper's arrays under ``stepper/<name>``, read back with
@@ -36,6 +37,7 @@ process killed at any instant leaves either the previous checkpoint or the new o
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -95,6 +97,10 @@ class Checkpoint:
         Free JSON (the CLI stores the config path and hash).
     status, message : str
         ``"running"``, ``"interrupted"``, ``"failed"`` or ``"finished"``, and why.
+    digest : str
+        sha256 of the file's bytes (hex), set by :func:`write_checkpoint` and
+        :func:`read_checkpoint`: the identity the run's journal of evaluations is
+        checked against (see :mod:`fg2u_zo.evaluation.journal`).
     """
 
     phi: np.ndarray
@@ -117,6 +123,7 @@ class Checkpoint:
     message: str = ""
     written: str = ""
     version: str = __version__
+    digest: str = ""
 
     @property
     def num_params(self) -> int:
@@ -141,6 +148,8 @@ def _stored_history_path(history_path, directory):
 
 def write_checkpoint(path, ckpt: Checkpoint) -> str:
     """Write ``ckpt`` to ``path`` atomically; returns the absolute path.
+
+    Sets ``ckpt.written`` and ``ckpt.digest`` (the sha256 of the bytes written).
 
     Examples
     --------
@@ -184,12 +193,15 @@ def write_checkpoint(path, ckpt: Checkpoint) -> str:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     text = json.dumps(meta, indent=1, allow_nan=False)  # fails before any file is touched
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("meta.json", text)
+        zf.writestr("arrays.npz", buffer.getvalue())
+    data = archive.getvalue()
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                zf.writestr("meta.json", text)
-                zf.writestr("arrays.npz", buffer.getvalue())
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -198,6 +210,7 @@ def write_checkpoint(path, ckpt: Checkpoint) -> str:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+    ckpt.digest = hashlib.sha256(data).hexdigest()
     return path
 
 
@@ -229,7 +242,9 @@ def read_checkpoint(path) -> Checkpoint:
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
             meta = json.loads(zf.read("meta.json"))
             with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
@@ -239,9 +254,11 @@ def read_checkpoint(path) -> Checkpoint:
             f"{path!r} is not a readable fg2u-zo checkpoint ({type(exc).__name__}: {exc})"
         ) from None
     try:
-        return _from_meta(meta, arrays, os.path.dirname(os.path.abspath(path)))
+        ckpt = _from_meta(meta, arrays, os.path.dirname(os.path.abspath(path)))
     except CheckpointError as exc:
         raise CheckpointError(f"{path!r}: {exc}") from None
+    ckpt.digest = hashlib.sha256(data).hexdigest()
+    return ckpt
 
 
 def _from_meta(meta, arrays, directory) -> Checkpoint:
@@ -308,10 +325,12 @@ def _totals(t: FieldReader) -> dict:
     for kind, count in failures.items():
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise t.error(f"failures.{kind}", f"must be a count >= 0, got {count!r:.80}")
+    # nfev_replayed is absent from the checkpoints written before the journal.
+    replayed = t.integer("nfev_replayed", minimum=0, default=0)
     return {"nfev": t.integer("nfev", minimum=0),
             "solver_time": t.number("solver_time", minimum=0.0),
             "wall_time": t.number("wall_time", minimum=0.0),
-            "failures": dict(failures)}
+            "failures": dict(failures), "nfev_replayed": replayed}
 
 
 def _check_config(config, n, phase):

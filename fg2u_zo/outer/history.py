@@ -16,6 +16,8 @@ Keys of a line (non-finite floats are written as ``null``)::
     stderr_norm       ||stderr|| of the estimate
     snr               grad_norm / stderr_norm (null for exact estimators: infinite)
     nfev, nfev_total  inner-solver evaluations of this step / since the run began
+    nfev_replayed     evaluations of this step answered from the journal of a resumed
+                      run (solved before the interruption), not in nfev
     solver_time, solver_time_total
                       seconds inside the inner solver, this step / since the run began
     wall_time         seconds of wall-clock time since the run began (summed over resumes)
@@ -77,6 +79,7 @@ class StepRecord:
     fd_error: float | None = None
     phi: np.ndarray | None = None
     info: dict | None = None
+    nfev_replayed: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready dict: non-finite floats become None, phi a list (or absent)."""
@@ -110,6 +113,8 @@ class StepRecord:
                 value = math.nan
             elif f.name == "info" and value is not None and not isinstance(value, dict):
                 raise TypeError(f"`info` must be an object, got {value!r}")
+            elif f.name == "nfev_replayed" and value is None:
+                value = 0  # histories written before the journal existed
             kwargs[f.name] = value
         return cls(**kwargs)
 

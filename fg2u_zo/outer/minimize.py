@@ -96,15 +96,26 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
     gtol : float, optional
         Stop once ``||g||`` (in phi space) is <= gtol.
     max_nfev : int, optional
-        Do not start a step once this many inner solves were spent.
+        Do not start a step once this many inner solves were spent (replayed ones
+        included, see ``checkpoint``).
     max_time : float, optional
         Do not start a step after this many seconds of wall-clock time.
     checkpoint : path-like, optional
         Checkpoint file (see :mod:`fg2u_zo.outer.checkpoint`), written every
         ``checkpoint_every`` steps, at the end, on SIGINT/SIGTERM, and before an
-        inner-solver failure is re-raised. Without one, a failure or a signal still
-        writes a checkpoint, to a temporary file named in the message (not for an
-        error before the first step is done: there is nothing to save then).
+        inner-solver failure is re-raised, and once at the start of a new run. Every
+        evaluation that finishes is journaled as it arrives in
+        ``<checkpoint>.journal`` (see :mod:`fg2u_zo.evaluation.journal`): a run killed
+        in the middle of a step (SIGKILL included) and resumed takes the evaluations
+        of that step that had finished from there, bit for bit, instead of solving
+        them again (``nfev_replayed`` of the result and the history counts them,
+        ``nfev`` does not). The journal is emptied at each checkpoint (but for the
+        records a resumed run has not reached yet) and removed when the run
+        finishes; delete it to solve everything again (after changing the inner
+        solver, say). Without a checkpoint, a failure or a signal still
+        writes one, to a temporary file named in the message (not for an error
+        before the first step is done: there is nothing to save then), and nothing
+        is journaled.
     checkpoint_every : int
         Steps between checkpoints (default 1: each step is saved).
     history : path-like, optional
@@ -249,7 +260,8 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
         solver_time=totals.solver_time, wall_time=run.wall_time(),
         history=run.records, message=message, success=STATUSES[status], status=status,
         meta_gradient=run.meta_gradient, z=run.state.z.copy(), phase=run.state.phase,
-        checkpoint=run.last_checkpoint, failures=dict(totals.failures))
+        checkpoint=run.last_checkpoint, failures=dict(totals.failures),
+        nfev_replayed=totals.nfev_replayed)
 
 
 def check_start(phi0, num_params):

@@ -31,6 +31,10 @@ class OptimizeResult:
         Outer steps taken since the run began (resumed runs included).
     nfev : int
         Inner-solver evaluations since the run began.
+    nfev_replayed : int
+        Evaluations a resumed run took from the journal of its checkpoint (they had
+        finished before the interruption) instead of solving them again; not in
+        ``nfev``. ``nfev + nfev_replayed`` is the ``nfev`` of an uninterrupted run.
     solver_time, wall_time : float
         Seconds inside the inner solver / of wall-clock time, since the run began.
     history : list of StepRecord
@@ -75,10 +79,12 @@ class OptimizeResult:
     phase: int = 0
     checkpoint: str | None = None
     failures: dict = field(default_factory=dict)
+    nfev_replayed: int = 0
 
     def __repr__(self) -> str:
         return (f"OptimizeResult(success={self.success}, status={self.status!r}, "
                 f"value={self.value:.6g}, nit={self.nit}, nfev={self.nfev}, "
                 f"solver_time={self.solver_time:.3g}, wall_time={self.wall_time:.3g}, "
                 + (f"failures={self.failures!r}, " if self.failures else "")
+                + (f"nfev_replayed={self.nfev_replayed}, " if self.nfev_replayed else "")
                 + f"message={self.message!r})")

@@ -5,7 +5,10 @@ the random generator, the position in the phases, the noise estimate and its age
 totals). A step reads it, asks the stepper for an update, and replaces it only when the
 update is complete and finite: a step abandoned half-way (a signal, a failure, a
 non-finite value) leaves the state as it was, with the generator rolled back, so a
-resumed run redoes exactly that step.
+resumed run redoes exactly that step. With a checkpoint, the evaluations that finished
+since it was written are journaled next to it (``<checkpoint>.journal``, see
+:mod:`fg2u_zo.evaluation.journal`): the redone step takes them from there instead of
+solving them again, counted in ``nfev_replayed`` rather than ``nfev``.
 
 Per step the run builds only the extras the stepper declares (see
 :mod:`fg2u_zo.outer.steppers.base`): the phase's estimate (with its sketch when asked),
@@ -16,6 +19,7 @@ estimator, transform, generator and the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -31,6 +35,7 @@ from ..errors import CheckpointError, FG2UValueError
 from .checkpoint import Checkpoint, write_checkpoint
 from .history import HistoryWriter, Progress, StepRecord, read_history
 from .phases import estimator_config, estimator_options
+from .run_journal import RunJournal
 from .serialization import generator_from_state, generator_state
 from .signals import Abandon, SignalGuard, annotate
 from .steppers.base import Evaluations, StepperState
@@ -65,17 +70,19 @@ class Totals:
     solver_time: float = 0.0
     wall_time: float = 0.0
     failures: dict = field(default_factory=dict)
+    nfev_replayed: int = 0
 
-    def add(self, nfev, solver_time, failures) -> "Totals":
+    def add(self, nfev, solver_time, failures, replayed=0) -> "Totals":
         counts = dict(self.failures)
         for f in failures:
             counts[f.kind] = counts.get(f.kind, 0) + 1
         return Totals(self.nfev + int(nfev), self.solver_time + float(solver_time),
-                      self.wall_time, counts)
+                      self.wall_time, counts, self.nfev_replayed + int(replayed))
 
     def to_dict(self) -> dict:
         return {"nfev": self.nfev, "solver_time": self.solver_time,
-                "wall_time": self.wall_time, "failures": dict(self.failures)}
+                "wall_time": self.wall_time, "failures": dict(self.failures),
+                "nfev_replayed": self.nfev_replayed}
 
 
 @dataclass
@@ -100,6 +107,7 @@ class _Spend:
     nfev: int = 0
     solver_time: float = 0.0
     failures: list = field(default_factory=list)
+    nfev_replayed: int = 0
 
 
 class Run:
@@ -113,6 +121,9 @@ class Run:
         self.stepper = stepper
         self.config = config
         self.checkpoint_path = checkpoint
+        # Only a run the user gave a checkpoint journals its evaluations.
+        self.journal = None if checkpoint is None else RunJournal(checkpoint)
+        self._resumed_from = None
         self.checkpoint_every = checkpoint_every
         self.history_path = history
         self.metadata = metadata
@@ -154,7 +165,9 @@ class Run:
             noise=ck.noise, noise_age=ck.noise_age,
             totals=Totals(nfev=ck.totals["nfev"], solver_time=ck.totals["solver_time"],
                           wall_time=ck.totals["wall_time"],
-                          failures=dict(ck.totals.get("failures", {}))))
+                          failures=dict(ck.totals.get("failures", {})),
+                          nfev_replayed=ck.totals.get("nfev_replayed", 0)))
+        self._resumed_from = ck
         if self.history_path is not None:
             same = (ck.history_path is not None
                     and os.path.abspath(ck.history_path) == os.path.abspath(self.history_path))
@@ -191,7 +204,20 @@ class Run:
             metadata=self.metadata, status=status, message=message)
         self.last_checkpoint = write_checkpoint(path, ck)
         logger.debug("checkpoint written to %s at step %d", self.last_checkpoint, s.step)
+        if self.journal is not None:
+            self.journal.after_save(status, ck)
         return self.last_checkpoint
+
+    def _open_journal(self):
+        """Journal from the start: a resumed run takes over its checkpoint's journal; a
+        new run first writes a checkpoint of its start for the journal to belong to."""
+        if self.journal is None:
+            return None
+        if self._resumed_from is not None:
+            return self.journal.resume(self._resumed_from)
+        if self.last_checkpoint is None:
+            self.save("running", "started")
+        return self.journal.journal
 
     def wall_time(self) -> float:
         return self.state.totals.wall_time + (time.perf_counter() - self._wall_start)
@@ -203,7 +229,9 @@ class Run:
         total_steps = sum(p.steps for p in self.plans)
         bar = Progress(total_steps, initial=min(self.state.step, total_steps),
                        enabled=progress)
+        stack = contextlib.ExitStack()
         try:
+            stack.enter_context(evaluator.journaling(self._open_journal()))
             with SignalGuard() as guard:
                 try:
                     status = self._loop(evaluator, guard, callbacks, target, gtol, max_nfev,
@@ -223,6 +251,9 @@ class Run:
                     self.save("finished", self.message)
                 return status, value
         finally:
+            stack.close()
+            if self.journal is not None:
+                self.journal.close()
             bar.close()
             if self.history_writer is not None:
                 self.history_writer.close()
@@ -246,7 +277,8 @@ class Run:
         """``F(phi)`` at the final phi with the problem's own inner solver (one solve)."""
         phi = self.phi()
         theta, stats = evaluator.solve(self.problem.inner, phi)
-        self.state.totals = self.state.totals.add(stats.nfev, stats.solver_time, [])
+        self.state.totals = self.state.totals.add(stats.nfev, stats.solver_time, [],
+                                                  stats.nfev_replayed)
         return self.problem.outer_value(theta, phi)
 
     def _advance_phase(self):
@@ -267,7 +299,10 @@ class Run:
                 return self._stop_on_signal(guard.received, abandoned=False)
             if not self._advance_phase():
                 return "steps"
-            if max_nfev is not None and self.state.totals.nfev >= max_nfev:
+            # Replayed evaluations were solved once (before an interruption): they count
+            # against the budget, so a resumed run stops where an uninterrupted one does.
+            totals = self.state.totals
+            if max_nfev is not None and totals.nfev + totals.nfev_replayed >= max_nfev:
                 return "max_nfev"
             if max_time is not None and self.wall_time() >= max_time:
                 return "max_time"
@@ -316,6 +351,7 @@ class Run:
         lr = plan.lr * float(plan.schedule(s.step_in_phase, plan.steps))
         phi = self.T.forward(s.z)
         spend = _Spend()
+        replayed_before = ev.nfev_replayed
         wants = self.stepper.extras
         g = None
         if "estimate" in wants or "sketch" in wants:
@@ -338,6 +374,7 @@ class Run:
         if "workers" in wants:  # asking starts the backend: only when wanted
             extra["workers"] = ev.workers
         update = self.stepper.update(s.stepper_state, z=s.z.copy(), lr=lr, **extra)
+        spend.nfev_replayed = ev.nfev_replayed - replayed_before
         _check_finite_update(update, s.step)
         z_new, _ = self.T.project(np.asarray(update.z, dtype=np.float64))
         return self._commit(plan, update, g, z_new, lr, spend), update
@@ -346,7 +383,8 @@ class Run:
         s = self.state
         g = update.meta_gradient if update.meta_gradient is not None else g
         noise, age = self._next_noise(plan, g, self.T.forward(z_new))
-        totals = s.totals.add(spend.nfev, spend.solver_time, spend.failures)
+        totals = s.totals.add(spend.nfev, spend.solver_time, spend.failures,
+                              spend.nfev_replayed)
         self.state = dataclasses.replace(
             s, z=z_new, stepper_state=update.state, step=s.step + 1,
             step_in_phase=s.step_in_phase + 1, noise=noise, noise_age=age, totals=totals)
@@ -365,7 +403,8 @@ class Run:
             failures=len(spend.failures),
             fd_step=None if g is None or g.step is None else float(g.step),
             lr=float(lr), fd_error=_predicted_fd_error(g),
-            phi=np.asarray(update.phi, dtype=np.float64), info=dict(update.info) or None)
+            phi=np.asarray(update.phi, dtype=np.float64), info=dict(update.info) or None,
+            nfev_replayed=spend.nfev_replayed)
         if self.history_writer is not None:
             self.history_writer.write(record)
         self.records.append(record)
