@@ -171,8 +171,10 @@ def _report(res, start_value=None):
     print(line)
     if res.phi.size <= 10:
         print(f"  phi         {np.array2string(res.phi, precision=6, separator=', ')}")
-    print(f"  steps {res.nit}, nfev {res.nfev}, solver time {res.solver_time:.3g} s, "
-          f"wall time {res.wall_time:.3g} s")
+    replayed = getattr(res, "nfev_replayed", 0)
+    print(f"  steps {res.nit}, nfev {res.nfev}"
+          + (f" (+{replayed} answered from the journal)" if replayed else "")
+          + f", solver time {res.solver_time:.3g} s, wall time {res.wall_time:.3g} s")
     if res.failures:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(res.failures.items()))
         print(f"  failures    {sum(res.failures.values())} evaluations dropped ({kinds})")
