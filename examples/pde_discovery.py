@@ -37,7 +37,8 @@ groups and rounds at the worker count used), then one JSON line with ``equation`
 ``estimates``, ``rel_err`` (with ``--truth``), ``max_rel_err``, ``nfev``, ``wall_s``,
 ``points``, ``noise``, ``steps``, ``final_misfit``, and the cost: ``groups``,
 ``workers``, ``rounds`` (at that worker count), ``rounds_W8``, ``rounds_W64``,
-``horizons``, ``starts``.
+``horizons``, ``starts``, and ``at_bound`` (coefficients that ended on the edge of the
+search box).
 """
 
 from __future__ import annotations
@@ -313,8 +314,9 @@ def main(argv=None):
     print(f"{args.equation}: {args.points} {args.sampling} points, noise {args.noise:g}, "
           f"{args.optimizer}, {wall:.1f} s")
     print(f"horizons {', '.join(f'{h:g}' for h in horizons)}; "
-          + (f"{len(result.design)} screened starts, {len(result.starts)} local runs "
-             "(halved after each phase)" if args.multistart else "one run from the initial guess")
+          + (f"{len(result.design)} screened starts, {len(result.starts)} local runs"
+             + (" (halved after each phase)" if len(horizons) > 1 else "")
+             if args.multistart else "one run from the initial guess")
           + (f"; best run's steps per phase {best_run.phase_steps}" if best_run else ""))
     print(f"{'coefficient':>12} {'initial':>12} {'estimate':>14} {'truth':>14} {'rel. error':>11}")
     for name in learn:
@@ -323,6 +325,14 @@ def main(argv=None):
               f"{'' if truth is None else format(truth, '.8g'):>14} "
               f"{'' if name not in rel_err else format(rel_err[name], '.2e'):>11}")
     print(f"final misfit {result.value:.3e}")
+    edge = np.isclose(result.phi, bounds[0], rtol=0, atol=1e-9) | np.isclose(
+        result.phi, bounds[1], rtol=0, atol=1e-9)
+    at_bound = [name for name, e in zip(learn, edge) if e]
+    if at_bound:
+        print(f"note: {', '.join(at_bound)} ended on the edge of the search box (a factor "
+              f"{args.bound_factor:g} from the initial value): the misfit is lowest there, "
+              "so these data do not determine it inside the box (more observations, less "
+              "noise, or a wider --bound-factor)")
     rounds = {w: result.rounds(w) for w in (workers, 8, 64)}
     print(f"cost: {result.nfev} solver calls in {len(result.groups)} parallel groups: "
           f"{rounds[workers]} rounds with the {workers} worker(s) used, {rounds[8]} with 8, "
@@ -345,6 +355,7 @@ def main(argv=None):
         "rounds_W64": rounds[64],
         "horizons": [float(h) for h in horizons],
         "starts": int(len(result.design)),
+        "at_bound": at_bound,
     }
     print(json.dumps(summary))
     return summary

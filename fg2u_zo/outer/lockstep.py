@@ -28,11 +28,12 @@ ones; retries of points that then succeeded are counted only in the lockstep tot
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
 
-from ..errors import InnerSolverError, inner_solver_error
+from ..errors import FG2UValueError, InnerSolverError, inner_solver_error
 from ..evaluation.evaluator import Evaluator, MapStats
 from ..evaluation.solver_memory import accepted_keywords
 from ..result import Failure
@@ -104,6 +105,7 @@ class _GatheredEvaluator(Evaluator):
         self.max_failure_fraction = real.max_failure_fraction
         self.batch_size = real.batch_size
         self.failure_counts = {}
+        self.nfev_replayed = 0
 
     def __repr__(self):
         return f"<lockstep run {self._run_index} of {self._lockstep.evaluator!r}>"
@@ -117,6 +119,15 @@ class _GatheredEvaluator(Evaluator):
 
     def close(self):
         """Nothing to release: the real Evaluator belongs to the lockstep's owner."""
+
+    @contextlib.contextmanager
+    def journaling(self, journal):
+        """Runs in lockstep keep no journal of their evaluations (they have no
+        checkpoint to resume from)."""
+        if journal is not None:
+            raise FG2UValueError("runs in lockstep (fz.multistart) cannot journal their "
+                                 "evaluations: they have no checkpoint")
+        yield self
 
     def solve(self, solver, phi, *, seed=None, warm_start=None, expected_shape=None):
         box = {}
