@@ -47,6 +47,8 @@ _EXPORTS = {
     "MetaGradient": "result", "Failure": "result", "GradientCheck": "result",
     "Sketch": "result",
     "check_meta_gradient": "checks",
+    # outer losses
+    "LeastSquares": "losses",
     # noise and step selection
     "NoiseEstimate": "noise", "estimate_noise": "noise", "noise_needs_refresh": "noise",
     # directions
