@@ -188,6 +188,8 @@ class GaussNewton(Stepper):
                          num_directions=self.num_directions, num_params=z.size)
         data = dict(state.data)
         if not state.arrays or data.get("key") != m.key:
+            if data.get("key") != m.key:
+                data.pop("noise", None)  # another solver: its noise is measured anew
             return self._start(m, z, data)
         return self._iterate(m, state, data)
 
