@@ -372,3 +372,223 @@ def test_check_gradient_exits_non_zero_on_a_failed_verdict(case, monkeypatch, ca
         code = main(["check-gradient", "tiny.toml"])
     assert code == EXIT_FAILED
     assert "FAILED" in capsys.readouterr().out
+
+
+# -- [continuation] and [multistart] ---------------------------------------------------------
+OSCILLATOR_CONFIG = """
+[solver]
+kind = "python"
+entry = "cli_oscillator.py:oscillator"
+
+[outer]
+data = "osc_obs.txt"
+
+[parameters]
+init = [2.0]
+bounds = [0.1, 5.0]
+
+[estimator]
+name = "FG2UZO"
+num_directions = 1
+directions = "orthogonal"
+step = 1e-6
+
+[optimizer]
+name = "Rprop"
+lr = 0.05
+{steps}
+[output]
+history = "osc.jsonl"
+seed = 0
+{continuation}
+"""
+
+CONTINUATION_TABLE = """
+[continuation]
+times = "osc_times.txt"
+horizons = "auto"
+min_points = 8
+steps = 200
+move_on = { xtol = 1e-3, patience = 3 }
+stop = { xtol = 1e-6 }
+"""
+
+
+@pytest.fixture
+def oscillator_case(tmp_path):
+    """The damped oscillator of tests/data/cli_oscillator.py, its frequency 1.3, observed
+    at 100 times up to t = 20; the fit starts at 2.0."""
+    sys.path.insert(0, DATA)
+    try:
+        from cli_oscillator import TIMES, oscillator
+    finally:
+        sys.path.remove(DATA)
+    shutil.copy(os.path.join(DATA, "cli_oscillator.py"), tmp_path / "cli_oscillator.py")
+    np.savetxt(tmp_path / "osc_obs.txt", oscillator(np.array([1.3])))
+    np.savetxt(tmp_path / "osc_times.txt", TIMES)
+    return tmp_path
+
+
+@pytest.mark.timeout(120)
+def test_continuation_reaches_the_frequency_a_plain_run_misses(oscillator_case, monkeypatch,
+                                                               capsys):
+    monkeypatch.chdir(oscillator_case)
+    plain = OSCILLATOR_CONFIG.format(steps="steps = 200", continuation="")
+    (oscillator_case / "plain.toml").write_text(plain)
+    assert main(["run", "plain.toml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    phi = float(re.search(r"phi\s+\[(\S+)\]", out).group(1))
+    assert abs(phi - 1.3) > 0.1, out         # a wrong minimum: some crests line up
+
+    config = OSCILLATOR_CONFIG.format(steps="", continuation=CONTINUATION_TABLE)
+    (oscillator_case / "cont.toml").write_text(config)
+    assert main(["run", "cont.toml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    phi = float(re.search(r"phi\s+\[(\S+)\]", out).group(1))
+    # The last phase stops once Rprop's steps stay below 1e-6 for 3 steps.
+    assert abs(phi - 1.3) < 1e-4, out
+    assert _value(out) < 1e-8, out
+    horizons = [float(h) for h in re.findall(r"phase \d+\s+horizon (\S+),", out)]
+    assert len(horizons) >= 3 and horizons == sorted(horizons) and horizons[-1] == 20.0
+    records = [json.loads(line) for line in open(oscillator_case / "osc.jsonl")]
+    phases = [r["phase"] for r in records]
+    assert phases == sorted(phases) and set(phases) == set(range(len(horizons)))
+
+
+@pytest.mark.timeout(60)
+def test_resume_refuses_a_config_with_continuation(oscillator_case, monkeypatch, capsys):
+    monkeypatch.chdir(oscillator_case)
+    plain = OSCILLATOR_CONFIG.format(steps="steps = 3", continuation="").replace(
+        "seed = 0", 'seed = 0\ncheckpoint = "osc.ckpt"')
+    (oscillator_case / "run.toml").write_text(plain)
+    assert main(["run", "run.toml", "--no-progress"]) == 0
+    capsys.readouterr()
+    (oscillator_case / "run.toml").write_text(
+        OSCILLATOR_CONFIG.format(steps="", continuation=CONTINUATION_TABLE))
+    assert main(["resume", "osc.ckpt", "--force", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "has a [continuation] table: such runs write no checkpoint and cannot be " \
+           "resumed" in err, err
+
+
+def test_continuation_passes_the_horizon_and_keeps_the_early_data(oscillator_case):
+    import torch
+
+    (oscillator_case / "cont.toml").write_text(
+        OSCILLATOR_CONFIG.format(steps="", continuation=CONTINUATION_TABLE))
+    cfg = load_config(oscillator_case / "cont.toml")
+    times = np.loadtxt(oscillator_case / "osc_times.txt")
+    plan = cfg.continuation
+    assert cfg.mode == "continuation"
+    assert plan.horizons == tuple(fz.horizon_schedule(times, min_points=8))
+    for horizon, problem in zip(plan.horizons, plan.problems):
+        theta = problem.inner(np.array([1.3]))
+        assert theta.size == problem.outer.data.size == np.sum(times <= horizon)
+        assert float(problem.outer(torch.as_tensor(theta), torch.zeros(1))) < 1e-20
+    assert plan.stop == fz.Converged(xtol=1e-6)
+
+
+RASTRIGIN_CONFIG = """
+[solver]
+kind = "python"
+entry = "cli_oscillator.py:rastrigin"
+
+[outer]
+data = "zeros.txt"
+scale = "sum"
+
+[parameters]
+init = [-1.5, 1.5]
+bounds = [-2.0, 2.0]
+
+[estimator]
+name = "FG2UZO"
+num_directions = 2
+directions = "orthogonal"
+step = 1e-6
+
+[optimizer]
+name = "Rprop"
+lr = 0.05
+steps = 40
+
+[output]
+seed = 0
+
+[multistart]
+num_starts = 32
+num_local = 8
+design = "sobol"
+halving = 2
+"""
+
+
+@pytest.fixture
+def rastrigin_case(tmp_path):
+    shutil.copy(os.path.join(DATA, "cli_oscillator.py"), tmp_path / "cli_oscillator.py")
+    np.savetxt(tmp_path / "zeros.txt", np.zeros(4))
+    (tmp_path / "ms.toml").write_text(RASTRIGIN_CONFIG)
+    return tmp_path
+
+
+@pytest.mark.timeout(120)
+def test_multistart_finds_the_global_minimum_a_plain_run_misses(rastrigin_case, monkeypatch,
+                                                                 capsys):
+    monkeypatch.chdir(rastrigin_case)
+    plain = RASTRIGIN_CONFIG.split("[multistart]")[0]
+    (rastrigin_case / "plain.toml").write_text(plain)
+    assert main(["run", "plain.toml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert _value(out) > 0.5, out            # a local minimum near the start
+
+    assert main(["run", "ms.toml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    phi = [float(v) for v in re.search(r"phi\s+\[([^\]]+)\]", out).group(1).split(",")]
+    # Rprop's last steps are lr * 0.5**k: 40 steps end well within 1e-3 of a minimum.
+    assert np.allclose(phi, [0.7, -1.3], atol=1e-3), out
+    assert _value(out) < 1e-5, out
+    ends = re.findall(r"end \d+\s+value (\S+)", out)
+    assert len(ends) == 8, out               # every local run's end is reported
+
+
+@pytest.mark.parametrize("table, edit, message", [
+    pytest.param("continuation", ("min_points = 8", "min_point = 8"),
+                 "[continuation] has an unknown key 'min_point'; did you mean 'min_points'?",
+                 id="continuation-key"),
+    pytest.param("continuation", ("xtol = 1e-3,", "xtl = 1e-3,"),
+                 "[continuation] move_on has an unknown key 'xtl'; did you mean 'xtol'?",
+                 id="converged-key"),
+    pytest.param("continuation", ('times = "osc_times.txt"', "times = [1.0, 2.0]"),
+                 "[continuation] times has 2 times for the 100 entries of [outer] data",
+                 id="times-length"),
+    pytest.param("continuation", ("seed = 0", "seed = 0\ncheckpoint = 'x.ckpt'"),
+                 "[output] checkpoint does not apply to a [continuation] run",
+                 id="checkpoint"),
+    pytest.param("multistart", ("num_local = 8", "num_locals = 8"),
+                 "[multistart] has an unknown key 'num_locals'; did you mean 'num_local'?",
+                 id="multistart-key"),
+    pytest.param("multistart", ('design = "sobol"', 'design = "sobl"'),
+                 "[multistart] design must be one of 'sobol', 'lhs', 'halton', got 'sobl'",
+                 id="multistart-design"),
+    pytest.param("multistart", ("bounds = [-2.0, 2.0]", "bounds = [-2.0, inf]"),
+                 "[parameters] bounds (hi) must be finite for [multistart]",
+                 id="multistart-bounds"),
+])
+def test_bad_search_table_exits_2_naming_the_key(oscillator_case, monkeypatch, capsys, table,
+                                                  edit, message):
+    monkeypatch.chdir(oscillator_case)
+    np.savetxt(oscillator_case / "zeros.txt", np.zeros(4))
+    if table == "continuation":
+        config = OSCILLATOR_CONFIG.format(steps="", continuation=CONTINUATION_TABLE)
+    else:
+        config = RASTRIGIN_CONFIG
+    old, new = edit
+    assert old in config
+    config = config.replace(old, new, 1)
+    (oscillator_case / "bad.toml").write_text(config)
+    before = sorted(os.listdir(oscillator_case))
+    assert main(["run", "bad.toml"]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1
+    assert sorted(os.listdir(oscillator_case)) == before

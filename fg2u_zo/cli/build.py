@@ -21,6 +21,7 @@ from .schema import (FREEFEM_MODELS, OUTER_KEYS, OUTPUT_KEYS, PARALLEL_KEYS, PAR
                      PHASE_KEYS, SOLVER_KEYS, show)
 
 __all__ = ["build_parameters", "build_bounds_and_transform", "build_solver", "build_outer",
+           "least_squares_kwargs",
            "estimator_classes", "build_estimator", "build_optimizer_options", "build_phases",
            "build_evaluator_options", "build_output_options"]
 
@@ -109,18 +110,26 @@ def build_bounds_and_transform(c, p, phi0):
 
 
 # -- [solver] --------------------------------------------------------------------------------
-def build_solver(c, s, names, where):
-    """A ``[solver]`` table (or a phase's merged copy, at ``where``) -> the inner solver."""
+def build_solver(c, s, names, where, horizon=None):
+    """A ``[solver]`` table (or a phase's merged copy, at ``where``) -> the inner solver.
+
+    With ``horizon`` (a continuation phase's), a python solver gets it as the keyword
+    ``horizon=`` and a subprocess solver as the placeholder ``{horizon}`` of its
+    ``argv`` and ``template``.
+    """
     kind = c.string(s.get("kind"), f"{where} kind", tuple(SOLVER_KEYS)) if "kind" in s else None
     if kind is None:
         raise c.error(f"{where} kind", "is missing; set it to "
                                        + ", ".join(map(repr, SOLVER_KEYS)))
     c.unknown_keys(s, SOLVER_KEYS[kind], where)
+    if horizon is not None and kind == "freefem":
+        raise c.error(f"{where} kind", "'freefem' cannot take a horizon: [continuation] "
+                                       "needs kind = 'python' or 'subprocess'")
     try:
         if kind == "python":
-            return _python_solver(c, s, where)
+            return _python_solver(c, s, where, horizon)
         if kind == "subprocess":
-            return _subprocess_solver(c, s, names, where)
+            return _subprocess_solver(c, s, names, where, horizon)
         return _freefem_solver(c, s, where)
     except ConfigError:
         raise
@@ -135,11 +144,16 @@ def _kwargs(c, s, where):
     return dict(c.table(kwargs, f"{where} kwargs"))
 
 
-def _python_solver(c, s, where):
+def _python_solver(c, s, where, horizon=None):
     if "entry" not in s:
         raise c.error(f"{where} entry", "is missing: 'module:function' or 'file.py:function'")
     obj = c.entry(s["entry"], f"{where} entry")
     kwargs = _kwargs(c, s, where)
+    if horizon is not None:
+        if not _takes_keyword(obj, "horizon"):
+            raise c.error(f"{where} entry", f"{s['entry']} takes no horizon= keyword, which "
+                                            "[continuation] passes to each phase's solver")
+        kwargs["horizon"] = horizon
     if isinstance(obj, type):
         try:
             return obj(**kwargs)
@@ -147,6 +161,18 @@ def _python_solver(c, s, where):
             raise c.error(f"{where} kwargs", f"{s['entry']}(**kwargs) failed: "
                                              f"{type(exc).__name__}: {exc}") from None
     return functools.partial(obj, **kwargs) if kwargs else obj
+
+
+def _takes_keyword(obj, name):
+    """Whether ``obj(..., name=...)`` is accepted (True when the signature is unknown)."""
+    import inspect
+
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any((p.name == name and p.kind != p.POSITIONAL_ONLY) or p.kind == p.VAR_KEYWORD
+               for p in params)
 
 
 def _resolve_arg(c, arg):
@@ -158,7 +184,7 @@ def _resolve_arg(c, arg):
     return os.path.abspath(candidate) if os.path.exists(candidate) else arg
 
 
-def _subprocess_solver(c, s, names, where):
+def _subprocess_solver(c, s, names, where, horizon=None):
     from pathlib import Path
 
     from solvers import Subprocess
@@ -181,6 +207,13 @@ def _subprocess_solver(c, s, names, where):
     kwargs = {key: s[key] for key in _SUBPROCESS_PASSED if key in s}
     if "template" in s:
         kwargs["template"] = Path(c.file(s["template"], f"{where} template"))
+    if horizon is not None:
+        # {horizon} is the same in every call of the phase: filled in here, once.
+        value = repr(float(horizon))
+        argv = [a.replace("{horizon}", value) for a in argv]
+        if "template" in kwargs:
+            with open(kwargs["template"], encoding="utf-8") as fh:
+                kwargs["template"] = fh.read().replace("{horizon}", value)
     if "output" in s and "reader" in s:
         raise c.error(f"{where} reader", "cannot be given together with output")
     if "reader" in s:
@@ -250,6 +283,16 @@ def build_outer(c, o):
         kwargs = _kwargs(c, o, "[outer]")
         differentiable = c.boolean(o.get("differentiable", True), "[outer] differentiable")
         return (functools.partial(fn, **kwargs) if kwargs else fn), differentiable
+    kwargs = least_squares_kwargs(c, o)
+    try:
+        return LeastSquares(**kwargs), True
+    except FG2UError as exc:
+        raise c.from_constructor(exc, "[outer]", tuple(kwargs)) from None
+
+
+def least_squares_kwargs(c, o):
+    """``[outer]`` of kind ``"least_squares"`` -> keyword arguments of
+    :class:`fg2u_zo.LeastSquares` (``data`` an array; not yet checked by it)."""
     if "data" not in o:
         raise c.error("[outer] data", "is missing: the observations file (.npy, .txt, .csv)")
     kwargs = {"data": c.array(o["data"], "[outer] data")}
@@ -259,10 +302,7 @@ def build_outer(c, o):
     if "selection" in o:
         kwargs["selection"] = _selection(c, o["selection"])
     kwargs.update({key: o[key] for key in ("scale", "regularization") if key in o})
-    try:
-        return LeastSquares(**kwargs), True
-    except FG2UError as exc:
-        raise c.from_constructor(exc, "[outer]", tuple(kwargs)) from None
+    return kwargs
 
 
 def _selection(c, value):

@@ -93,6 +93,37 @@ The schema, with every key::
     checkpoint_every = 1
     history = "run.jsonl"
     seed = 0
+
+    [continuation]                 # optional: fz.Continuation, phases of growing horizon;
+                                   # [outer] must be least squares; no checkpoint, so no
+                                   # `fg2u-zo resume` ([output] checkpoint is refused)
+    times = "obs_times.npy"        # one observation time per entry of [outer] data
+                                   # (file or list); phase k keeps the entries with
+                                   # times <= its horizon (their weights, selection too)
+    horizons = "auto"              # fz.horizon_schedule(times, ...) or [0.25, 0.5, 1.0]
+    growth = 2.0                   # horizons = "auto" only: ratio of successive horizons,
+    spacing = "time"               #   "time" | "points",
+    min_points = 10                #   observations of the first phase at least,
+    num_phases = 4                 #   most phases
+    steps = 200                    # most steps per phase, or one number per phase
+                                   # (replaces [optimizer] steps)
+    move_on = { xtol = 1e-3, patience = 3 }   # fz.Converged (xtol, snr, patience,
+                                   # min_steps): when a phase moves on; false: never early
+    stop = { xtol = 1e-6 }         # fz.Converged: when the last phase stops early
+    # the solver gets the phase's horizon: kind = "python" as a horizon= keyword,
+    # kind = "subprocess" as {horizon} in argv and the template. The history's lines
+    # carry "phase".
+
+    [multistart]                   # optional: fz.multistart; needs finite [parameters]
+                                   # bounds; no checkpoint nor history (refused)
+    num_starts = 16                # points of the design, screened in one round (with init)
+    num_local = 4                  # local runs from the best of them, in lockstep
+    design = "sobol"               # "sobol" | "lhs" | "halton"
+    halving = 2                    # successive halving (1: off)
+    stop = { xtol = 1e-6 }         # fz.Converged: ends a local run early (not with
+                                   # [continuation], which has its own stop)
+    # [optimizer] steps: most steps of a local run; with [continuation] each local run
+    # is the whole continuation.
 """
 
 from __future__ import annotations
@@ -108,6 +139,7 @@ from .build import (build_bounds_and_transform, build_estimator, build_evaluator
                     build_optimizer_options, build_outer, build_output_options,
                     build_parameters, build_phases, build_solver)
 from .schema import OPTIMIZER_KEYS, REQUIRED_SECTIONS, SECTIONS, TableChecker
+from .strategies import build_continuation, build_multistart
 
 __all__ = ["RunConfig", "load_config", "file_sha256"]
 
@@ -129,6 +161,10 @@ class RunConfig:
     phi0 : ndarray
     estimator : Estimator
     phases : list of Phase or None
+    continuation : Continuation or None
+        From ``[continuation]``: run instead of ``problem``.
+    multistart_options : dict or None
+        From ``[multistart]``: keyword arguments of :func:`fg2u_zo.multistart`.
     minimize_options : dict
         Keyword arguments of :func:`fg2u_zo.minimize` (optimizer, lr, steps, schedule,
         bounds, transform, stopping rules, checkpoint, history, rng ...).
@@ -145,6 +181,16 @@ class RunConfig:
     phases: list | None
     minimize_options: dict = field(default_factory=dict)
     evaluator_options: dict = field(default_factory=dict)
+    continuation: object = None
+    multistart_options: dict | None = None
+
+    @property
+    def mode(self) -> str:
+        """``"minimize"``, ``"continuation"``, ``"multistart"`` or
+        ``"multistart+continuation"``."""
+        modes = [name for name, on in (("multistart", self.multistart_options is not None),
+                                       ("continuation", self.continuation is not None)) if on]
+        return "+".join(modes) or "minimize"
 
     @property
     def checkpoint(self):
@@ -215,15 +261,21 @@ def load_config(path) -> RunConfig:
     phi0, names = build_parameters(c, raw["parameters"])
     n = phi0.size
     bounds, transform = build_bounds_and_transform(c, raw["parameters"], phi0)
-    solver = build_solver(c, raw["solver"], names, "[solver]")
-    outer, differentiable = build_outer(c, raw["outer"])
-    from ..problem import BilevelProblem
-    try:
-        problem = BilevelProblem(inner=solver, outer=outer, num_params=n,
-                                 differentiable_outer=differentiable,
-                                 name=os.path.splitext(os.path.basename(path))[0])
-    except FG2UError as exc:
-        raise c.error("[solver]", str(exc)) from None
+    name = os.path.splitext(os.path.basename(path))[0]
+    plan = multistart = None
+    if "continuation" in raw:
+        c.table(raw["continuation"], "[continuation]")
+        plan = build_continuation(c, raw["continuation"], raw, names, n, name)
+        problem = plan.problems[-1]    # the whole horizon
+    else:
+        solver = build_solver(c, raw["solver"], names, "[solver]")
+        outer, differentiable = build_outer(c, raw["outer"])
+        from ..problem import BilevelProblem
+        try:
+            problem = BilevelProblem(inner=solver, outer=outer, num_params=n,
+                                     differentiable_outer=differentiable, name=name)
+        except FG2UError as exc:
+            raise c.error("[solver]", str(exc)) from None
     estimator = build_estimator(c, raw["estimator"], "[estimator]")
     opt = raw["optimizer"]
     c.unknown_keys(opt, OPTIMIZER_KEYS, "[optimizer]")
@@ -237,6 +289,18 @@ def load_config(path) -> RunConfig:
     options.update(bounds=bounds, transform=transform)
     options.update(build_output_options(c, raw.get("output", {})))
     evaluator_options = build_evaluator_options(c, raw.get("parallel", {}))
+    if "multistart" in raw:
+        multistart = build_multistart(c, raw["multistart"], opt, bounds, n, plan is not None)
+    if plan is not None or multistart is not None:
+        section = "[multistart]" if multistart is not None else "[continuation]"
+        refused = ("checkpoint", "checkpoint_every") + (
+            ("history",) if multistart is not None else ())
+        for key in refused:
+            if key in raw.get("output", {}):
+                raise c.error(f"[output] {key}", f"does not apply to a {section} run (it is "
+                              "several minimize runs, with no checkpoint to resume from); "
+                              "remove it")
     return RunConfig(path=os.path.abspath(path), sha256=file_sha256(path), raw=raw,
                      problem=problem, phi0=phi0, estimator=estimator, phases=phases,
-                     minimize_options=options, evaluator_options=evaluator_options)
+                     minimize_options=options, evaluator_options=evaluator_options,
+                     continuation=plan, multistart_options=multistart)

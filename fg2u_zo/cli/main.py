@@ -161,6 +161,64 @@ def _run(cfg, options, phases, *, progress, resume):
                            resume=resume, **options)
 
 
+def _run_search(cfg, options, steps, *, progress):
+    """A ``[continuation]`` and/or ``[multistart]`` run (no checkpoint, see
+    :mod:`fg2u_zo.cli.strategies`)."""
+    import fg2u_zo as fz
+    from ..outer.history import HistoryWriter
+
+    for key in ("checkpoint", "checkpoint_every", "steps"):
+        options.pop(key, None)
+    history = options.pop("history", None)
+    rng = options.pop("rng", None)
+    with cfg.make_evaluator() as evaluator:
+        if cfg.multistart_options is None:
+            writer = HistoryWriter(history) if history else None
+            try:
+                return cfg.continuation.run(
+                    cfg.phi0, cfg.estimator, rng=rng, evaluator=evaluator,
+                    callback=writer.write if writer else None, metadata=cfg.metadata,
+                    progress=progress, **options)
+            finally:
+                if writer is not None:
+                    writer.close()
+        bounds = options.pop("bounds")
+        problem = cfg.continuation if cfg.continuation is not None else cfg.problem
+        if steps is not None:
+            options["steps"] = steps
+        return fz.multistart(problem, bounds, cfg.estimator, phi0=cfg.phi0, rng=rng,
+                             evaluator=evaluator, **cfg.multistart_options, **options)
+
+
+def _report_search(res, workers):
+    import numpy as np
+
+    def vector(phi):
+        return np.array2string(np.asarray(phi), precision=6, separator=", ")
+
+    print(f"fg2u-zo: {res.message}")
+    print(f"  value       {res.value:.6e}")
+    if res.phi.size <= 10:
+        print(f"  phi         {vector(res.phi)}")
+    print(f"  steps {res.nit}, nfev {res.nfev}, solver time {res.solver_time:.3g} s, "
+          f"wall time {res.wall_time:.3g} s")
+    if hasattr(res, "horizons"):
+        for k, (steps, value) in enumerate(zip(res.phase_steps, res.phase_values)):
+            print(f"  phase {k}     horizon {res.horizons[k]:g}, {steps} steps, "
+                  f"value {value:.6e}")
+    if hasattr(res, "ends"):
+        print(f"  groups {len(res.groups)} (parallel rounds at {workers} workers: "
+              f"{res.rounds(workers)})")
+        for i in np.argsort(res.end_values, kind="stable"):
+            line = f"  end {i:<2d}      value {res.end_values[i]:.6e}"
+            if res.phi.size <= 10:
+                line += f"  phi {vector(res.ends[i])}"
+            if res.stopped_at[i] is not None:
+                line += f"  (halved at {res.stopped_at[i]})"
+            print(line)
+    return EXIT_SIGTERM if getattr(res, "status", None) == "sigterm" else 0
+
+
 def _report(res, start_value=None):
     import numpy as np
 
@@ -188,6 +246,17 @@ def _cmd_run(args):
 
     cfg = load_config(args.config)
     options = dict(cfg.minimize_options)
+    if cfg.mode != "minimize":
+        if args.steps is not None and cfg.continuation is not None:
+            raise _UsageError("--steps does not apply to a [continuation] run: set "
+                              "[continuation] steps (most steps per phase)")
+        if args.steps is not None and args.steps < 1:
+            raise _UsageError(f"--steps must be >= 1, got {args.steps}")
+        res = _run_search(cfg, options, args.steps, progress=args.progress)
+        code = _report_search(res, cfg.evaluator_options.get("n_jobs") or os.cpu_count() or 1)
+        if cfg.history:
+            print(f"  history     {cfg.history}")
+        return code
     phases = _steps_override(cfg, options, args.steps)
     ckpt = cfg.checkpoint
     if ckpt is not None and os.path.exists(ckpt):
@@ -224,6 +293,10 @@ def _cmd_resume(args):
             "--force to resume with the edited file (settings that change the trajectory "
             "are still refused)")
     cfg = load_config(config_path)
+    if cfg.mode != "minimize":
+        raise _UsageError(f"{config_path} has a [{cfg.mode.split('+')[0]}] table: such runs "
+                          "write no checkpoint and cannot be resumed; start them again with "
+                          "`fg2u-zo run`")
     options = dict(cfg.minimize_options)
     options["checkpoint"] = path
     if ck.history_path is not None:

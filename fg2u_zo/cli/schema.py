@@ -25,10 +25,11 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["SECTIONS", "REQUIRED_SECTIONS", "SOLVER_KEYS", "OUTER_KEYS", "PARAMETER_KEYS",
-           "OPTIMIZER_KEYS", "PHASE_KEYS", "PARALLEL_KEYS", "OUTPUT_KEYS", "FREEFEM_MODELS",
-           "TableChecker", "show"]
+           "OPTIMIZER_KEYS", "PHASE_KEYS", "PARALLEL_KEYS", "OUTPUT_KEYS", "CONTINUATION_KEYS",
+           "MULTISTART_KEYS", "CONVERGED_KEYS", "FREEFEM_MODELS", "TableChecker", "show"]
 
-SECTIONS = ("solver", "outer", "parameters", "estimator", "optimizer", "parallel", "output")
+SECTIONS = ("solver", "outer", "parameters", "estimator", "optimizer", "parallel", "output",
+            "continuation", "multistart")
 REQUIRED_SECTIONS = ("solver", "outer", "parameters", "estimator", "optimizer")
 SOLVER_KEYS = {
     "subprocess": ("kind", "argv", "template", "input_name", "output", "reader", "skiprows",
@@ -49,6 +50,10 @@ PHASE_KEYS = ("steps", "lr", "schedule", "estimator", "solver", "name")
 PARALLEL_KEYS = ("backend", "n_jobs", "timeout", "max_retries", "max_failure_fraction",
                  "scheduler_address", "batch_size")
 OUTPUT_KEYS = ("checkpoint", "checkpoint_every", "history", "seed")
+CONTINUATION_KEYS = ("times", "horizons", "growth", "min_points", "num_phases", "spacing",
+                     "steps", "move_on", "stop")
+MULTISTART_KEYS = ("num_starts", "num_local", "design", "halving", "stop")
+CONVERGED_KEYS = ("xtol", "snr", "patience", "min_steps")   # fz.Converged
 FREEFEM_MODELS = ("diffusion",)
 
 # A library message names its argument first, in backquotes, then says what is wrong:
