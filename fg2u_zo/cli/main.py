@@ -167,8 +167,9 @@ def _run_search(cfg, options, steps, *, progress):
     import fg2u_zo as fz
     from ..outer.history import HistoryWriter
 
-    for key in ("checkpoint", "checkpoint_every", "steps"):
+    for key in ("checkpoint", "checkpoint_every"):
         options.pop(key, None)
+    steps = options.pop("steps", None) if steps is None else steps  # --steps over the config
     history = options.pop("history", None)
     rng = options.pop("rng", None)
     with cfg.make_evaluator() as evaluator:
