@@ -527,6 +527,22 @@ def test_reaches_the_target_with_a_fifth_of_the_solves_failing(mode):
     assert failed_trials and all(r.info["accepted"] in (False, None) for r in failed_trials)
 
 
+def test_a_failed_lone_trial_is_counted_in_the_step_and_the_totals():
+    """Lean mode evaluates the trial alone once the subspace is full; its failure must
+    reach the step's failures, nfev and the run's totals (not vanish in an error)."""
+    phi0 = np.zeros(4)
+    problem = _decay_problem(0.2, phi0)
+    res = fz.minimize(problem, phi0, fz.FG2UZO(step=1e-6, scheme="forward"),
+                      optimizer="gauss-newton",
+                      optimizer_options={"num_directions": 4, "mode": "lean", "radius": 0.5},
+                      steps=60, rng=0, backend="sequential", progress=False)
+    failed_trials = [r for r in res.history[1:]
+                     if r.info.get("trials") and r.info["trial_value"] is None]
+    assert failed_trials
+    assert all(r.failures >= 1 and r.nfev >= 1 for r in failed_trials)
+    assert res.failures.get("exception", 0) == sum(r.failures for r in res.history)
+
+
 def test_a_failed_first_solve_is_an_error():
     phi0 = np.zeros(4)
     problem = _decay_problem(1.0, np.ones(4))  # fails everywhere but at ones(4)

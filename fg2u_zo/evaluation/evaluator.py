@@ -366,7 +366,8 @@ class Evaluator:
                 max(f.attempts for f in stats.failures if f.kind == kind),
                 headline(first.message))
 
-    def _run(self, solver, points, on_result, *, seed, warm_start, expected_shape, base):
+    def _run(self, solver, points, on_result, *, seed, warm_start, expected_shape, base,
+             max_failure_fraction=None):
         if not callable(solver):
             raise FG2UTypeError(f"the inner solver must be callable, got {type(solver).__name__}")
         with self._lock:
@@ -392,7 +393,9 @@ class Evaluator:
                 sizer = BatchSizer(batch_size, impl.task_overhead, self._memory.seconds(solver))
                 run = MapRun(impl, points, on_result, task_ids=self._task_ids,
                              timeout=self.timeout, max_retries=self.max_retries,
-                             max_failure_fraction=self.max_failure_fraction, base=base,
+                             max_failure_fraction=(self.max_failure_fraction
+                                                   if max_failure_fraction is None
+                                                   else max_failure_fraction), base=base,
                              sizer=sizer, item_bytes=item_bytes, journal=journal)
                 impl.begin(solver, kwargs, expected_shape)
                 try:
@@ -466,7 +469,7 @@ class Evaluator:
         return theta, stats
 
     def map(self, solver, points, on_result, *, seed=None, warm_start=None,
-            expected_shape=None) -> MapStats:
+            expected_shape=None, max_failure_fraction=None) -> MapStats:
         """Evaluate the solver at every point and hand each result to ``on_result``.
 
         Parameters
@@ -486,6 +489,10 @@ class Evaluator:
             Shape every output must have (else a failure of kind ``"shape"``). Default:
             the shape of this solver's output at an earlier base point (see
             :meth:`solve`), if any.
+        max_failure_fraction : float in [0, 1], optional
+            This map's failure policy instead of the Evaluator's; 1 never raises (the
+            caller handles every dropped point itself, as a trust-region stepper does
+            with a failed trial).
 
         Returns
         -------
@@ -508,7 +515,14 @@ class Evaluator:
         >>> sums, stats.nfev, stats.failures
         ({0: 2.0, 1: 8.0}, 2, [])
         """
+        if max_failure_fraction is not None:
+            if isinstance(max_failure_fraction, bool) or not isinstance(
+                    max_failure_fraction, numbers.Real) or not 0.0 <= max_failure_fraction <= 1.0:
+                raise FG2UValueError(
+                    f"`max_failure_fraction` must be in [0, 1], got {max_failure_fraction!r}")
+            max_failure_fraction = float(max_failure_fraction)
         if expected_shape is None and len(points):
             expected_shape = self._known_shape(solver, points[0])
         return self._run(solver, points, on_result, seed=seed, warm_start=warm_start,
-                         expected_shape=expected_shape, base=False)
+                         expected_shape=expected_shape, base=False,
+                         max_failure_fraction=max_failure_fraction)

@@ -50,7 +50,7 @@ class _Request:
     """One proxy call waiting for its round."""
 
     def __init__(self, solver, points, on_result, *, seed, warm_start, expected_shape,
-                 base):
+                 base, max_failure_fraction=None):
         accepted = accepted_keywords(solver)
         self.solver = solver
         self.kwargs = {}
@@ -62,6 +62,7 @@ class _Request:
         self.on_result = on_result
         self.expected_shape = None if expected_shape is None else tuple(expected_shape)
         self.base = base
+        self.max_failure_fraction = max_failure_fraction
         self.stats = None
         self.error = None
 
@@ -141,11 +142,12 @@ class _GatheredEvaluator(Evaluator):
         return box["theta"], stats
 
     def map(self, solver, points, on_result, *, seed=None, warm_start=None,
-            expected_shape=None) -> MapStats:
+            expected_shape=None, max_failure_fraction=None) -> MapStats:
         # Taken now, in the run's thread: the round reads them from the parent.
         pts = [np.array(points[j], dtype=np.float64) for j in range(len(points))]
         request = _Request(solver, pts, on_result, seed=seed, warm_start=warm_start,
-                           expected_shape=expected_shape, base=False)
+                           expected_shape=expected_shape, base=False,
+                           max_failure_fraction=max_failure_fraction)
         return self._lockstep.submit(self._run_index, request)
 
 
@@ -344,18 +346,15 @@ class Lockstep:
         shape_failures = [[] for _ in requests]
         ev = self.evaluator
         policy = ev.max_failure_fraction
-        # One run's failures must stop only that run (checked per request below): the
-        # gathered map stops only when every point failed.
-        ev.max_failure_fraction = max(policy, 1.0 - 0.5 / max(len(points), 1))
+        # One run's failures must stop only that run: the gathered map never raises for
+        # failed points, each request's own policy is checked below.
         try:
-            stats = ev.map(dispatch, points, on_result)
+            stats = ev.map(dispatch, points, on_result, max_failure_fraction=1.0)
         except InnerSolverError as exc:
             for r in requests:
                 r.error = exc
             self.groups.append(len(points))
             return
-        finally:
-            ev.max_failure_fraction = policy
         self.groups.append(len(points))
         self.nfev += stats.nfev
         self.solver_time += stats.solver_time
@@ -378,7 +377,8 @@ class Lockstep:
                     f"the inner solver failed at the base point phi after {last.attempts} "
                     f"attempt(s) ({last.kind}):\n{last.message}", kind=last.kind,
                     detail=last.message)
-            elif len(own) > policy * len(r.points):
+            elif len(own) > (policy if r.max_failure_fraction is None
+                             else r.max_failure_fraction) * len(r.points):
                 r.error = inner_solver_error(
                     f"{len(own)} of {len(r.points)} evaluations failed for good, more than "
                     f"max_failure_fraction={policy} of them; the last failure, at point "

@@ -485,8 +485,11 @@ class _Evaluate:
 
         # Like the estimators: a seed for stochastic solvers, drawn in this process.
         seed = int(self.rng.integers(2**31 - 1))
+        # The stepper decides what a failed point means (a failed trial shrinks the
+        # radius, a failed direction is drawn again): never raise here, so the group's
+        # solves and failures reach the run's totals and history.
         stats = self.evaluator.map(self.solver, points, keep, seed=seed,
-                                   warm_start=warm_start)
+                                   warm_start=warm_start, max_failure_fraction=1.0)
         self.spend.nfev += stats.nfev
         self.spend.solver_time += stats.solver_time
         self.spend.failures.extend(stats.failures)
