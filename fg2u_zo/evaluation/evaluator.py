@@ -6,6 +6,10 @@ else. Where the solver runs is a backend's business
 (:mod:`fg2u_zo.evaluation.backends`, looked up by name in its registry); what runs
 next to the solver is in :mod:`fg2u_zo.evaluation.worker`; the scheduling loop of one
 call is :class:`~fg2u_zo.evaluation.map_run.MapRun`.
+
+Why one module of ~530 lines: the Evaluator's public surface (``solve``, ``map``, the
+backend's life cycle, the journal hook) and its documentation, about a third of the
+lines, belong to one class; the loop, the backends and the worker side are elsewhere.
 """
 
 from __future__ import annotations

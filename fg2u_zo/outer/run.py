@@ -15,6 +15,11 @@ Per step the run builds only the extras the stepper declares (see
 the noise estimate, an ``evaluate`` callable that solves a group of points through the
 run's one :class:`~fg2u_zo.Evaluator` (counted in the run's totals), the problem,
 estimator, transform, generator and the number of workers.
+
+Why one module of ~540 lines: the loop, the commit of a step and the rollback on a
+signal or a failure are one idea whose invariants (nothing half-committed) are easier
+to check side by side; serialization, signals, phases and the journal's file handling
+live in their own modules.
 """
 
 from __future__ import annotations
