@@ -13,6 +13,7 @@ import ctypes.util
 import gc
 import re
 import resource
+import time
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ import torch
 from .validation import as_generator, check_positive_int
 from .problem import BilevelProblem
 
-__all__ = ["RidgeHyperproblem", "UnrolledQuadratic", "peak_memory_mb", "can_reset_peak",
-           "map_large_blocks_separately"]
+__all__ = ["RidgeHyperproblem", "SlowRidge", "slow_ridge_problem", "UnrolledQuadratic",
+           "peak_memory_mb", "can_reset_peak", "map_large_blocks_separately"]
 
 
 class RidgeHyperproblem:
@@ -89,6 +90,27 @@ class RidgeHyperproblem:
         return BilevelProblem(inner=self.inner, outer=self.outer,
                               inner_torch=self.inner_torch if torch_inner else None,
                               num_params=self.num_params, name="ridge")
+
+
+class SlowRidge:
+    """The ridge inner solver of :class:`RidgeHyperproblem`, taking ``seconds`` longer
+    per solve (same output): a stand-in for a slow simulator in the kill-and-resume
+    tests, where a process must die while solves are in flight."""
+
+    def __init__(self, seconds=0.0):
+        self.ridge = RidgeHyperproblem()
+        self.seconds = float(seconds)
+
+    def __call__(self, phi):
+        if self.seconds:
+            time.sleep(self.seconds)
+        return self.ridge.inner(phi)
+
+
+def slow_ridge_problem(seconds=0.0) -> BilevelProblem:
+    """The 5-parameter ridge problem whose inner solver is :class:`SlowRidge`."""
+    solver = SlowRidge(seconds)
+    return BilevelProblem(inner=solver, outer=solver.ridge.outer, num_params=5)
 
 
 class UnrolledQuadratic:

@@ -8,12 +8,11 @@ interrupted run, its resumption and the uninterrupted reference are the same run
 """
 
 import sys
-import time
 
 import numpy as np
 
 import fg2u_zo as fz
-from fg2u_zo.testing import RidgeHyperproblem
+from fg2u_zo.testing import slow_ridge_problem
 
 STEPS = 10
 # b = 2 directions per iteration on N = 5: the state holds a growing subspace, the
@@ -22,22 +21,8 @@ KWARGS = dict(optimizer="gauss-newton", optimizer_options={"num_directions": 2},
               steps=STEPS, rng=11, bounds=(-3.0, 3.0), progress=False)
 
 
-class SlowRidge:
-    """The ridge inner solver, taking ``seconds`` longer per solve (same output)."""
-
-    def __init__(self, seconds=0.0):
-        self.ridge = RidgeHyperproblem()
-        self.seconds = seconds
-
-    def __call__(self, phi):
-        if self.seconds:
-            time.sleep(self.seconds)
-        return self.ridge.inner(phi)
-
-
-def make_problem(seconds=0.0):
-    solver = SlowRidge(seconds)
-    return fz.BilevelProblem(inner=solver, outer=solver.ridge.outer, num_params=5)
+# The tests build the same problem from this name.
+make_problem = slow_ridge_problem
 
 
 def estimator():
