@@ -23,7 +23,7 @@ from .base import Estimator, combine_projections, frame_block_size
 from ..result import MetaGradient, Sketch
 from .reductions import check_keep_sketch
 
-__all__ = ["FG2U", "RGU"]
+__all__ = ["FG2U", "RGU", "forward_tangents"]
 
 
 def _check_theta(theta, who):
@@ -34,6 +34,86 @@ def _check_theta(theta, who):
         raise InnerSolverError(
             f"the torch inner solver returned non-finite values ({who})", kind="nonfinite")
     return theta
+
+
+def forward_tangents(fn, phi, V, *, project=None, keep=True, chunk_size=None,
+                     vectorize=True):
+    """Forward-mode products ``J_S v_i`` of a torch inner solver, chunk by chunk.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(phi_tensor) -> theta_tensor`` (``problem.inner_torch``).
+    phi : array_like, shape (N,)
+    V : array_like, shape (b, N)
+        The directions, one per row.
+    project : array_like, optional
+        With it, also ``c_i = <project, J_S v_i>``, computed inside the vmapped
+        function so that without ``keep`` memory stays O(M + b).
+    keep : bool
+        Return the tangents ``T[i] = J_S v_i`` (flattened, shape (b, M)): memory O(M b).
+    chunk_size : int, optional
+        Directions per vmapped batch (default: all at once).
+    vectorize : bool
+        ``torch.func.vmap`` over a chunk, or a Python loop.
+
+    Returns
+    -------
+    c or T or (c, T)
+        ``c`` with ``project`` only, ``T`` with ``keep`` only, both with both.
+
+    Raises
+    ------
+    FG2UValueError
+        When vmap cannot batch ``fn`` (use ``vectorize=False``).
+    InnerSolverError
+        When a tangent is not finite.
+    """
+    phi_t = torch.as_tensor(phi, dtype=torch.float64)
+    g_t = None if project is None else torch.as_tensor(project, dtype=torch.float64).reshape(-1)
+    if g_t is None and not keep:
+        raise FG2UValueError("forward_tangents needs `project=` or keep=True")
+
+    def one(v):
+        t = jvp(fn, (phi_t,), (v,))[1].reshape(-1)
+        if g_t is None:
+            return t
+        return (t @ g_t, t) if keep else t @ g_t
+
+    V = torch.as_tensor(np.asarray(V), dtype=torch.float64)
+    chunk = chunk_size or V.shape[0]
+    projections, tangents = [], []
+    for start in range(0, V.shape[0], chunk):
+        block = V[start:start + chunk]
+        if vectorize:
+            try:
+                vals = vmap(one)(block)
+            except RuntimeError as exc:
+                raise FG2UValueError(
+                    "torch.func.vmap could not batch the inner solver over directions "
+                    f"({exc}); pass FG2U(vectorize=False) to loop over them") from exc
+        else:
+            rows = [one(v) for v in block]
+            if g_t is not None and keep:
+                vals = (torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+            else:
+                vals = torch.stack(rows)
+        if g_t is not None and keep:
+            vals, kept = vals
+            tangents.append(kept.detach().numpy())
+        elif g_t is None:
+            tangents.append(vals.detach().numpy())
+            continue
+        projections.append(vals.detach().numpy())
+    c = np.concatenate(projections) if g_t is not None else None
+    T = np.concatenate(tangents) if keep else None
+    if (c is not None and not np.all(np.isfinite(c))) or (
+            T is not None and not np.all(np.isfinite(T))):
+        raise InnerSolverError("a forward-mode solve returned non-finite tangents",
+                               kind="nonfinite")
+    if c is None:
+        return T
+    return (c, T) if keep else c
 
 
 @dataclass(frozen=True)
@@ -94,45 +174,9 @@ class FG2U(Estimator):
         With ``keep_tangents=True``, return ``(c, T)`` where ``T[i] = J_S v_i``
         (flattened, shape (b, M)): memory O(M b).
         """
-        phi_t = torch.as_tensor(phi, dtype=torch.float64)
-        g_t = torch.as_tensor(g_theta, dtype=torch.float64).reshape(-1)
-        fn = problem.inner_torch
-
-        def tangent(v):
-            return jvp(fn, (phi_t,), (v,))[1].reshape(-1) @ g_t
-
-        def tangent_kept(v):
-            t = jvp(fn, (phi_t,), (v,))[1].reshape(-1)
-            return t @ g_t, t
-
-        one = tangent_kept if keep_tangents else tangent
-        chunk = self.chunk_size or V.shape[0]
-        out, tangents = [], []
-        for start in range(0, V.shape[0], chunk):
-            block = torch.as_tensor(V[start:start + chunk], dtype=torch.float64)
-            if self.vectorize:
-                try:
-                    vals = vmap(one)(block)
-                except RuntimeError as exc:
-                    raise FG2UValueError(
-                        "torch.func.vmap could not batch the inner solver over directions "
-                        f"({exc}); pass FG2U(vectorize=False) to loop over them") from exc
-            elif keep_tangents:
-                pairs = [one(v) for v in block]
-                vals = (torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
-            else:
-                vals = torch.stack([one(v) for v in block])
-            if keep_tangents:
-                vals, kept = vals
-                tangents.append(kept.detach().numpy())
-            out.append(vals.detach().numpy())
-        c = np.concatenate(out)
-        if not np.all(np.isfinite(c)):
-            raise InnerSolverError("a forward-mode solve returned non-finite tangents",
-                                   kind="nonfinite")
-        if keep_tangents:
-            return c, np.concatenate(tangents)
-        return c
+        return forward_tangents(problem.inner_torch, phi, V, project=g_theta,
+                                keep=keep_tangents, chunk_size=self.chunk_size,
+                                vectorize=self.vectorize)
 
     def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
                  keep_sketch=False, **evaluator_options) -> MetaGradient:

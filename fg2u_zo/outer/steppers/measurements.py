@@ -24,10 +24,9 @@ import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch.func import jvp, vmap
 
-from ...errors import FG2UValueError, InnerSolverError
+from ...errors import InnerSolverError
+from ...estimators.exact import forward_tangents
 from ...noise import NoiseEstimate, auto_step, probe_lines, probe_noise
 from ...noise.steps import default_step
 from ...result import Failure
@@ -154,32 +153,11 @@ class Measurements:
 
     def jacobian_products(self, z, U):
         """``J_S(T(z)) diag(T'(z)) U`` by forward mode through ``problem.inner_torch``."""
-        phi_t = torch.as_tensor(self.phi(z))
-        V = torch.as_tensor(np.ascontiguousarray((self.dphi(z)[:, None] * U).T))
-        fn = self.problem.inner_torch
-
-        def tangent(v):
-            return jvp(fn, (phi_t,), (v,))[1].reshape(-1)
-
-        chunk = getattr(self.estimator, "chunk_size", None) or V.shape[0]
-        out = []
-        for start in range(0, V.shape[0], chunk):
-            block = V[start:start + chunk]
-            if getattr(self.estimator, "vectorize", True):
-                try:
-                    vals = vmap(tangent)(block)
-                except RuntimeError as exc:
-                    raise FG2UValueError(
-                        "torch.func.vmap could not batch the inner solver over directions "
-                        f"({exc}); pass FG2U(vectorize=False) to loop over them") from exc
-            else:
-                vals = torch.stack([tangent(v) for v in block])
-            out.append(vals.detach().numpy())
-        JU = np.concatenate(out).T
-        if not np.all(np.isfinite(JU)):
-            raise InnerSolverError("a forward-mode solve returned non-finite tangents",
-                                   kind="nonfinite")
-        return JU
+        V = np.ascontiguousarray((self.dphi(z)[:, None] * U).T)
+        T = forward_tangents(self.problem.inner_torch, self.phi(z), V,
+                             chunk_size=getattr(self.estimator, "chunk_size", None),
+                             vectorize=getattr(self.estimator, "vectorize", True))
+        return T.T
 
     # -- the noise probe -----------------------------------------------------------------
     def probe(self, z0, theta0) -> NoiseEstimate:
