@@ -298,6 +298,9 @@ def test_one_full_subspace_step_lands_on_the_exact_minimizer(path):
     assert second.info["rho"] == pytest.approx(1.0, abs=1e-8)
     if path == "exact":
         assert first.info["jvp"] == N
+        # The forward-mode passes count as solves, one per direction, as FG2U counts
+        # them: the first step is the base solve plus N jvps.
+        assert first.nfev == 1 + N
 
 
 def test_broyden_keeps_the_stored_columns_exact_on_a_linear_solver():

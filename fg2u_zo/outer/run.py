@@ -380,6 +380,7 @@ class Run:
             extra["workers"] = ev.workers
         update = self.stepper.update(s.stepper_state, z=s.z.copy(), lr=lr, **extra)
         spend.nfev_replayed = ev.nfev_replayed - replayed_before
+        spend.nfev += int(update.nfev)  # the stepper's own in-process solves (jvp passes)
         _check_finite_update(update, s.step)
         z_new, _ = self.T.project(np.asarray(update.z, dtype=np.float64))
         return self._commit(plan, update, g, z_new, lr, spend), update

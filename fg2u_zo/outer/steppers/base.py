@@ -113,6 +113,11 @@ class StepUpdate:
     info : dict
         Extra JSON-able history fields of this stepper (e.g. ``rho``, ``delta``,
         ``accepted``).
+    nfev : int
+        Solves the stepper ran itself, in this process, beyond the estimate's and the
+        ``evaluate`` extra's (which the run counts): e.g. forward-mode passes through a
+        torch inner solver, one per direction as ``FG2U`` counts them. Added to the
+        run's ``nfev``.
     """
 
     z: np.ndarray
@@ -123,6 +128,7 @@ class StepUpdate:
     meta_gradient: object = None
     failures: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    nfev: int = 0
 
 
 class Stepper(abc.ABC):

@@ -235,7 +235,8 @@ class GaussNewton(Stepper):
                 "delta": float(data["delta"]), "directions": int(Q.shape[1]), "step": h,
                 "jvp": out.jvp, "model_time": clock.seconds}
         return StepUpdate(z=z0.copy(), state=StepperState(arrays, data), phi=phi0,
-                          value=value, grad=None, failures=failures, info=info)
+                          value=value, grad=None, failures=failures, info=info,
+                          nfev=int(out.jvp))
 
     @staticmethod
     def _add_columns(Q, Y, out):
@@ -366,7 +367,7 @@ class GaussNewton(Stepper):
                     step=float(h), model_time=clock.seconds)
         return StepUpdate(z=z.copy(), state=StepperState(arrays, data), phi=m.phi(z),
                           value=float(value), grad=grad, failures=list(out.failures),
-                          info=info)
+                          info=info, nfev=int(info.get("jvp") or 0))
 
 
 def radius_update(rho, delta, step_norm, on_boundary, h):
