@@ -150,7 +150,19 @@ class BilevelProblem:
         self.require_differentiable_outer("FG2UZO and FG2U")
         theta_t = torch.tensor(np.asarray(theta, dtype=np.float64), requires_grad=True)
         phi_t = torch.tensor(np.asarray(phi, dtype=np.float64), requires_grad=True)
-        out = self._check_scalar(self.outer(theta_t, phi_t))
+        try:
+            out = self._check_scalar(self.outer(theta_t, phi_t))
+        except (RuntimeError, TypeError) as exc:
+            if "numpy" not in str(exc).lower():
+                raise
+            # torch's own words ("Can't call numpy() on Tensor that requires grad") do
+            # not say what to change in the user's loss.
+            raise FG2UTypeError(
+                "`outer` must be written in torch: it was called with tensors that require "
+                f"grad and converted them to numpy ({exc}). Use torch operations on the "
+                "tensors it receives (e.g. 0.5 * (theta ** 2).sum() instead of np.sum), or "
+                "build the problem with differentiable_outer=False and use BlackBoxES"
+            ) from exc
         if not out.requires_grad:
             raise FG2UValueError(
                 "`outer` returned a tensor that depends on neither theta nor phi; build it "

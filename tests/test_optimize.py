@@ -686,3 +686,21 @@ def test_a_step_below_the_resolution_is_not_reported_as_converged():
     assert "step='auto'" in res.message
     zero = [w for w in caught if issubclass(w.category, fz.ZeroDifferenceWarning)]
     assert len(zero) == 1
+
+
+def test_a_numpy_outer_loss_gets_an_error_naming_the_fix_and_leaves_no_checkpoint(tmp_path,
+                                                                                  monkeypatch):
+    """A loss written with numpy used to fail with torch's "Can't call numpy() on Tensor
+    that requires grad" (and to leave a step-0 checkpoint in the temp directory)."""
+    import glob
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    A = np.array([[2.0, 0.0], [1.0, 3.0]])
+    def numpy_outer(theta, phi):
+        return 0.5 * float(np.sum(np.asarray(theta) ** 2))
+
+    problem = fz.BilevelProblem(inner=lambda phi: A @ phi, outer=numpy_outer)
+    with pytest.raises(fz.FG2UTypeError, match="must be written in torch"):
+        fz.minimize(problem, np.ones(2), fz.FG2UZO(num_directions=2), steps=3, progress=False)
+    assert glob.glob(str(tmp_path / "fg2u-zo-*")) == []
