@@ -98,3 +98,17 @@ def storm_writer(phi, workdir, *, warm_start=None):
         fh.write(" ".join(repr(v) for v in phi.tolist()) + "\n")
         if warm_start is not None:
             fh.write("perturbed\n")
+
+
+def load_child(path):
+    """Import a child script of ``tests/data`` as a module named after its file, and
+    register it in ``sys.modules`` so that what it defines pickles by reference: the
+    tests build the same problem and options as the child they kill."""
+    import importlib.util
+
+    name = os.path.splitext(os.path.basename(str(path)))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 refusal of a checkpoint that does not match the run."""
 
 import dataclasses
-import importlib.util
 import io
 import json
 import os
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 import fg2u_zo as fz
+from _process_checks import load_child
 from fg2u_zo.outer.checkpoint import generator_state, read_checkpoint, write_checkpoint
 from fg2u_zo.testing import RidgeHyperproblem
 
@@ -25,15 +25,7 @@ CHILD = os.path.join(DATA, "ckpt_child.py")
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
-def _load_child():
-    spec = importlib.util.spec_from_file_location("ckpt_child", CHILD)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-child = _load_child()
+child = load_child(CHILD)
 
 
 @pytest.fixture(scope="module")

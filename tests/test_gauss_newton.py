@@ -3,7 +3,6 @@ runs through fz.minimize (exact one-step solutions, a noisy subprocess calibrati
 against DFO-LS, injected failures, SIGKILL and resume)."""
 
 import hashlib
-import importlib.util
 import math
 import pathlib
 import signal
@@ -18,6 +17,7 @@ import scipy.optimize
 import torch
 
 import fg2u_zo as fz
+from _process_checks import load_child
 from fg2u_zo.outer.checkpoint import read_checkpoint
 from fg2u_zo.outer.steppers.base import Evaluations, StepperState
 from fg2u_zo.outer.steppers.gauss_newton import GaussNewton
@@ -559,18 +559,10 @@ def test_a_failed_first_solve_is_an_error():
 CHILD = DATA / "gn_ckpt_child.py"
 
 
-def _load_child():
-    spec = importlib.util.spec_from_file_location("gn_ckpt_child", CHILD)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.timeout(180)
 def test_sigkill_then_resume_gives_the_same_final_phi_bit_for_bit(tmp_path):
-    child = _load_child()
+    child = load_child(CHILD)
     reference = fz.minimize(child.make_problem(), np.zeros(5), child.estimator(),
                             **child.KWARGS)
     ckpt, history = tmp_path / "run.ckpt", tmp_path / "run.jsonl"

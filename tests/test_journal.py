@@ -3,7 +3,6 @@ foreign journal ignored), the Evaluator answering from it, and a run SIGKILLed i
 middle of a step that, resumed, solves none of that step's finished evaluations again
 and ends bit for bit where an uninterrupted run ends."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 import fg2u_zo as fz
+from _process_checks import load_child
 from fg2u_zo.evaluation.journal import MAGIC, EvaluationJournal, journal_path
 from fg2u_zo.outer.checkpoint import read_checkpoint
 
@@ -23,15 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 posix_only = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
 
 
-def _load_child():
-    spec = importlib.util.spec_from_file_location("journal_child", CHILD)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-child = _load_child()
+child = load_child(CHILD)
 
 POSITION = {"checkpoint": "0" * 64, "step": 3, "phase": 0, "step_in_phase": 3}
 

@@ -2,7 +2,6 @@
 fz.minimize with the extras it declares, checkpoints its own state, survives SIGKILL and
 resumes bit for bit; the registry resolves names, lazily, with suggestions."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 import fg2u_zo as fz
+from _process_checks import load_child
 from fg2u_zo.outer.checkpoint import read_checkpoint
 from fg2u_zo.outer.steppers import get_stepper, make_stepper, register_stepper
 from fg2u_zo.outer.steppers.torch_optim import TorchOptimizer
@@ -26,15 +26,7 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CHILD = os.path.join(DATA, "stepper_child.py")
 
 
-def _load_child():
-    spec = importlib.util.spec_from_file_location("stepper_child", CHILD)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-child = _load_child()
+child = load_child(CHILD)
 
 
 @pytest.fixture(scope="module")
