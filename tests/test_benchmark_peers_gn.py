@@ -11,15 +11,7 @@ import pytest
 import fg2u_zo as fz
 from benchmarks import peers
 from benchmarks._peer_problems import build_case
-
-
-class CountingSolver:
-    def __init__(self, solver):
-        self.solver, self.calls = solver, 0
-
-    def __call__(self, phi, *, warm_start=None, seed=None):
-        self.calls += 1
-        return self.solver(phi)
+from test_benchmark_peers import CountingSolver
 
 
 @pytest.mark.parametrize("mode", ["lean", "refresh"])
