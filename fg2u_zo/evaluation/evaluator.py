@@ -27,7 +27,8 @@ import numpy as np
 
 from .backends import BackendConfig, BackendNames, check_backend_name, create_backend
 from .joblib_config import effective_n_jobs, from_parallel_config, usable_cpus
-from .map_run import BatchSizer, MapRun, MapStats
+from .map_run import BatchSizer, Call, MapRun, MapStats
+from .requests import ReplayCache, Reply, Request
 from .solver_memory import SolverMemory, accepted_keywords
 from .worker import headline
 from ..validation import check_positive_float, check_positive_int
@@ -328,14 +329,18 @@ class Evaluator:
 
     @contextlib.contextmanager
     def journaling(self, journal):
-        """Inside the block, answer evaluations from ``journal`` (an
-        :class:`~fg2u_zo.evaluation.journal.EvaluationJournal`, or None for none) and
-        journal every success as it arrives; replayed ones count in ``nfev_replayed``,
-        not ``nfev``. Used by :func:`fg2u_zo.minimize` with a ``checkpoint=``; raises
-        FG2UValueError when a journal is already attached."""
+        """Inside the block, answer solves from ``journal`` (a
+        :class:`~fg2u_zo.evaluation.requests.ReplayCache` such as a run's
+        :class:`~fg2u_zo.persist.journal.EvaluationJournal`, or None for none) and
+        record every success as it arrives; replayed ones count in
+        ``nfev_replayed``, not ``nfev``. Used by :func:`fg2u_zo.minimize` with a
+        ``checkpoint=``; raises FG2UValueError when a journal is already attached."""
         if journal is None:
             yield self
             return
+        if not isinstance(journal, ReplayCache):
+            raise FG2UTypeError(f"`journal` must be a ReplayCache (lookup, record, "
+                                f"replayable), got {type(journal).__name__}")
         if self._journal is not None:
             raise FG2UValueError("this Evaluator already journals another run's "
                                  "evaluations; runs sharing an Evaluator must not overlap")
@@ -345,71 +350,138 @@ class Evaluator:
         finally:
             self._journal = None
 
-    def _kwargs(self, solver, seed, warm_start):
-        accepted = accepted_keywords(solver)
-        kwargs = {}
-        if seed is not None and "seed" in accepted:
-            kwargs["seed"] = seed
-        if warm_start is not None and "warm_start" in accepted:
-            kwargs["warm_start"] = warm_start
-        return kwargs
-
-    def _report(self, stats, call):
+    def _report(self, replies, call):
         """Add a call's failures to the totals; log each kind the first time it appears."""
-        for kind, count in stats.failure_counts.items():
-            self.failure_counts[kind] = self.failure_counts.get(kind, 0) + count
-            if kind in self._warned_kinds:
-                continue
-            self._warned_kinds.add(kind)
-            first = next(f for f in stats.failures if f.kind == kind)
-            logger.warning(
-                "%d evaluation(s) of the inner solver failed for good with kind %r in this "
-                "%s (after %d attempt(s) at most; first: %s). Later failures of this kind "
-                "are counted in Evaluator.failure_counts and the results' failures, not "
-                "logged.", count, kind, call,
-                max(f.attempts for f in stats.failures if f.kind == kind),
-                headline(first.message))
+        for reply in replies:
+            for kind, count in reply.failure_counts.items():
+                self.failure_counts[kind] = self.failure_counts.get(kind, 0) + count
+                if kind in self._warned_kinds:
+                    continue
+                self._warned_kinds.add(kind)
+                first = next(f for f in reply.failures if f.kind == kind)
+                logger.warning(
+                    "%d evaluation(s) of the inner solver failed for good with kind %r in "
+                    "this %s (after %d attempt(s) at most; first: %s). Later failures of "
+                    "this kind are counted in Evaluator.failure_counts and the results' "
+                    "failures, not logged.", count, kind, call,
+                    max(f.attempts for f in reply.failures if f.kind == kind),
+                    headline(first.message))
 
-    def _run(self, solver, points, on_result, *, seed, warm_start, expected_shape, base,
-             max_failure_fraction=None):
-        if not callable(solver):
-            raise FG2UTypeError(f"the inner solver must be callable, got {type(solver).__name__}")
+    def evaluate(self, requests, *, raise_errors=False) -> list:
+        """Answer ``requests`` in one parallel group: every point of every request is
+        in flight together (as far as the workers allow).
+
+        Parameters
+        ----------
+        requests : sequence of Request
+            See :class:`~fg2u_zo.evaluation.requests.Request`. Requests may name
+            different solvers and keywords.
+        raise_errors : bool
+            Raise a request's broken failure policy at once (and abandon the group);
+            by default it is put in that request's reply and the others go on.
+
+        Returns
+        -------
+        list of Reply
+            One per request, in order.
+
+        Examples
+        --------
+        >>> import numpy as np, fg2u_zo as fz
+        >>> from fg2u_zo.evaluation.requests import Request
+        >>> with fz.Evaluator() as ev:
+        ...     a, b = ev.evaluate([Request(np.square, [np.ones(2), 2 * np.ones(2)]),
+        ...                         Request(np.negative, [np.ones(1)])])
+        >>> [t.tolist() for t in a.thetas], b.thetas[0].tolist(), a.nfev + b.nfev
+        ([[1.0, 1.0], [4.0, 4.0]], [-1.0], 3)
+        """
+        requests = list(requests)
+        for r in requests:
+            if not isinstance(r, Request):
+                raise FG2UTypeError(f"`requests` must hold fg2u_zo Requests, got "
+                                    f"{type(r).__name__}")
+            if not callable(r.solver):
+                raise FG2UTypeError(
+                    f"the inner solver must be callable, got {type(r.solver).__name__}")
         with self._lock:
             if self._running:
                 raise FG2UValueError("Evaluator.map/solve is not re-entrant: do not call the "
                                      "same Evaluator from on_result")
             self._running = True
             try:
-                self.start()
-                impl = self._impl
-                kwargs = self._kwargs(solver, seed, warm_start)
-                journal = None
-                if self._journal is not None:
-                    # Only what the solver is passed makes two calls different.
-                    journal = self._journal.call(seed=kwargs.get("seed"),
-                                                 warm_start=kwargs.get("warm_start"),
-                                                 expected_shape=expected_shape)
-                item_bytes = None
-                if expected_shape is not None:
-                    item_bytes = 8 * max(1, math.prod(expected_shape))
-                # In the calling thread a batch would only delay on_result: one by one.
-                batch_size = 1 if impl.in_caller_thread else self.batch_size
-                sizer = BatchSizer(batch_size, impl.task_overhead, self._memory.seconds(solver))
-                run = MapRun(impl, points, on_result, task_ids=self._task_ids,
-                             timeout=self.timeout, max_retries=self.max_retries,
-                             max_failure_fraction=(self.max_failure_fraction
-                                                   if max_failure_fraction is None
-                                                   else max_failure_fraction), base=base,
-                             sizer=sizer, item_bytes=item_bytes, journal=journal)
-                impl.begin(solver, kwargs, expected_shape)
-                try:
-                    return run.run()
-                finally:
-                    impl.end()
-                    self.nfev_replayed += run.stats.nfev_replayed
-                    self._report(run.stats, "solve" if base else "map")
+                return self._evaluate(requests, raise_errors)
             finally:
                 self._running = False
+
+    def _evaluate(self, requests, raise_errors):
+        self.start()
+        impl = self._impl
+        calls, learn = [], []
+        for r in requests:
+            accepted = accepted_keywords(r.solver)
+            shape = r.expected_shape
+            if shape is None and len(r.points):
+                shape = self._known_shape(r.solver, r.points[0])
+            learn.append(r.base and r.expected_shape is None)
+            reply = Reply(thetas=[None] * len(r.points))
+            policy = (self.max_failure_fraction if r.max_failure_fraction is None
+                      else float(r.max_failure_fraction))
+            calls.append(Call(
+                r.points, r.on_result, reply, base=r.base, max_failure_fraction=policy,
+                context=r.context(accepted) if self._journal is not None else None,
+                expected_shape=shape, check_shape=False, tag=r.tag))
+            calls[-1].kwargs = r.kwargs(accepted)
+        # One solver and one set of keywords for the whole group: the backend gets them
+        # as they are (and the workers check the output shape); otherwise each point
+        # travels tagged with its request and a dispatcher picks the solver.
+        first = requests[0] if requests else None
+        shared = first is not None and all(
+            r.solver is first.solver and _same_kwargs(c.kwargs, calls[0].kwargs)
+            and c.expected_shape == calls[0].expected_shape for r, c in zip(requests, calls))
+        if shared:
+            solver, kwargs, shape = first.solver, calls[0].kwargs, calls[0].expected_shape
+
+            def submit_point(q, j):
+                return calls[q].points[j]
+        else:
+            solver, kwargs, shape = _Dispatch([(r.solver, c.kwargs)
+                                               for r, c in zip(requests, calls)]), {}, None
+            for c in calls:
+                c.check_shape = True
+
+            def submit_point(q, j):
+                return np.concatenate(([float(q)], np.asarray(calls[q].points[j],
+                                                              dtype=np.float64).ravel()))
+        shapes = [c.expected_shape for c in calls if c.expected_shape is not None]
+        item_bytes = 8 * max(1, max(math.prod(s) for s in shapes)) if shapes else None
+        # In the calling thread a batch would only delay on_result: one by one.
+        batch_size = 1 if impl.in_caller_thread else self.batch_size
+        prior = [self._memory.seconds(r.solver) for r in requests]
+        prior = max((p for p in prior if p is not None), default=None)
+        sizer = BatchSizer(batch_size, impl.task_overhead, prior)
+        run = MapRun(impl, calls, submit_point, task_ids=self._task_ids,
+                     timeout=self.timeout, max_retries=self.max_retries, sizer=sizer,
+                     item_bytes=item_bytes, journal=self._journal,
+                     raise_errors=raise_errors)
+        impl.begin(solver, kwargs, shape)
+        replies = [c.reply for c in calls]
+        try:
+            run.run()
+        finally:
+            impl.end()
+            self.nfev_replayed += sum(r.nfev_replayed for r in replies)
+            self._report(replies, "solve" if len(requests) == 1 and requests[0].base
+                         else "map")
+        for r, reply, learns in zip(requests, replies, learn):
+            if not r.base or reply.error is not None or not len(r.points):
+                continue
+            theta = reply.thetas[0]
+            # A replayed solve still tells how long the solver takes.
+            seconds = ((reply.solver_time + reply.solver_time_replayed)
+                       / max(reply.nfev + reply.nfev_replayed, 1))
+            shape = (theta.shape if theta is not None else None) if learns else None
+            self._memory.note(r.solver, seconds, np.shape(r.points[0]), shape)
+        return replies
 
     def _known_shape(self, solver, point):
         """The output shape this solver gave at a base point shaped like ``point``."""
@@ -455,22 +527,10 @@ class Evaluator:
         >>> theta.tolist(), stats.nfev
         ([1.0, 2.0, 3.0], 1)
         """
-        box = {}
-
-        def keep(index, theta):
-            box["theta"] = theta
-
-        learn = expected_shape is None
-        if learn:
-            expected_shape = self._known_shape(solver, phi)
-        stats = self._run(solver, [phi], keep, seed=seed, warm_start=warm_start,
-                          expected_shape=expected_shape, base=True)
-        theta = box["theta"]
-        # A replayed solve still tells how long the solver takes.
-        seconds = ((stats.solver_time + stats.solver_time_replayed)
-                   / max(stats.nfev + stats.nfev_replayed, 1))
-        self._memory.note(solver, seconds, np.shape(phi), theta.shape if learn else None)
-        return theta, stats
+        (reply,) = self.evaluate([Request(solver, [phi], seed=seed, warm_start=warm_start,
+                                          expected_shape=expected_shape, base=True)],
+                                 raise_errors=True)
+        return reply.thetas[0], reply.stats()
 
     def map(self, solver, points, on_result, *, seed=None, warm_start=None,
             expected_shape=None, max_failure_fraction=None) -> MapStats:
@@ -525,8 +585,41 @@ class Evaluator:
                 raise FG2UValueError(
                     f"`max_failure_fraction` must be in [0, 1], got {max_failure_fraction!r}")
             max_failure_fraction = float(max_failure_fraction)
-        if expected_shape is None and len(points):
-            expected_shape = self._known_shape(solver, points[0])
-        return self._run(solver, points, on_result, seed=seed, warm_start=warm_start,
-                         expected_shape=expected_shape, base=False,
-                         max_failure_fraction=max_failure_fraction)
+        if not callable(on_result):
+            raise FG2UTypeError(f"`on_result` must be callable, got {type(on_result).__name__}")
+        (reply,) = self.evaluate([Request(solver, points, seed=seed, warm_start=warm_start,
+                                          expected_shape=expected_shape,
+                                          max_failure_fraction=max_failure_fraction,
+                                          on_result=on_result)], raise_errors=True)
+        return reply.stats()
+
+
+def _same_kwargs(a, b):
+    """Whether two keyword dicts pass the same values (arrays compared by identity or
+    bytes)."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if x is y:
+            continue
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+                    and x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+class _Dispatch:
+    """The solver of a group whose requests name different solvers or keywords: point
+    ``[q, *phi]`` goes to request ``q``'s solver with its keywords. Picklable whenever
+    the requests' solvers are."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __call__(self, point):
+        solver, kwargs = self.calls[int(point[0])]
+        return solver(np.array(point[1:], dtype=np.float64), **kwargs)

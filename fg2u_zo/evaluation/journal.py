@@ -317,6 +317,10 @@ class EvaluationJournal:
         except OSError as exc:
             self._disable(exc)
 
+    def record(self, context, point, theta, *, solver_time, attempts, tag=()):
+        """Journal one finished evaluation at once (one unbuffered write)."""
+        self.append(context, point, theta, solver_time, attempts)
+
     def lookup(self, context, point):
         """The journaled output of the same call at the same point, or None."""
         if not self._index:

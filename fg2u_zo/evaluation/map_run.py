@@ -1,11 +1,14 @@
 """One map of the Evaluator: scheduling, batching, retries and the failure policy.
 
+A map runs the points of one or several requests (one parallel group) as one stream.
 The points are cut into tasks (batches of points, sized by :class:`BatchSizer`), at
 most as many tasks as the backend's capacity are in flight, and each result is handed
 to ``on_result`` as soon as it arrives and then dropped. A failed point is retried
 unless the failure is deterministic (see :mod:`fg2u_zo.evaluation.worker`); a point
 that keeps failing is dropped and reported; a worker that dies takes only the point it
-was running with it (the others are resubmitted). With a journal (see
+was running with it (the others are resubmitted). Every point is charged to its
+request, which has its own failure policy: a request whose policy is broken is given
+up (its remaining points are not submitted) without stopping the others. With a journal (see
 :mod:`fg2u_zo.evaluation.journal`), points it already holds are answered from it before
 anything is submitted, and every success is journaled as it arrives.
 """
@@ -22,7 +25,7 @@ from .backends import ItemDone, TaskDone, TaskLost
 from ..errors import FG2UTypeError, inner_solver_error
 from ..result import Failure
 
-__all__ = ["MapStats", "BatchSizer", "MapRun"]
+__all__ = ["MapStats", "BatchSizer", "MapRun", "Call"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,47 +127,94 @@ class BatchSizer:
         return max(1, k)
 
 
+class Call:
+    """One request as a map sees it: its points, how its solver is called, its share
+    of the bookkeeping (a :class:`~fg2u_zo.evaluation.requests.Reply`) and its failure
+    policy.
+
+    Parameters
+    ----------
+    points : sequence
+        The request's points (taken when submitted).
+    on_result : callable or None
+        ``on_result(j, theta)`` per success; None keeps the outputs in ``reply.thetas``.
+    reply : Reply
+        Filled in as the map runs.
+    base : bool
+        A failure for good of the single point is an error.
+    max_failure_fraction : float
+        More failures than this fraction of the points is an error.
+    context : dict or None
+        The journal context (see :meth:`Request.context`); None: not journaled.
+    expected_shape : tuple or None
+        Checked here, in the parent, when ``check_shape`` (the workers check it when
+        the whole map shares one shape).
+    check_shape : bool
+    tag : tuple
+        Whose the solves are (kept with each journal record).
+    """
+
+    def __init__(self, points, on_result, reply, *, base, max_failure_fraction, context,
+                 expected_shape, check_shape, tag=()):
+        self.points = points
+        self.on_result = on_result
+        self.reply = reply
+        self.base = base
+        self.max_failure_fraction = max_failure_fraction
+        self.context = context
+        self.expected_shape = None if expected_shape is None else tuple(expected_shape)
+        self.check_shape = check_shape
+        self.tag = tag
+        self.size = len(points)
+        self.error = None
+
+
 class MapRun:
     """The scheduling loop and failure policy of one map (see Evaluator.map).
+
+    A map runs the points of one or several :class:`Call` s (the requests of one
+    parallel group) as one stream of tasks; each point is charged to its call.
 
     Parameters
     ----------
     backend : Backend
         Started, with :meth:`~Backend.begin` called for this map.
-    points : sequence
-        The points; ``points[i]`` is taken when it is submitted.
-    on_result : callable
-        ``on_result(index, theta)``.
+    calls : list of Call
+    submit_point : callable
+        ``submit_point(q, j) -> point`` as the backend's solver takes it (the point
+        itself, or tagged with its call when several solvers share the map).
     task_ids : iterator of int
         Source of task ids, shared by the maps of one Evaluator (events of an earlier,
         abandoned map can never be mistaken for this one's).
-    timeout, max_retries, max_failure_fraction
+    timeout, max_retries
         The Evaluator's settings for this call.
-    base : bool
-        The single point of :meth:`Evaluator.solve`: a failure for good raises.
     sizer : BatchSizer
     item_bytes : int or None
         Size of one result, to cap the bytes a task holds.
-    journal : JournalCall, optional
-        Answers the points it holds (handed to ``on_result`` first, in index order)
-        and records every success as it arrives.
+    journal : ReplayCache, optional
+        Answers the points it holds (handed on first, in index order) and records every
+        success as it arrives.
+    raise_errors : bool
+        Raise a call's broken failure policy at once (one call: ``Evaluator.map`` and
+        ``solve``); else record it in the call's reply and skip its remaining points.
     """
 
-    def __init__(self, backend, points, on_result, *, task_ids, timeout, max_retries,
-                 max_failure_fraction, base, sizer, item_bytes, journal=None):
+    def __init__(self, backend, calls, submit_point, *, task_ids, timeout, max_retries,
+                 sizer, item_bytes, journal=None, raise_errors=True):
         self.backend = backend
-        self.points = points
-        self.on_result = on_result
+        self.calls = calls
+        self.submit_point = submit_point
         self.task_ids = task_ids
         self.timeout = timeout
         self.max_retries = max_retries
-        self.max_failure_fraction = max_failure_fraction
-        self.base = base
         self.sizer = sizer
         self.item_bytes = item_bytes
         self.journal = journal
-        self.total = len(points)
-        self.stats = MapStats()
+        self.raise_errors = raise_errors
+        # Point k of the map is point j of call q.
+        self.index = [(q, j) for q, call in enumerate(calls) for j in range(call.size)]
+        self.total = len(self.index)
+        self.tasks = 0
         self.fresh = iter(range(self.total))
         self.unsubmitted = self.total
         self.retry = collections.deque()  # points to run again, batched
@@ -175,19 +225,38 @@ class MapRun:
         self.in_flight = {}  # task id -> indices still without an outcome
         self.exclusive = None  # a suspect's task that runs with nothing else in flight
 
+    def _live(self, k):
+        return self.calls[self.index[k][0]].error is None
+
+    def _point(self, k):
+        q, j = self.index[k]
+        return self.calls[q].points[j]
+
     # -- submitting ---------------------------------------------------------------------
 
+    def _pop_live(self, queue):
+        while queue:
+            k = queue.popleft()
+            if self._live(k):
+                return k
+        return None
+
     def _next_items(self):
-        if self.suspects:
-            return [self.suspects.popleft()]
-        k = self.sizer.size(self.unsubmitted + len(self.retry), self.backend.parallelism(),
-                            self.item_bytes)
+        k = self._pop_live(self.suspects)
+        if k is not None:
+            return [k]
+        size = self.sizer.size(self.unsubmitted + len(self.retry),
+                               self.backend.parallelism(), self.item_bytes)
         items = []
-        while self.retry and len(items) < k:
-            items.append(self.retry.popleft())
-        while len(items) < k and self.unsubmitted:
-            items.append(next(self.fresh))
+        while self.retry and len(items) < size:
+            k = self._pop_live(self.retry)
+            if k is not None:
+                items.append(k)
+        while len(items) < size and self.unsubmitted:
+            k = next(self.fresh)
             self.unsubmitted -= 1
+            if self._live(k):
+                items.append(k)
         return items
 
     def _fill(self):
@@ -201,8 +270,10 @@ class MapRun:
                 # flight could be blamed on it. Wait for the others, then run it by itself.
                 if self.in_flight:
                     return
-                self.exclusive = self._submit([self.suspects.popleft()])
-                return
+                k = self._pop_live(self.suspects)
+                if k is not None:
+                    self.exclusive = self._submit([k])
+                continue
             indices = self._next_items()
             if not indices:
                 return
@@ -213,8 +284,9 @@ class MapRun:
         for index in indices:
             self.owner[index] = task_id
         self.in_flight[task_id] = list(indices)
-        self.stats.tasks += 1
-        self.backend.submit(task_id, [(i, self.points[i]) for i in indices], self.timeout)
+        self.tasks += 1
+        self.backend.submit(task_id, [(k, self.submit_point(*self.index[k]))
+                                      for k in indices], self.timeout)
         return task_id
 
     # -- the loop -----------------------------------------------------------------------
@@ -222,19 +294,25 @@ class MapRun:
     def _replay(self):
         """Answer the points the journal holds; only the others will be submitted."""
         todo = []
-        for index in range(self.total):
-            hit = self.journal.lookup(self.points[index])
+        for k in range(self.total):
+            q, j = self.index[k]
+            call = self.calls[q]
+            hit = None if call.context is None else self.journal.lookup(call.context,
+                                                                        call.points[j])
+            if hit is not None and call.expected_shape is not None \
+                    and hit.theta.shape != call.expected_shape:
+                hit = None  # a record of another output shape: solve again
             if hit is None:
-                todo.append(index)
+                todo.append(k)
                 continue
-            self.stats.nfev_replayed += 1
-            self.stats.solver_time_replayed += hit.solver_time
+            call.reply.nfev_replayed += 1
+            call.reply.solver_time_replayed += hit.solver_time
             self.sizer.observe(hit.solver_time)
-            self.on_result(index, hit.theta)
+            self._deliver(call, j, hit.theta)
         self.fresh = iter(todo)
         self.unsubmitted = len(todo)
 
-    def run(self) -> MapStats:
+    def run(self):
         start = time.perf_counter()
         try:
             if self.journal is not None and self.journal.replayable:
@@ -248,8 +326,12 @@ class MapRun:
         finally:
             if self.in_flight:  # aborted (threshold, on_result raised, Ctrl-C)
                 self.backend.cancel(list(self.in_flight))
-            self.stats.wall_time = time.perf_counter() - start
-        return self.stats
+            wall = time.perf_counter() - start
+            for call in self.calls:
+                call.reply.wall_time = wall
+            if self.calls:
+                self.calls[0].reply.tasks = self.tasks
+        return [call.reply for call in self.calls]
 
     def _handle(self, event):
         if event.task_id not in self.in_flight:
@@ -275,29 +357,48 @@ class MapRun:
                                 "not an ItemDone, TaskDone or TaskLost event")
 
     def _item(self, task_id, outcome):
-        index = outcome.index
-        if self.owner.get(index) != task_id:
+        k = outcome.index
+        if self.owner.get(k) != task_id:
             return
-        self.stats.nfev += 1
-        self.stats.solver_time += outcome.seconds
+        q, j = self.index[k]
+        call = self.calls[q]
+        call.reply.nfev += 1
+        call.reply.solver_time += outcome.seconds
         self.sizer.observe(outcome.seconds)
-        del self.owner[index]
-        self.in_flight[task_id].remove(index)
-        if outcome.ok:
-            self.suspected.discard(index)
-            if self.journal is not None:  # the solve is done, whatever on_result does
-                self.journal.record(self.points[index], outcome.theta,
+        del self.owner[k]
+        self.in_flight[task_id].remove(k)
+        if call.error is not None:
+            return  # solved, and counted, but its request was already given up
+        kind, message, retryable = outcome.kind, outcome.message, outcome.retryable
+        if outcome.ok and call.check_shape and call.expected_shape is not None \
+                and outcome.theta.shape != call.expected_shape:
+            kind, retryable = "shape", True
+            message = (f"solver returned shape {outcome.theta.shape}, expected "
+                       f"{call.expected_shape}, the shape of its other outputs")
+        if kind is None:
+            self.suspected.discard(k)
+            if self.journal is not None and call.context is not None:
+                # The solve is done, whatever on_result does with it.
+                self.journal.record(call.context, call.points[j], outcome.theta,
                                     solver_time=outcome.seconds,
-                                    attempts=self.attempts[index] + 1)
-            self.on_result(index, outcome.theta)
+                                    attempts=self.attempts[k] + 1, tag=call.tag)
+            self._deliver(call, j, outcome.theta)
         else:
-            self._charge(index, outcome.kind, outcome.message, outcome.retryable)
+            self._charge(k, kind, message, retryable)
+
+    @staticmethod
+    def _deliver(call, j, theta):
+        if call.on_result is not None:
+            call.on_result(j, theta)
+        else:
+            call.reply.thetas[j] = theta
 
     def _release(self, index, task_id):
         if self.owner.get(index) == task_id:
             del self.owner[index]
 
     def _lost(self, lost, culprit, kind, message, seconds):
+        lost = [k for k in lost if self._live(k)]
         if not lost:
             return
         if culprit is None and len(lost) == 1 and (
@@ -306,18 +407,19 @@ class MapRun:
             culprit = lost[0]
         for index in lost:
             if index == culprit:
-                self.stats.nfev += 1
-                self.stats.solver_time += seconds
+                reply = self.calls[self.index[index][0]].reply
+                reply.nfev += 1
+                reply.solver_time += seconds
                 self._charge(index, kind, message)
             elif culprit is None:
                 # Cannot tell who crashed the worker: rerun each alone, free of charge;
                 # the one that crashes again alone is the culprit.
                 self.suspected.add(index)
                 self.suspects.append(index)
-                self.stats.resubmitted += 1
+                self.calls[self.index[index][0]].reply.resubmitted += 1
             else:
                 self.retry.appendleft(index)  # innocent bystander
-                self.stats.resubmitted += 1
+                self.calls[self.index[index][0]].reply.resubmitted += 1
 
     def _charge(self, index, kind, message, retryable=True):
         """One failed attempt of ``index``: retry it or drop it."""
@@ -327,15 +429,24 @@ class MapRun:
             logger.debug("point %d failed (%s), retrying", index, kind)
             (self.suspects if index in self.suspected else self.retry).append(index)
             return
-        self.stats.add_failure(Failure(index, None, kind, message, attempts))
-        if self.base:
-            raise inner_solver_error(
+        q, j = self.index[index]
+        call = self.calls[q]
+        call.reply.add_failure(Failure(j, None, kind, message, attempts))
+        error = None
+        if call.base:
+            error = inner_solver_error(
                 f"the inner solver failed at the base point phi after {attempts} attempt(s) "
                 f"({kind}):\n{message}", kind=kind, detail=message)
-        nfail = len(self.stats.failures)
-        if nfail > self.max_failure_fraction * self.total:
-            raise inner_solver_error(
-                f"{nfail} of {self.total} evaluations failed for good, more than "
-                f"max_failure_fraction={self.max_failure_fraction} of them (stopped "
-                f"early); the last failure, at point {index} after {attempts} attempt(s), "
-                f"was ({kind}):\n{message}", kind=kind, detail=message)
+        else:
+            nfail = len(call.reply.failures)
+            if nfail > call.max_failure_fraction * call.size:
+                error = inner_solver_error(
+                    f"{nfail} of {call.size} evaluations failed for good, more than "
+                    f"max_failure_fraction={call.max_failure_fraction} of them (stopped "
+                    f"early); the last failure, at point {j} after {attempts} attempt(s), "
+                    f"was ({kind}):\n{message}", kind=kind, detail=message)
+        if error is None:
+            return
+        if self.raise_errors:
+            raise error
+        call.error = call.reply.error = error
