@@ -5,16 +5,18 @@ The inner solver is a black box: a Fourier pseudo-spectral simulator
 meta-parameters are the logarithms of the unknown coefficients; FG2U-ZO estimates the
 meta-gradient with central finite differences through the simulator, and the outer
 loss — the mean squared misfit at the observation points, bilinearly interpolated from
-the simulated field in torch — is differentiated exactly. Rprop takes the steps.
+the simulated field in torch — is differentiated exactly. Gauss–Newton trust-region
+steps are built from the perturbed solves (``--optimizer Rprop`` for the paper's
+first-order path).
 
 Over a long horizon the misfit of a dispersive equation is rugged (KdV's solitons
 drift out of phase for a wrong coefficient, and the misfit has a local minimum wherever
 they line up with the wrong crests), so by default the search is globalized twice:
 
-- continuation in the horizon (``fz.Continuation``): fit the observations up to
+- continuation in the horizon (``fz.horizon_phases``): fit the observations up to
   ``T_1`` first, with the simulator run only that far, then ``T_2 = 2 T_1``, ... up to
   the last observation, each phase warm-started from the previous one and ended when
-  its steps fall below 1e-3 (``fz.horizon_schedule``, ``fz.Converged``);
+  its steps fall below 1e-2 (``fz.horizon_schedule``, ``fz.Converged``);
 - parallel multi-start (``fz.multistart``): a Sobol' design in a box of a factor
   ``--bound-factor`` around the initial guess, screened on the first horizon in one
   parallel group, then continuation runs from the best few in lockstep (their solves
@@ -229,7 +231,7 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.05,
                         help="(initial) step in log-coefficients")
     parser.add_argument("--optimizer", default="gauss-newton",
-                        help="a torch.optim class name, or adam (default Rprop: see above)")
+                        help="gauss-newton (the default), adam, or a torch.optim class name such as Rprop")
     parser.add_argument("--continuation", action=argparse.BooleanOptionalAction, default=True,
                         help="continuation in the horizon (default: on)")
     parser.add_argument("--multistart", action=argparse.BooleanOptionalAction, default=True,
@@ -283,8 +285,12 @@ def main(argv=None):
     # Each phase but the last moves on once its steps stay below 1e-2 (1 % in the
     # coefficients: well inside the basin of the next horizon's minimum) and the next
     # starts with steps of that size (carry_lr), not --lr; the last stops at --xtol.
-    plan = fz.Continuation(at_horizon, horizons, steps=steps, until=fz.Converged(xtol=1e-2),
-                           stop=fz.Converged(xtol=args.xtol), carry_lr=3.0)
+    # (carry_lr: first-order steppers only; Gauss-Newton sizes its steps itself.)
+    first_order = args.optimizer.lower() != "gauss-newton"
+    phases = fz.horizon_phases(at_horizon, horizons, steps=steps,
+                               until=fz.Converged(xtol=1e-2),
+                               stop=fz.Converged(xtol=args.xtol),
+                               carry_lr=3.0 if first_order else None)
     # With N = 1 or 2 unknowns, b = N orthogonal directions give the full basis: the
     # estimate is then exact up to the O(h^2) finite-difference error. Exact gradients
     # suit Rprop: a per-coefficient step that grows while the gradient keeps its sign
@@ -301,23 +307,23 @@ def main(argv=None):
     with fz.Evaluator(backend=args.backend, n_jobs=args.n_jobs) as ev:
         workers = ev.workers
         # The linear decay drives Adam or SGD; Rprop sets its own steps after the first.
-        result = fz.multistart(plan, bounds, estimator, phi0=phi0, num_starts=num_starts,
+        result = fz.multistart(at_horizon(horizons[-1]), bounds, estimator, phi0=phi0,
+                               phases=phases, num_starts=num_starts,
                                num_local=args.local, rng=args.seed, evaluator=ev,
                                optimizer=args.optimizer, lr=args.lr, schedule="linear")
     wall = time.perf_counter() - start
     estimates = dict(zip(learn, np.exp(result.phi).tolist()))
     rel_err = {k: abs(v - args.truth[k]) / abs(args.truth[k])
                for k, v in estimates.items() if k in args.truth}
-    best = int(np.argmin(result.end_values))
-    best_run = result.results[best]
+    best_run = result.runs[int(np.argmin(result.end_values))]
 
     print(f"{args.equation}: {args.points} {args.sampling} points, noise {args.noise:g}, "
           f"{args.optimizer}, {wall:.1f} s")
     print(f"horizons {', '.join(f'{h:g}' for h in horizons)}; "
-          + (f"{len(result.design)} screened starts, {len(result.starts)} local runs"
+          + (f"{len(result.design)} screened starts, {len(result.runs)} local runs"
              + (" (halved after each phase)" if len(horizons) > 1 else "")
              if args.multistart else "one run from the initial guess")
-          + (f"; best run's steps per phase {best_run.phase_steps}" if best_run else ""))
+          + f"; best run's steps per phase {[p.steps for p in best_run.phases]}")
     print(f"{'coefficient':>12} {'initial':>12} {'estimate':>14} {'truth':>14} {'rel. error':>11}")
     for name in learn:
         truth = args.truth.get(name)

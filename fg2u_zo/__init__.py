@@ -14,8 +14,9 @@ import importlib
 
 from ._version import __version__
 from .errors import (CheckpointError, ConfigError, FG2UError, FG2UTypeError, FG2UValueError,
-                     FG2UWarning, InnerSolverError, InvalidSolverOutputError, NoiseWarning,
-                     SolverOutputTypeError, ZeroDifferenceWarning)
+                     FG2UWarning, InnerSolverError, InvalidSolverOutputError,
+                     NonFiniteStepError, NoiseWarning, SolverOutputTypeError,
+                     ZeroDifferenceWarning)
 
 _EXPORTS = {
     # problem and estimators
@@ -30,19 +31,21 @@ _EXPORTS = {
     "Evaluator": "evaluation",
     "Backend": "evaluation.backends", "register_backend": "evaluation.backends",
     "available_backends": "evaluation.backends",
+    "Request": "evaluation.requests", "Reply": "evaluation.requests",
     # outer optimization
     "minimize": "outer.minimize", "resume": "outer.minimize", "Phase": "outer.phases",
-    "OptimizeResult": "outer.result",
+    "OptimizeResult": "outer.result", "RunSummary": "outer.result",
+    "PhaseSummary": "outer.result", "Converged": "outer.convergence",
+    "AskTell": "outer.asktell", "Evaluation": "outer.asktell",
     "Stepper": "outer.steppers.base", "StepperState": "outer.steppers.base",
     "StepUpdate": "outer.steppers.base", "register_stepper": "outer.steppers",
-    "StepRecord": "outer.history", "read_history": "outer.history",
-    "read_checkpoint": "outer.checkpoint",
+    "solve_points": "outer.steppers.base",
+    # persistence
+    "StepRecord": "persist.history", "read_history": "persist.history",
+    "read_checkpoint": "persist.checkpoint",
     # globalization: continuation in the horizon, parallel multi-start
-    "horizon_schedule": "outer.horizons", "horizon_phases": "outer.horizons",
-    "Converged": "outer.convergence",
-    "Continuation": "outer.continuation", "ContinuationResult": "outer.continuation",
-    "continuation": "outer.continuation",
-    "multistart": "outer.multistart", "MultiStartResult": "outer.multistart",
+    "horizon_schedule": "globalize.horizons", "horizon_phases": "globalize.horizons",
+    "MultiStart": "globalize.multistart", "multistart": "globalize.multistart",
     # results and checks
     "MetaGradient": "result", "Failure": "result", "GradientCheck": "result",
     "Sketch": "result",
@@ -52,7 +55,7 @@ _EXPORTS = {
     # noise and step selection
     "NoiseEstimate": "noise", "estimate_noise": "noise", "noise_needs_refresh": "noise",
     # directions
-    "sample_directions": "estimators.directions", "DIRECTION_FAMILIES": "estimators.directions",
+    "sample_directions": "directions", "DIRECTION_FAMILIES": "directions",
 }
 
 __all__ = [
@@ -60,7 +63,8 @@ __all__ = [
     # errors and warnings
     "FG2UError", "FG2UValueError", "FG2UTypeError", "InnerSolverError",
     "InvalidSolverOutputError", "SolverOutputTypeError", "ConfigError",
-    "CheckpointError", "FG2UWarning", "NoiseWarning", "ZeroDifferenceWarning",
+    "CheckpointError", "NonFiniteStepError", "FG2UWarning", "NoiseWarning",
+    "ZeroDifferenceWarning",
 ]
 
 

@@ -7,10 +7,14 @@ builtin it specialises, so callers can write either ``except fz.FG2UError`` or
 
 from __future__ import annotations
 
+import inspect
+import os
+
 __all__ = [
     "FG2UError",
     "FG2UValueError",
     "FG2UTypeError",
+    "NonFiniteStepError",
     "InnerSolverError",
     "InvalidSolverOutputError",
     "SolverOutputTypeError",
@@ -20,6 +24,7 @@ __all__ = [
     "FG2UWarning",
     "NoiseWarning",
     "ZeroDifferenceWarning",
+    "user_stacklevel",
 ]
 
 
@@ -33,6 +38,10 @@ class FG2UValueError(FG2UError, ValueError):
 
 class FG2UTypeError(FG2UError, TypeError):
     """An argument has the wrong type."""
+
+
+class NonFiniteStepError(FG2UValueError):
+    """A step produced a NaN or infinite value, gradient or point; nothing was committed."""
 
 
 class InnerSolverError(FG2UError, RuntimeError):
@@ -110,3 +119,22 @@ class NoiseWarning(FG2UWarning):
 class ZeroDifferenceWarning(NoiseWarning):
     """Every finite difference of an estimate was zero or below the output resolution:
     the step is too small for the solver's precision."""
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` that makes ``warnings.warn`` called by the caller of this
+    function point at the first frame outside the ``fg2u_zo`` package (the user's
+    call of ``estimate``, ``minimize`` ...).
+
+    Counted from the frame that calls ``warnings.warn`` (level 1).
+    """
+    frame = inspect.currentframe().f_back  # the caller, which calls warnings.warn: level 1
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+            _PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level

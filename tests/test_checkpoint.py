@@ -17,7 +17,7 @@ import torch
 
 import fg2u_zo as fz
 from _process_checks import load_child
-from fg2u_zo.outer.checkpoint import generator_state, read_checkpoint, write_checkpoint
+from fg2u_zo.persist.checkpoint import read_checkpoint, write_checkpoint
 from fg2u_zo.testing import RidgeHyperproblem
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -222,8 +222,9 @@ def adam_run(tmp_path_factory):
 
 
 def _checkpoint(adam_run, step=3):
-    return dataclasses.replace(read_checkpoint(adam_run), step=step, step_in_phase=step,
-                               history_lines=0, history_path=None)
+    ck = dataclasses.replace(read_checkpoint(adam_run), history_lines=0, history_path=None)
+    ck.search.runs[0].step = ck.search.runs[0].step_in_phase = step
+    return ck
 
 
 def test_round_trip_without_pickles(tmp_path, adam_run):
@@ -232,15 +233,16 @@ def test_round_trip_without_pickles(tmp_path, adam_run):
         meta = json.loads(zf.read("meta.json"))  # strict JSON: no NaN/Infinity tokens
         with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    assert meta["format_version"] == 2 and meta["step"] == 4
+    assert meta["format_version"] == 3 and meta["search"]["runs"][0]["step"] == 4
+    assert meta["search"]["stage"] == "done" and meta["status"] == "finished"
     assert meta["config"]["optimizer"] == {"name": "torch.optim:Adam", "options": {}}
     assert meta["history"]["path"] == "run.jsonl"  # relative to the checkpoint
     # Adam's state keeps its dtypes: the step counter is float32, the moments float64.
-    assert arrays["stepper/state.0.step"].dtype == np.float32
-    assert arrays["stepper/state.0.step"] == 4
-    assert arrays["stepper/state.0.exp_avg"].dtype == np.float64
+    assert arrays["runs/0/stepper/state.0.step"].dtype == np.float32
+    assert arrays["runs/0/stepper/state.0.step"] == 4
+    assert arrays["runs/0/stepper/state.0.exp_avg"].dtype == np.float64
     back = read_checkpoint(adam_run)
-    assert back.noise is not None and back.noise_age >= 0  # step="auto" keeps one
+    assert back.noise is not None and back.search.runs[0].noise_age >= 0  # step="auto"
     np.testing.assert_array_equal(back.upper, np.full(5, 3.0))
     again = read_checkpoint(write_checkpoint(tmp_path / "again.ckpt", back))
     assert again.noise.to_dict() == back.noise.to_dict() or np.isnan(back.noise.noise)
@@ -250,9 +252,9 @@ def test_round_trip_without_pickles(tmp_path, adam_run):
     for name in ("MT19937", "Philox", "SFC64"):
         rng = np.random.Generator(getattr(np.random, name)(11))
         ck = _checkpoint(adam_run)
-        ck.rng_state = generator_state(rng)
+        ck.search.runs[0].rng = np.random.Generator(getattr(np.random, name)(11))
         back = read_checkpoint(write_checkpoint(tmp_path / f"{name}.ckpt", ck))
-        assert back.generator().random() == rng.random()
+        assert back.search.runs[0].rng.random() == rng.random()
 
 
 def test_torch_optimizer_state_round_trip_is_exact():
@@ -292,6 +294,21 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, ada
     monkeypatch.undo()
     assert read_checkpoint(path).step == 3
     assert os.listdir(tmp_path) == ["c.ckpt"]  # no temporary file left behind
+
+
+def test_a_symlink_at_a_temporary_name_is_never_followed(tmp_path, adam_run):
+    # Issue 21, item 2: a symlink planted at run.ckpt.tmp had its target overwritten.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    path = tmp_path / "c.ckpt"
+    os.symlink(victim, str(path) + ".tmp")
+    write_checkpoint(path, _checkpoint(adam_run, step=3))
+    assert victim.read_text() == "precious\n" and read_checkpoint(path).step == 3
+    # A link at the checkpoint itself is replaced, not written through.
+    os.unlink(path)
+    os.symlink(victim, path)
+    write_checkpoint(path, _checkpoint(adam_run, step=3))
+    assert victim.read_text() == "precious\n" and not os.path.islink(path)
 
 
 def _rewrite(path, edit_meta=None, edit_arrays=None):
@@ -366,7 +383,8 @@ def test_a_checkpoint_cannot_choose_code_to_run(run_dir, noise):
     victim = run_dir / "victim.txt"
     victim.write_text("precious\n")
     text = json.dumps(noise).replace("VICTIM", str(victim))
-    _rewrite(run_dir / "run.ckpt", lambda meta: meta.update(noise=json.loads(text)))
+    _rewrite(run_dir / "run.ckpt",
+             lambda meta: meta["search"]["runs"][0].update(noise=json.loads(text)))
     with pytest.raises(fz.CheckpointError, match="noise"):
         fz.resume(run_dir / "run.ckpt", RidgeHyperproblem().problem(), progress=False)
     assert victim.read_text() == "precious\n"
@@ -384,15 +402,46 @@ def test_a_checkpoint_cannot_name_the_stepper_code(run_dir, name):
 
 
 def test_history_path_in_a_checkpoint_is_never_a_place_to_write(run_dir):
-    # Item 1: a changed history.path truncated any file on resume.
+    # Issue 15, item 1: a changed history.path truncated any file on resume; a file of
+    # the checkpoint's folder must still be a history.
     victim = run_dir / "victim.txt"
     victim.write_text("line 1\nline 2\nline 3\nline 4\nline 5\n")
-    _rewrite(run_dir / "run.ckpt",
-             lambda meta: meta["history"].update(path=str(victim)))
+    _rewrite(run_dir / "run.ckpt", lambda meta: meta["history"].update(path="victim.txt"))
     with pytest.raises(fz.CheckpointError, match="not an fg2u-zo history"):
         fz.resume(run_dir / "run.ckpt", RidgeHyperproblem().problem(), steps=6,
                   progress=False)
     assert victim.read_text() == "line 1\nline 2\nline 3\nline 4\nline 5\n"
+
+
+@pytest.mark.parametrize("path", ["../../elsewhere/new/planted.jsonl", "/tmp/abs.jsonl",
+                                  "a/../../b.jsonl"])
+def test_a_history_path_outside_the_checkpoint_folder_is_refused(run_dir, tmp_path, path):
+    # Issue 21, item 3: history.path = "../../elsewhere/new/planted.jsonl" created that
+    # folder and file on resume.
+    _rewrite(run_dir / "run.ckpt", lambda meta: meta["history"].update(path=path))
+    with pytest.raises(fz.CheckpointError, match="`history.path` must be a file name "
+                                                 "inside the checkpoint's folder"):
+        fz.resume(run_dir / "run.ckpt", RidgeHyperproblem().problem(), steps=6,
+                  progress=False)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_history_outside_the_folder_is_recorded_not_followed(tmp_path):
+    (tmp_path / "ck").mkdir()
+    problem = RidgeHyperproblem().problem()
+    kwargs = dict(lr=0.1, rng=0, progress=False)
+    est = fz.FG2UZO(num_directions=2, step=1e-6)
+    fz.minimize(problem, np.zeros(5), est, steps=2, checkpoint=tmp_path / "ck" / "r.ckpt",
+                history=tmp_path / "r.jsonl", **kwargs)
+    ck = read_checkpoint(tmp_path / "ck" / "r.ckpt")
+    assert ck.history_path is None and ck.history_outside == str(tmp_path / "r.jsonl")
+    before = (tmp_path / "r.jsonl").read_bytes()
+    fz.resume(tmp_path / "ck" / "r.ckpt", problem, steps=3, progress=False)
+    assert (tmp_path / "r.jsonl").read_bytes() == before      # not written without asking
+    fz.resume(tmp_path / "ck" / "r.ckpt", problem, steps=4, history=tmp_path / "r.jsonl",
+              progress=False)
+    # Named, it is continued after the lines the checkpoint counts (step 2 ran without it).
+    assert _history_steps(tmp_path / "r.jsonl") == [0, 1, 3]
 
 
 def test_resuming_a_copy_writes_the_copy_history(run_dir, tmp_path):
@@ -415,7 +464,7 @@ def test_resuming_a_copy_writes_the_copy_history(run_dir, tmp_path):
 
 def _set(path, value):
     def edit(meta):
-        keys = path.split(".")
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
         target = meta
         for key in keys[:-1]:
             target = target[key]
@@ -429,29 +478,36 @@ def _set(path, value):
 _DELETE = object()
 
 
+R = "search.runs.0."
+
+
 @pytest.mark.parametrize("field, value, message", [
-    ("step", "forty", "`step` must be an integer"),
-    ("step", -5, "`step` must be >= 0"),
-    ("step", 4.0, "`step` must be an integer"),
-    ("step", True, "`step` must be an integer"),
-    ("phase", 3, "`phase`"),
-    ("step_in_phase", 9, "`step_in_phase` must be <= step"),
-    ("totals", _DELETE, "`totals` is missing"),
-    ("totals.nfev", -1, "`totals.nfev` must be >= 0"),
-    ("totals.solver_time", "fast", "`totals.solver_time` must be a number"),
-    ("history.lines", 40, "`history.lines` must be <= step"),
+    (R + "step", "forty", r"`runs\[0\].step` must be an integer"),
+    (R + "step", -5, r"`runs\[0\].step` must be >= 0"),
+    (R + "step", 4.0, r"`runs\[0\].step` must be an integer"),
+    (R + "step", True, r"`runs\[0\].step` must be an integer"),
+    (R + "phase", 3, "phase"),
+    (R + "step_in_phase", 9, r"`runs\[0\].step_in_phase` and phase must be <= step"),
+    (R + "totals", _DELETE, r"`runs\[0\].totals` is missing"),
+    (R + "totals.nfev", -1, r"`runs\[0\].totals.nfev` must be >= 0"),
+    (R + "totals.solver_time", "fast", r"`runs\[0\].totals.solver_time` must be a number"),
+    (R + "status", "hacked", r"`runs\[0\].status` must be null or one of"),
+    (R + "window", "x", r"`runs\[0\].window`"),
+    (R + "stepper", [], r"`runs\[0\].stepper` must be a JSON object"),
+    (R + "rng.bit_generator", "Evil", "`rng` uses bit generator 'Evil'"),
+    (R + "rng.state", "x", "`rng` is not a valid PCG64 state"),
+    (R + "noise.age", -2, "`noise.age` must be >= 0"),
+    (R + "noise.data.nfev", "many", "`noise.data.nfev` must be an integer"),
+    ("search.stage", "hacked", "`search.stage` must be one of"),
+    ("search.groups", [-1], "`search.groups`"),
+    ("history.lines", 40, "`history.lines` must be <= the steps done"),
     ("history.path", 7, "`history.path` must be a string"),
-    ("rng.bit_generator", "Evil", "`rng` uses bit generator 'Evil'"),
-    ("rng.state", "x", "`rng` is not a valid PCG64 state"),
     ("config.phase_steps", [0], "`config.phase_steps`"),
-    ("config.transform", ["tanh"] * 5, "`config.transform`"),
+    ("config.transform", [7] * 5, "`config.transform`"),
     ("config.phases", "all", "`config.phases`"),
     ("config.optimizer", _DELETE, "`config.optimizer` is missing"),
-    ("noise.age", -2, "`noise.age` must be >= 0"),
-    ("noise.data.nfev", "many", "`noise.data.nfev` must be an integer"),
-    ("stepper.data", [], "`stepper.data` must be a JSON object"),
     ("status", "hacked", "`status` must be one of"),
-    ("num_params", 3, "num_params` must"),
+    ("num_params", 3, r"`runs\[0\].z` must be a finite float64 array of 3 entries"),
 ])
 def test_malformed_fields_name_the_field_and_write_nothing(run_dir, field, value, message):
     # Item 3: raw KeyError/TypeError, "step": -5 accepted; item 2: the history truncated
@@ -472,11 +528,12 @@ def test_malformed_fields_name_the_field_and_write_nothing(run_dir, field, value
 
 
 @pytest.mark.parametrize("array, value, message", [
-    ("phi", np.full(5, np.nan), "`phi` is not finite"),
-    ("z", np.zeros(3), "`z` must be float64 of shape"),
+    ("phi", np.zeros(5), "`phi` must be float64 of shape"),
+    ("runs/0/z", np.zeros(3), r"`runs\[0\].z` must be a finite float64 array"),
+    ("runs/0/z", np.full(5, np.nan), r"`runs\[0\].z` must be a finite float64 array"),
     ("upper", np.full(5, np.nan), "without NaN"),
     ("lower", np.full(5, 9.0), "`phi` lies outside the bounds"),
-    ("stepper/state.0.exp_avg", np.zeros(7), "exp_avg.*shape"),
+    ("runs/0/stepper/state.0.exp_avg", np.zeros(7), "exp_avg.*shape"),
 ])
 def test_malformed_arrays_are_refused(run_dir, array, value, message):
     def edit(arrays):
@@ -490,6 +547,6 @@ def test_malformed_arrays_are_refused(run_dir, array, value, message):
 def test_cli_resume_of_a_malformed_checkpoint_exits_2(run_dir, capsys):
     from fg2u_zo.cli import main
 
-    _rewrite(run_dir / "run.ckpt", _set("step", "forty"))
+    _rewrite(run_dir / "run.ckpt", _set(R + "step", "forty"))
     assert main(["resume", str(run_dir / "run.ckpt")]) == 2
-    assert "`step` must be an integer" in capsys.readouterr().err
+    assert "`runs[0].step` must be an integer" in capsys.readouterr().err

@@ -121,12 +121,17 @@ def test_run_then_resume_an_external_simulator(case, tmp_path, monkeypatch, caps
     assert after10 < first / 10, (first, after10)
     assert os.listdir(elsewhere) == []  # nothing written where the command was run
 
-    assert main(["resume", str(ckpt), "--steps", "15", "--no-progress"]) == 0
+    assert main(["resume", str(ckpt), "--config", str(case / "config.toml"), "--steps", "15",
+                 "--no-progress"]) == 0
     after15 = _value(capsys.readouterr().out)
     assert after15 < after10
     assert [r.step for r in fz.read_history(history)] == list(range(15))
     saved = fz.read_checkpoint(ckpt)
     assert saved.step == 15 and saved.metadata["config_path"] == str(case / "config.toml")
+    # `run --resume` continues the config's checkpoint: finished, it answers from it.
+    assert main(["run", str(case / "config.toml"), "--resume", "--steps", "16",
+                 "--no-progress"]) == 0
+    assert fz.read_checkpoint(ckpt).step == 16
 
 
 @pytest.mark.timeout(60)
@@ -137,13 +142,70 @@ def test_run_refuses_to_overwrite_and_resume_refuses_an_edited_config(case, caps
     assert "already exists" in capsys.readouterr().err
     ckpt = str(case / "out" / "run.ckpt")
     (case / "config.toml").write_text(CONFIG.replace("lr = 0.2", "lr = 0.3"))
-    assert main(["resume", ckpt, "--no-progress"]) == 2
-    assert "changed since" in capsys.readouterr().err
+    assert main(["resume", ckpt, "--config", config, "--no-progress"]) == 2
+    assert "is not the config" in capsys.readouterr().err
     # --force reads the edited file, and the checkpoint still refuses the new lr.
-    assert main(["resume", ckpt, "--force", "--no-progress"]) == 2
+    assert main(["resume", ckpt, "--config", config, "--force", "--no-progress"]) == 2
     assert "lr: checkpoint has 0.2, this run has 0.3" in capsys.readouterr().err
     (case / "config.toml").write_text(CONFIG)
     assert main(["run", config, "--overwrite", "--steps", "1", "--no-progress"]) == 0
+
+
+@pytest.mark.timeout(60)
+def test_resume_runs_only_the_config_the_user_names(case, tmp_path, capsys):
+    # Issue 21, item 4: `fg2u-zo resume` ran the command of a config that only the
+    # checkpoint named (its config_path and its own config_sha256 edited to match).
+    config = str(case / "config.toml")
+    assert main(["run", config, "--steps", "2", "--no-progress"]) == 0
+    ckpt = case / "out" / "run.ckpt"
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.toml"
+    evil.write_text(CONFIG.replace(f"argv = [{json.dumps(sys.executable)}",
+                                   f"argv = [\"touch\", {json.dumps(str(marker))}, "
+                                   f"{json.dumps(sys.executable)}"))
+
+    def point_at_evil(meta):
+        from fg2u_zo.cli.config import file_sha256
+
+        meta["metadata"] = {"config_path": str(evil), "config_sha256": file_sha256(evil)}
+
+    _rewrite_meta(ckpt, point_at_evil)
+    capsys.readouterr()
+    assert main(["resume", str(ckpt), "--steps", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--config" in err and "never chooses what runs" in err and str(evil) in err
+    assert not marker.exists()
+    # Named by the user, the right config resumes (its bytes are not the recorded ones:
+    # --force, and the trajectory's settings are still checked).
+    assert main(["resume", str(ckpt), "--config", config, "--force", "--steps", "3",
+                 "--no-progress"]) == 0
+    assert not marker.exists()
+
+
+def _rewrite_meta(path, edit):
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    meta = json.loads(entries["meta.json"])
+    edit(meta)
+    entries["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_first_solve_does_not_block_the_rerun(case, capsys):
+    # Issue 21, item 21: after a failure at the first solve, `run` said the checkpoint
+    # exists and `resume` that the config changed.
+    config = case / "config.toml"
+    config.write_text(CONFIG.replace('output = "out.txt"', 'output = "nothing.txt"'))
+    assert main(["run", str(config), "--no-progress"]) == 1
+    capsys.readouterr()
+    config.write_text(CONFIG)
+    assert main(["run", str(config), "--steps", "2", "--no-progress"]) == 0
+    assert fz.read_checkpoint(case / "out" / "run.ckpt").step == 2
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -327,7 +389,7 @@ def test_plot_writes_a_png_of_the_stated_size(history_file, tmp_path, capsys):
 
 
 def test_figure_has_the_stated_axes(history_file):
-    from fg2u_zo.outer.plotting import AXIS_LABELS, DPI, FIGSIZE, history_figure
+    from fg2u_zo.cli.plotting import AXIS_LABELS, DPI, FIGSIZE, history_figure
 
     fig = history_figure(history_file)
     labels = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
@@ -455,20 +517,34 @@ def test_continuation_reaches_the_frequency_a_plain_run_misses(oscillator_case, 
     assert phases == sorted(phases) and set(phases) == set(range(len(horizons)))
 
 
-@pytest.mark.timeout(60)
-def test_resume_refuses_a_config_with_continuation(oscillator_case, monkeypatch, capsys):
+@pytest.mark.timeout(120)
+def test_a_continuation_run_is_resumed_where_it_stopped(oscillator_case, monkeypatch,
+                                                        capsys):
+    # A [continuation] run is one run with a checkpoint: stopped by its budget, resumed
+    # with the budget lifted (an edited config: --force), it ends where the run that was
+    # never stopped ends, bit for bit.
     monkeypatch.chdir(oscillator_case)
-    plain = OSCILLATOR_CONFIG.format(steps="steps = 3", continuation="").replace(
-        "seed = 0", 'seed = 0\ncheckpoint = "osc.ckpt"')
-    (oscillator_case / "run.toml").write_text(plain)
-    assert main(["run", "run.toml", "--no-progress"]) == 0
+    full = OSCILLATOR_CONFIG.format(steps="", continuation=CONTINUATION_TABLE).replace(
+        "seed = 0", 'seed = 0\ncheckpoint = "full.ckpt"')
+    (oscillator_case / "full.toml").write_text(full)
+    assert main(["run", "full.toml", "--no-progress"]) == 0
+    reference = fz.read_checkpoint(oscillator_case / "full.ckpt")
     capsys.readouterr()
-    (oscillator_case / "run.toml").write_text(
-        OSCILLATOR_CONFIG.format(steps="", continuation=CONTINUATION_TABLE))
-    assert main(["resume", "osc.ckpt", "--force", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "has a [continuation] table: such runs write no checkpoint and cannot be " \
-           "resumed" in err, err
+    cut = full.replace("full.ckpt", "cut.ckpt").replace("lr = 0.05", "lr = 0.05\nmax_nfev = 150")
+    (oscillator_case / "cut.toml").write_text(cut)
+    assert main(["run", "cut.toml", "--no-progress"]) == 0
+    stopped = fz.read_checkpoint(oscillator_case / "cut.ckpt")
+    assert stopped.step < reference.step and stopped.search.runs[0].status == "max_nfev"
+    (oscillator_case / "cut.toml").write_text(full.replace("full.ckpt", "cut.ckpt"))
+    capsys.readouterr()
+    assert main(["resume", "cut.ckpt", "--config", "cut.toml", "--no-progress"]) == 2
+    assert "--force" in capsys.readouterr().err   # not the bytes it was written with
+    # `run --resume` (what a requeued batch job runs) continues it with the new budget;
+    # the settings that change the trajectory are still checked.
+    assert main(["run", "cut.toml", "--resume", "--no-progress"]) == 0
+    resumed = fz.read_checkpoint(oscillator_case / "cut.ckpt")
+    assert resumed.phis.tobytes() == reference.phis.tobytes()
+    assert resumed.step == reference.step and resumed.status == "finished"
 
 
 def test_continuation_passes_the_horizon_and_keeps_the_early_data(oscillator_case):
@@ -478,14 +554,15 @@ def test_continuation_passes_the_horizon_and_keeps_the_early_data(oscillator_cas
         OSCILLATOR_CONFIG.format(steps="", continuation=CONTINUATION_TABLE))
     cfg = load_config(oscillator_case / "cont.toml")
     times = np.loadtxt(oscillator_case / "osc_times.txt")
-    plan = cfg.continuation
-    assert cfg.mode == "continuation"
-    assert plan.horizons == tuple(fz.horizon_schedule(times, min_points=8))
-    for horizon, problem in zip(plan.horizons, plan.problems):
-        theta = problem.inner(np.array([1.3]))
-        assert theta.size == problem.outer.data.size == np.sum(times <= horizon)
-        assert float(problem.outer(torch.as_tensor(theta), torch.zeros(1))) < 1e-20
-    assert plan.stop == fz.Converged(xtol=1e-6)
+    horizons = fz.horizon_schedule(times, min_points=8)
+    assert cfg.continuation and [p.name for p in cfg.phases] == [
+        f"horizon {h:g}" for h in horizons]
+    for horizon, phase in zip(horizons, cfg.phases):
+        theta = phase.solver(np.array([1.3]))
+        assert theta.size == phase.outer.data.size == np.sum(times <= horizon)
+        assert float(phase.outer(torch.as_tensor(theta), torch.zeros(1))) < 1e-20
+    assert cfg.phases[-1].until == fz.Converged(xtol=1e-6)
+    assert all(p.until == fz.Converged(xtol=1e-3, patience=3) for p in cfg.phases[:-1])
 
 
 RASTRIGIN_CONFIG = """
@@ -547,7 +624,7 @@ def test_multistart_finds_the_global_minimum_a_plain_run_misses(rastrigin_case, 
     # Rprop's last steps are lr * 0.5**k: 40 steps end well within 1e-3 of a minimum.
     assert np.allclose(phi, [0.7, -1.3], atol=1e-3), out
     assert _value(out) < 1e-5, out
-    ends = re.findall(r"end \d+\s+value (\S+)", out)
+    ends = re.findall(r"run \d+\s+value (\S+)", out)
     assert len(ends) == 8, out               # every local run's end is reported
 
 
@@ -561,9 +638,9 @@ def test_multistart_finds_the_global_minimum_a_plain_run_misses(rastrigin_case, 
     pytest.param("continuation", ('times = "osc_times.txt"', "times = [1.0, 2.0]"),
                  "[continuation] times has 2 times for the 100 entries of [outer] data",
                  id="times-length"),
-    pytest.param("continuation", ("seed = 0", "seed = 0\ncheckpoint = 'x.ckpt'"),
-                 "[output] checkpoint does not apply to a [continuation] run",
-                 id="checkpoint"),
+    pytest.param("continuation", ("steps = 200", "steps = [200, 1]"),
+                 "[continuation] steps must have one entry per phase",
+                 id="steps-per-phase"),
     pytest.param("multistart", ("num_local = 8", "num_locals = 8"),
                  "[multistart] has an unknown key 'num_locals'; did you mean 'num_local'?",
                  id="multistart-key"),

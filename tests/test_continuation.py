@@ -88,16 +88,16 @@ def test_converged_needs_patience_steps_below_xtol():
         fz.Converged(patience=0)
 
 
-# -- Continuation -----------------------------------------------------------------------
+# -- continuation: phases of one run ------------------------------------------------------
 def test_continuation_reaches_the_minimum_a_single_run_misses():
     log = []
     build = make_build(log)
-    plan = fz.Continuation(build, fz.horizon_schedule(T[1:]), steps=100,
-                           stop=fz.Converged(xtol=1e-5))
-    res = plan.run(np.array([2.0]), ESTIMATOR, optimizer="Rprop", lr=0.05, rng=0,
-                   progress=False)
+    horizons = fz.horizon_schedule(T[1:])
+    phases = fz.horizon_phases(build, horizons, steps=100, stop=fz.Converged(xtol=1e-5))
+    res = fz.minimize(build(10.0), np.array([2.0]), ESTIMATOR, phases=phases,
+                      optimizer="Rprop", lr=0.05, rng=0, progress=False)
     assert abs(res.phi[0] - W_TRUE) < 1e-4, res
-    assert res.status == "completed" and res.success
+    assert res.status == "converged" and res.success
     solves = list(log)
     # The same local method over the whole horizon from the same start stops in the
     # local minimum near 2.1 (F ~ 0.9 there, against ~1e-10 at the truth).
@@ -106,25 +106,31 @@ def test_continuation_reaches_the_minimum_a_single_run_misses():
     assert abs(alone.phi[0] - W_TRUE) > 0.5 and alone.value > 0.5
 
     # Each phase ran its own simulator, only to its horizon, in order.
-    assert list(plan.horizons) == [T[12], T[25], T[50], T[100]]
-    assert list(dict.fromkeys(solves)) == list(plan.horizons)
+    assert list(horizons) == [T[12], T[25], T[50], T[100]]
+    assert [p.name for p in res.phases] == [f"horizon {h:g}" for h in horizons]
+    assert list(dict.fromkeys(solves)) == list(horizons)
     assert np.all(np.diff(solves) >= 0)
     # The history: one record per step, phase labels in order, steps counted from 0.
-    assert len(res.history) == res.nit == sum(res.phase_steps)
+    steps = [p.steps for p in res.phases]
+    assert len(res.history) == res.nit == sum(steps)
     assert [r.step for r in res.history] == list(range(res.nit))
-    phases = [r.phase for r in res.history]
-    assert phases == sorted(phases) and set(phases) == {0, 1, 2, 3}
-    assert [phases.count(k) for k in range(4)] == res.phase_steps
+    labels = [r.phase for r in res.history]
+    assert labels == sorted(labels) and set(labels) == {0, 1, 2, 3}
+    assert [labels.count(k) for k in range(4)] == steps
     totals = [r.nfev_total for r in res.history]
     assert totals == sorted(totals) and totals[-1] < res.nfev
-    # Phases before the last moved on when converged, well before their 100 steps.
-    assert all(n < 100 for n in res.phase_steps[:-1])
+    # Phases before the last moved on when converged, well before their 100 steps, and
+    # the last one stopped by its rule.
+    assert all(n < 100 for n in steps)
+    # Each phase restarted the stepper: Rprop's first step of a phase is lr in size.
+    firsts = [next(r for r in res.history if r.phase == k) for k in range(4)]
+    assert all(r.lr == 0.05 for r in firsts)
 
 
 def test_carry_lr_starts_each_phase_with_the_last_moves():
-    plan = fz.Continuation(make_build(), [1.2, 10.0], steps=[60, 5], carry_lr=3.0)
-    res = plan.run(np.array([1.5]), ESTIMATOR, optimizer="Rprop", lr=0.05, rng=0,
-                   progress=False)
+    phases = fz.horizon_phases(make_build(), [1.2, 10.0], steps=[60, 5], carry_lr=3.0)
+    res = fz.minimize(make_build()(10.0), np.array([1.5]), ESTIMATOR, phases=phases,
+                      optimizer="Rprop", lr=0.05, rng=0, progress=False)
     first = [r for r in res.history if r.phase == 0]
     second = [r for r in res.history if r.phase == 1]
     moves = np.abs(np.diff([r.phi[0] for r in first[-3:]] + [second[0].phi[0]]))
@@ -132,48 +138,58 @@ def test_carry_lr_starts_each_phase_with_the_last_moves():
     assert second[0].lr < 0.05 and first[0].lr == 0.05
 
 
-def test_between_stops_after_a_phase():
-    plan = fz.Continuation(make_build(), [1.2, 2.5, 10.0], steps=5, until=None)
-    seen = []
-
-    def between(k, result):
-        seen.append((k, result.nit))
-        return k == 1
-
-    res = plan.run(np.array([1.4]), ESTIMATOR, lr=0.01, rng=0, progress=False,
-                   between=between)
-    assert seen == [(0, 5), (1, 5)]
-    assert res.status == "stopped" and res.phase == 1 and res.phase_steps == [5, 5]
+def test_carry_lr_is_refused_with_gauss_newton():
+    phases = fz.horizon_phases(make_build(), [1.2, 10.0], steps=5, carry_lr=3.0)
+    with pytest.raises(FG2UValueError, match="carry_lr"):
+        fz.minimize(make_build()(10.0), np.array([1.5]), ESTIMATOR, phases=phases,
+                    optimizer="gauss-newton", rng=0, progress=False)
 
 
-def test_continuation_refuses_bad_input():
+def test_a_callback_stops_the_run_in_a_later_phase():
+    phases = fz.horizon_phases(make_build(), [1.2, 2.5, 10.0], steps=5, until=None)
+    res = fz.minimize(make_build()(10.0), np.array([1.4]), ESTIMATOR, phases=phases,
+                      lr=0.01, rng=0, progress=False,
+                      callback=lambda record: record.phase == 1 and record.step == 6)
+    assert res.status == "callback" and res.phase == 1
+    assert [p.steps for p in res.phases] == [5, 2] and res.nit == 7
+
+
+def test_horizon_phases_refuse_bad_input():
     build = make_build()
     with pytest.raises(FG2UValueError, match="increasing"):
-        fz.Continuation(build, [1.0, 0.5])
+        fz.horizon_phases(build, [1.0, 0.5])
     with pytest.raises(FG2UTypeError, match="build"):
-        fz.Continuation(lambda h: None, [1.0])
+        fz.horizon_phases(lambda h: None, [1.0])
+    with pytest.raises(FG2UTypeError, match="build"):
+        fz.horizon_phases(3, [1.0])
     with pytest.raises(FG2UValueError, match="steps"):
-        fz.Continuation(build, [1.0, 2.0], steps=[5])
-    with pytest.raises(FG2UValueError, match="checkpoint"):
-        fz.Continuation(build, [1.0]).run(np.array([1.0]), ESTIMATOR, checkpoint="x.ckpt")
+        fz.horizon_phases(build, [1.0, 2.0], steps=[5])
+    with pytest.raises(FG2UValueError, match="until"):
+        fz.horizon_phases(build, [1.0, 2.0, 3.0], until=[fz.Converged()])
+    with pytest.raises(FG2UTypeError, match="stop"):
+        fz.horizon_phases(build, [1.0, 2.0], stop=1e-3)
+    with pytest.raises(FG2UTypeError, match="until"):
+        fz.Phase(steps=3, until=1e-3)
 
 
-def test_horizon_phases_run_in_one_minimize():
-    phases = fz.horizon_phases(make_build(), [1.2, 2.5, 5.0, 10.0], steps=[30, 20, 20, 40])
+def test_horizon_phases_of_fixed_length_keep_the_stepper_state():
+    phases = fz.horizon_phases(make_build(), [1.2, 2.5, 5.0, 10.0], steps=[30, 20, 20, 40],
+                               until=None, restart=False)
     assert [p.name for p in phases] == ["horizon 1.2", "horizon 2.5", "horizon 5",
                                         "horizon 10"]
     res = fz.minimize(make_build()(10.0), np.array([2.0]), ESTIMATOR, phases=phases,
                       optimizer="Rprop", lr=0.05, rng=0, progress=False)
     assert abs(res.phi[0] - W_TRUE) < 1e-4
     assert [r.phase for r in res.history] == [0] * 30 + [1] * 20 + [2] * 20 + [3] * 40
+    assert res.status == "steps"
 
 
 def test_continuation_with_gauss_newton_steps():
     # A trust-region stepper rejects trials; Converged counts a rejected trial as a move
     # of its length, so a shrinking radius does not end a phase early.
-    plan = fz.Continuation(make_build(), fz.horizon_schedule(T[1:]), steps=60,
-                           stop=fz.Converged(xtol=1e-8))
-    res = plan.run(np.array([2.0]), ESTIMATOR, optimizer="gauss-newton", rng=0,
-                   progress=False)
+    phases = fz.horizon_phases(make_build(), fz.horizon_schedule(T[1:]), steps=60,
+                               stop=fz.Converged(xtol=1e-8))
+    res = fz.minimize(make_build()(10.0), np.array([2.0]), ESTIMATOR, phases=phases,
+                      optimizer="gauss-newton", rng=0, progress=False)
     assert abs(res.phi[0] - W_TRUE) < 1e-7, res
     assert res.nit < 4 * 60

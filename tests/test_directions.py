@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import fg2u_zo as fz
-from fg2u_zo.estimators.directions import sample_directions
+from fg2u_zo.directions import sample_directions
 
 FAMILIES = fz.DIRECTION_FAMILIES
 

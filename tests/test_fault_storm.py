@@ -54,8 +54,8 @@ def recording(estimator_class, log):
     """``estimator_class`` that appends every MetaGradient it returns to ``log``."""
 
     class Recording(estimator_class):
-        def estimate(self, *args, **kwargs):
-            g = super().estimate(*args, **kwargs)
+        def plan(self, *args, **kwargs):
+            g = yield from super().plan(*args, **kwargs)
             log.append(g)
             return g
 

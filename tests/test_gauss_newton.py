@@ -18,8 +18,9 @@ import torch
 
 import fg2u_zo as fz
 from _process_checks import load_child
-from fg2u_zo.outer.checkpoint import read_checkpoint
-from fg2u_zo.outer.steppers.base import Evaluations, StepperState
+from fg2u_zo.persist.checkpoint import read_checkpoint
+from fg2u_zo.evaluation.requests import drive
+from fg2u_zo.outer.steppers.base import StepperState
 from fg2u_zo.outer.steppers.gauss_newton import GaussNewton
 from fg2u_zo.outer.steppers.subspace_model import (ModelHessian, add_difference_columns,
                                                    broyden_update, new_directions,
@@ -244,14 +245,10 @@ def test_difference_columns_from_a_clipped_point_reproduce_the_difference():
 
 
 # -- the stepper, driven through its protocol ------------------------------------------------
-def _evaluate_with(solver, counter=None):
-    """A stand-in for the run's ``evaluate`` extra (sequential, counting)."""
-    def evaluate(points, *, warm_start=None):
-        thetas = [np.asarray(solver(np.asarray(p)), dtype=np.float64) for p in points]
-        if counter is not None:
-            counter.append(len(points))
-        return Evaluations(thetas=thetas, nfev=len(points))
-    return evaluate
+def _update(stepper, state, z, **kwargs):
+    """One update of the stepper, its requests answered by a sequential Evaluator."""
+    with fz.Evaluator() as ev:
+        return drive(stepper.update(state, z=z, **kwargs), ev)
 
 
 def _linear_quadratic(seed=0, N=4, M=7):
@@ -309,12 +306,11 @@ def test_broyden_keeps_the_stored_columns_exact_on_a_linear_solver():
     problem = fz.BilevelProblem(inner=inner, outer=outer, num_params=N)
     stepper = GaussNewton(num_directions=N, mode="lean", radius=0.05)
     rng = np.random.default_rng(0)
-    kwargs = dict(evaluate=_evaluate_with(inner), problem=problem, rng=rng,
-                  estimator=fz.FG2UZO(step=1.0, scheme="forward"))
+    kwargs = dict(problem=problem, rng=rng, estimator=fz.FG2UZO(step=1.0, scheme="forward"))
     state = stepper.init(np.zeros(N))
-    up = stepper.update(state, z=np.zeros(N), **kwargs)
+    up = _update(stepper, state, np.zeros(N), **kwargs)
     for _ in range(3):  # lean steps on the full subspace: only the Broyden update acts
-        up = stepper.update(up.state, z=up.z, **kwargs)
+        up = _update(stepper, up.state, up.z, **kwargs)
         assert up.info["accepted"] and up.info["directions"] == N
         Q, Y = up.state.arrays["Q"], up.state.arrays["Y"]
         np.testing.assert_allclose(Y, A @ Q, rtol=0, atol=1e2 * EPS * np.abs(A).sum())
@@ -328,12 +324,12 @@ def test_broyden_satisfies_the_secant_condition_through_the_stepper():
     y = torch.tensor([0.3, 1.5, -0.2, 0.4])
     problem = fz.BilevelProblem(inner=inner, outer=lambda t, p: 0.5 * ((t - y) ** 2).sum())
     stepper = GaussNewton(num_directions=3, mode="lean", radius=0.3)
-    kwargs = dict(evaluate=_evaluate_with(inner), problem=problem,
-                  rng=np.random.default_rng(1), estimator=fz.FG2UZO(step=1e-6))
+    kwargs = dict(problem=problem, rng=np.random.default_rng(1),
+                  estimator=fz.FG2UZO(step=1e-6))
     z0 = np.array([0.5, 0.2, -0.4])
-    up = stepper.update(stepper.init(z0), z=z0, **kwargs)
+    up = _update(stepper, stepper.init(z0), z0, **kwargs)
     before = up.state.arrays
-    up = stepper.update(up.state, z=up.z, **kwargs)
+    up = _update(stepper, up.state, up.z, **kwargs)
     after = up.state.arrays
     assert up.info["accepted"]  # the base moved to the trial: z and theta are the trial's
     s = after["z"] - before["z"]

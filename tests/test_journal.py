@@ -14,8 +14,8 @@ import pytest
 
 import fg2u_zo as fz
 from _process_checks import load_child
-from fg2u_zo.evaluation.journal import MAGIC, EvaluationJournal, journal_path
-from fg2u_zo.outer.checkpoint import read_checkpoint
+from fg2u_zo.persist.journal import MAGIC, EvaluationJournal, journal_path
+from fg2u_zo.persist.checkpoint import read_checkpoint
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CHILD = os.path.join(DATA, "journal_child.py")
@@ -25,18 +25,25 @@ posix_only = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX si
 
 child = load_child(CHILD)
 
-POSITION = {"checkpoint": "0" * 64, "step": 3, "phase": 0, "step_in_phase": 3}
+POSITION = {"checkpoint": "0" * 64}
+FINGERPRINT = {"problem": {"callable": "square", "code": "abc"}}
 
 
 def square(phi, *, warm_start=None, seed=None):
     return np.asarray(phi, dtype=np.float64) ** 2
 
 
-def _journal_with(path, points, seed=7, warm_start=None):
-    j = EvaluationJournal.create(path, POSITION)
-    call = j.call(seed=seed, warm_start=warm_start)
+def ctx(seed=7, warm_start=None):
+    """The journal context of a solve passed ``seed`` and ``warm_start``."""
+    return fz.Request(square, [], seed=seed, warm_start=warm_start).context(
+        {"seed", "warm_start"})
+
+
+def _journal_with(path, points, seed=7, warm_start=None, tags=None):
+    j = EvaluationJournal.create(path, POSITION, FINGERPRINT)
     for k, p in enumerate(points):
-        call.record(p, square(p), solver_time=0.25 * (k + 1), attempts=1 + k % 2)
+        j.record(ctx(seed, warm_start), p, square(p), solver_time=0.25 * (k + 1),
+                 attempts=1 + k % 2, tag=("run", 0, k) if tags is None else tags[k])
     j.close()
     return j
 
@@ -48,20 +55,16 @@ POINTS = [np.array([0.1, 0.2, 0.3]), np.array([1.0, -2.0, 3.5]), np.array([1e-30
 def test_records_round_trip_bit_for_bit(tmp_path):
     path = tmp_path / "r.journal"
     _journal_with(path, POINTS)
-    j = EvaluationJournal.open(path, POSITION)
+    j = EvaluationJournal.open(path, POSITION, FINGERPRINT)
     assert j.replayable == 3
-    call = j.call(seed=7, warm_start=None)
     for k, p in enumerate(POINTS):
-        hit = call.lookup(p.copy())
+        hit = j.lookup(ctx(), p.copy())
         assert hit.theta.tobytes() == square(p).tobytes() and hit.theta.dtype == np.float64
         assert hit.solver_time == 0.25 * (k + 1) and hit.attempts == 1 + k % 2
-    # Another seed, another warm start, a point one ulp away: not the same evaluation.
-    assert j.call(seed=8, warm_start=None).lookup(POINTS[0]) is None
-    assert j.call(seed=7, warm_start=np.ones(3)).lookup(POINTS[0]) is None
-    assert call.lookup(np.nextafter(POINTS[0], 1.0)) is None
-    # An output of another shape than the call expects is not used.
-    assert j.call(seed=7, warm_start=None, expected_shape=(4,)).lookup(
-        POINTS[0]) is None
+    # Another seed, another warm start, a point one ulp away: not the same solve.
+    assert j.lookup(ctx(seed=8), POINTS[0]) is None
+    assert j.lookup(ctx(warm_start=np.ones(3)), POINTS[0]) is None
+    assert j.lookup(ctx(), np.nextafter(POINTS[0], 1.0)) is None
     # No pickles: a header frame of JSON, then raw bytes.
     assert path.read_bytes().startswith(MAGIC) and b"pickle" not in path.read_bytes()
 
@@ -71,16 +74,15 @@ def test_a_torn_last_record_is_ignored_and_cut_before_the_next_append(tmp_path):
     _journal_with(path, POINTS)
     data = path.read_bytes()
     path.write_bytes(data[:-5])  # the process died in the middle of the last write
-    j = EvaluationJournal.open(path, POSITION)
+    j = EvaluationJournal.open(path, POSITION, FINGERPRINT)
     assert j.replayable == 2
-    call = j.call(seed=7, warm_start=None)
-    assert call.lookup(POINTS[2]) is None and call.lookup(POINTS[1]) is not None
+    assert j.lookup(ctx(), POINTS[2]) is None and j.lookup(ctx(), POINTS[1]) is not None
     new = np.array([4.0, 5.0, 6.0])
-    call.record(new, square(new), solver_time=1.0, attempts=1)
+    j.record(ctx(), new, square(new), solver_time=1.0, attempts=1)
     j.close()
-    again = EvaluationJournal.open(path, POSITION)
+    again = EvaluationJournal.open(path, POSITION, FINGERPRINT)
     assert again.replayable == 3  # the torn bytes were cut: the new record is readable
-    assert again.call(seed=7, warm_start=None).lookup(new) is not None
+    assert again.lookup(ctx(), new) is not None
 
 
 def test_a_record_with_a_wrong_checksum_is_ignored(tmp_path):
@@ -92,57 +94,112 @@ def test_a_record_with_a_wrong_checksum_is_ignored(tmp_path):
     where = bytes(data).index(theta, len(MAGIC))
     data[where + 3] ^= 0x10
     path.write_bytes(bytes(data))
-    j = EvaluationJournal.open(path, POSITION)
-    call = j.call(seed=7, warm_start=None)
+    j = EvaluationJournal.open(path, POSITION, FINGERPRINT)
     assert j.replayable == 2
-    assert call.lookup(POINTS[1]) is None
-    assert call.lookup(POINTS[0]) is not None and call.lookup(POINTS[2]) is not None
+    assert j.lookup(ctx(), POINTS[1]) is None
+    assert j.lookup(ctx(), POINTS[0]) is not None and j.lookup(ctx(), POINTS[2]) is not None
 
 
-@pytest.mark.parametrize("other", [
-    {**POSITION, "checkpoint": "1" * 64},   # another checkpoint
-    {**POSITION, "step": 4},                # another step
-])
-def test_a_journal_of_another_checkpoint_is_refused(tmp_path, other):
+def test_a_journal_of_another_checkpoint_is_refused(tmp_path):
     path = tmp_path / "f.journal"
     _journal_with(path, POINTS)
-    j = EvaluationJournal.open(path, other)
-    assert j.replayable == 0
-    assert j.call(seed=7, warm_start=None).lookup(POINTS[0]) is None
+    other = {"checkpoint": "1" * 64}
+    j = EvaluationJournal.open(path, other, FINGERPRINT)
+    assert j.replayable == 0 and j.lookup(ctx(), POINTS[0]) is None
     j.close()
     # ... and replaced by an empty journal of the position asked for.
-    assert EvaluationJournal.open(path, other).replayable == 0
-    assert EvaluationJournal.open(path, POSITION).replayable == 0
+    assert EvaluationJournal.open(path, other, FINGERPRINT).replayable == 0
+    assert EvaluationJournal.open(path, POSITION, FINGERPRINT).replayable == 0
+
+
+def test_a_journal_of_another_solver_is_not_replayed(tmp_path, caplog):
+    # Issue 21, item 7: kill a run, fix the solver, resume: the old outputs were replayed.
+    path = tmp_path / "s.journal"
+    _journal_with(path, POINTS)
+    changed = {"problem": {"callable": "square", "code": "def"}}
+    with caplog.at_level("WARNING", logger="fg2u_zo"):
+        j = EvaluationJournal.open(path, POSITION, changed)
+    assert j.replayable == 0
+    assert any("solvers changed" in r.getMessage() and "problem" in r.getMessage()
+               for r in caplog.records)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a journal at all", MAGIC + b"\x00" * 5])
 def test_a_damaged_file_is_not_a_journal(tmp_path, content):
     path = tmp_path / "d.journal"
     path.write_bytes(content)
-    assert EvaluationJournal.open(path, POSITION).replayable == 0
+    assert EvaluationJournal.open(path, POSITION, FINGERPRINT).replayable == 0
 
 
-def test_reset_empties_or_keeps(tmp_path):
+def _crafted(path, theta_bytes, theta_dtype, shape):
+    """A journal whose one record has a valid checksum but the given output."""
+    import struct
+    import zlib
+
+    from fg2u_zo.persist import journal as module
+
+    j = EvaluationJournal.create(path, POSITION, FINGERPRINT)
+    j.close()
+    meta = json.dumps({"seed": 7, "warm_start": None, "tag": ["run", 0, 0],
+                       "point": {"dtype": "<f8", "shape": [3]},
+                       "theta": {"dtype": theta_dtype, "shape": list(shape)},
+                       "solver_time": 0.0, "attempts": 1}, sort_keys=True).encode()
+    payload = struct.pack("<I", len(meta)) + meta + POINTS[0].tobytes() + theta_bytes
+    with open(path, "ab") as fh:
+        fh.write(struct.pack("<QI", len(payload), zlib.crc32(payload)) + payload)
+    return module
+
+
+@pytest.mark.parametrize("dtype, data, shape", [
+    ("<c16", np.array([1 + 2j, 3j, 0j]).tobytes(), (3,)),
+    ("|O", b"\x00" * 24, (3,)),
+    ("<U1", "abc".encode("utf-32-le"), (3,)),
+    ("<f4", np.ones(3, np.float32).tobytes(), (3,)),
+    ("<f8", np.array([1.0, np.nan, 2.0]).tobytes(), (3,)),
+])
+def test_a_crafted_record_is_corrupt_not_replayed(tmp_path, dtype, data, shape):
+    # Item 8: a record with a valid checksum but an output of dtype object, unicode or
+    # complex was replayed (complex losing its imaginary part) or crashed.
+    path = tmp_path / "x.journal"
+    _crafted(path, data, dtype, shape)
+    j = EvaluationJournal.open(path, POSITION, FINGERPRINT)
+    assert j.lookup(ctx(), POINTS[0]) is None
+
+
+def test_retain_keeps_the_records_a_resumption_still_needs(tmp_path):
     path = tmp_path / "k.journal"
-    _journal_with(path, POINTS)
-    j = EvaluationJournal.open(path, POSITION)
-    moved = {**POSITION, "checkpoint": "2" * 64}
-    j.reset(moved, keep="all")  # the same step, redone after a signal
+    _journal_with(path, POINTS, tags=[("run", 0, 3), ("run", 0, 4), ("screen",)])
+    j = EvaluationJournal.open(path, POSITION, FINGERPRINT)
+    moved = {"checkpoint": "2" * 64}
+    j.retain(moved, lambda tag: True)  # the same steps, redone after a signal
     assert j.replayable == 3
-    assert EvaluationJournal.open(path, moved).replayable == 3
-    # The next step done: only the records that have not answered an evaluation stay
-    # (a resumed run checkpoints before it reaches the step it was killed in).
-    j = EvaluationJournal.open(path, moved)
-    assert j.call(seed=7, warm_start=None).lookup(POINTS[0]) is not None
-    j.reset({**moved, "step": 4})
-    assert j.replayable == 2 == EvaluationJournal.open(path, {**moved, "step": 4}).replayable
-    call = j.call(seed=7, warm_start=None)
-    assert call.lookup(POINTS[0]) is None and call.lookup(POINTS[1]) is not None
-    # A failed step keeps none.
-    j.reset({**moved, "step": 4}, keep="none")
+    assert EvaluationJournal.open(path, moved, FINGERPRINT).replayable == 3
+    j = EvaluationJournal.open(path, moved, FINGERPRINT)
+    # Step 3 committed: its records go, those of step 4 and of the screening stay.
+    j.retain({"checkpoint": "3" * 64},
+             lambda tag: tag[0] == "screen" or (tag[0] == "run" and tag[2] >= 4))
+    assert j.replayable == 2
+    assert j.lookup(ctx(), POINTS[0]) is None and j.lookup(ctx(), POINTS[1]) is not None
+    assert EvaluationJournal.open(path, {"checkpoint": "3" * 64}, FINGERPRINT).replayable == 2
+    j.retain({"checkpoint": "4" * 64}, lambda tag: False)
     assert j.replayable == 0
     j.remove()
     assert not path.exists()
+
+
+def test_a_symlink_at_the_journal_is_never_written_through(tmp_path):
+    # Item 2: a symlink planted at a fixed temporary name was followed.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    path = tmp_path / "run.ckpt.journal"
+    for name in os.listdir(tmp_path):
+        pass
+    os.symlink(victim, path)
+    j = EvaluationJournal.open(path, POSITION, FINGERPRINT)  # not a journal: replaced
+    j.record(ctx(), POINTS[0], square(POINTS[0]), solver_time=0.0, attempts=1)
+    j.close()
+    assert victim.read_text() == "precious\n"
+    assert not os.path.islink(path)
 
 
 # -- the Evaluator answering from it -------------------------------------------------------
@@ -174,7 +231,7 @@ def test_the_evaluator_replays_finished_points_and_journals_only_successes(tmp_p
     solver = Flaky(fail_once=[1.0], fail_always=[4.0])
     first = {}
     with fz.Evaluator(backend, n_jobs=2, max_retries=1) as ev:
-        with ev.journaling(EvaluationJournal.create(path, POSITION)):
+        with ev.journaling(EvaluationJournal.create(path, POSITION, FINGERPRINT)):
             stats = ev.map(solver, points, first.__setitem__, seed=3)
     # 6 points, a retry of point 1 that succeeded, a retry of point 4 that failed again.
     assert stats.nfev == 8 and stats.nfev_replayed == 0 and stats.failed == {4}
@@ -184,7 +241,7 @@ def test_the_evaluator_replays_finished_points_and_journals_only_successes(tmp_p
     again = Flaky(fail_always=[4.0])
     second = {}
     with fz.Evaluator(backend, n_jobs=2, max_retries=1) as ev:
-        journal = EvaluationJournal.open(path, POSITION)
+        journal = EvaluationJournal.open(path, POSITION, FINGERPRINT)
         assert journal.replayable == 5
         with ev.journaling(journal):
             stats = ev.map(again, points, second.__setitem__, seed=3)
@@ -200,7 +257,7 @@ def test_the_evaluator_replays_finished_points_and_journals_only_successes(tmp_p
     assert {k: v.tobytes() for k, v in second.items()} == {
         k: v.tobytes() for k, v in first.items()}
     # The retried point was journaled with its two attempts.
-    hit = journal.call(seed=3, warm_start=None).lookup(points[1])
+    hit = journal.lookup({"seed": 3, "warm_start": None}, points[1])
     assert hit.attempts == 2
 
 
@@ -210,9 +267,9 @@ def test_only_what_the_solver_is_passed_makes_calls_differ(tmp_path):
 
     points = [np.array([1.0, 2.0])]
     with fz.Evaluator("sequential") as ev:
-        with ev.journaling(EvaluationJournal.create(tmp_path / "j", POSITION)):
+        with ev.journaling(EvaluationJournal.create(tmp_path / "j", POSITION, FINGERPRINT)):
             ev.map(takes_nothing, points, lambda k, t: None, seed=1, warm_start=np.ones(2))
-        with ev.journaling(EvaluationJournal.open(tmp_path / "j", POSITION)):
+        with ev.journaling(EvaluationJournal.open(tmp_path / "j", POSITION, FINGERPRINT)):
             # Not passed to this solver, so neither seed nor warm_start changes its output.
             stats = ev.map(takes_nothing, points, lambda k, t: None, seed=2)
             other = ev.map(square, points, lambda k, t: None, seed=2)
@@ -250,19 +307,12 @@ def test_sigterm_keeps_the_abandoned_steps_evaluations(tmp_path):
     finished, and the resumption takes it from there."""
     reference = fz.minimize(child.make_problem(), np.zeros(5), child.estimator("fixed"),
                             **child.kwargs("fixed"))
-    problem = child.make_problem()
-    solver = problem.inner
     calls_before = sum(r.nfev for r in reference.history[:2])
-
-    def terminate_mid_step(phi, *, warm_start=None, seed=None):
-        if solver.calls == calls_before + 3:  # 3 of step 2's 5 solves have finished
-            os.kill(os.getpid(), signal.SIGTERM)
-        return solver(phi, warm_start=warm_start, seed=seed)
-
-    stopped = fz.minimize(fz.BilevelProblem(inner=terminate_mid_step, outer=problem.outer,
-                                            num_params=5),
-                          np.zeros(5), child.estimator("fixed"), checkpoint=tmp_path / "s.ckpt",
-                          history=tmp_path / "s.jsonl", **child.kwargs("fixed"))
+    # SIGTERM when 3 of step 2's 5 solves have finished.
+    problem = child.make_problem(term_at=calls_before + 4)
+    stopped = fz.minimize(problem, np.zeros(5), child.estimator("fixed"),
+                          checkpoint=tmp_path / "s.ckpt", history=tmp_path / "s.jsonl",
+                          **child.kwargs("fixed"))
     assert stopped.status == "sigterm" and stopped.nit == 2
     assert read_checkpoint(tmp_path / "s.ckpt").status == "interrupted"
     fresh = child.make_problem()

@@ -11,7 +11,7 @@ import torch
 
 import fg2u_zo as fz
 from fg2u_zo.errors import FG2UValueError, FG2UWarning, InnerSolverError
-from fg2u_zo.outer.multistart import _rung_steps
+from fg2u_zo.globalize.multistart import rung_steps as _rung_steps
 
 SHIFT = np.array([0.7, -1.3])
 BOX = (-2.0, 2.0)
@@ -30,17 +30,23 @@ def rastrigin(inner=None):
 
 def expected_groups(num_design, num_local, steps, rungs, halving):
     """The groups a lockstep multi-start with fixed-length runs must send: the design,
-    then per step the runs' base solves (with the final solve of the runs stopped at the
-    rung just passed) and their perturbed solves, then the survivors' final solves."""
+    then per step the live runs' base solves and their perturbed solves, then the final
+    value at every run's end."""
     groups = [num_design]
-    live, leaving = num_local, 0
+    live = num_local
     for step in range(steps):
-        groups += [live + leaving, PER_STEP * live]
-        leaving = 0
+        groups += [live, PER_STEP * live]
         if step + 1 in rungs:
-            keep = max(1, math.ceil(live / halving))
-            leaving, live = live - keep, keep
-    return groups + [live + leaving]
+            live = max(1, math.ceil(live / halving))
+    return groups + [num_local]
+
+
+def stopped_at(res):
+    return [r.stopped_at for r in res.runs]
+
+
+def starts(res):
+    return np.asarray([r.start for r in res.runs])
 
 
 def test_multistart_finds_the_global_minimum_in_the_computed_rounds():
@@ -58,9 +64,9 @@ def test_multistart_finds_the_global_minimum_in_the_computed_rounds():
     assert res.rounds(64) == 1 + 2 * 40 + 1          # every group fits 64 workers
     assert res.nfev == sum(groups)
     # Halving stopped 8, 4, 2 and 1 runs at the four rungs; one ran all 40 steps.
-    assert sorted(s for s in res.stopped_at if s is not None) == [0] * 8 + [1] * 4 + [
+    assert sorted(s for s in stopped_at(res) if s is not None) == [0] * 8 + [1] * 4 + [
         2] * 2 + [3]
-    assert res.stopped_at.count(None) == 1
+    assert stopped_at(res).count(None) == 1
     assert res.design.shape == (64, 2) and np.all(np.abs(res.design) <= 2.0)
     assert res.ends.shape == (16, 2) and res.end_values.shape == (16,)
     assert res.end_values.min() == res.value
@@ -77,7 +83,7 @@ def test_lockstep_runs_equal_runs_alone():
     res = fz.multistart(rastrigin(), BOX, EST, num_starts=16, num_local=3, steps=12,
                         halving=1, optimizer="Rprop", lr=0.05, rng=7)
     seeds = np.random.default_rng(7).spawn(3)
-    for start, seed, end, value in zip(res.starts, seeds, res.ends, res.end_values):
+    for start, seed, end, value in zip(starts(res), seeds, res.ends, res.end_values):
         alone = fz.minimize(rastrigin(), start, EST, optimizer="Rprop", lr=0.05, steps=12,
                             bounds=BOX, rng=seed, progress=False)
         assert np.array_equal(alone.phi, end)
@@ -86,12 +92,12 @@ def test_lockstep_runs_equal_runs_alone():
 
 
 def test_lockstep_gauss_newton_runs_equal_runs_alone():
-    # The Gauss-Newton model uses torch.func, which is not thread-safe: the runs take
-    # turns (two at once crashed the interpreter). Bit for bit as alone, too.
+    # The runs take turns in one thread (the Gauss-Newton model uses torch.func, which
+    # is not thread-safe). Bit for bit as alone, too.
     res = fz.multistart(rastrigin(), BOX, EST, num_starts=16, num_local=4, steps=10,
                         halving=1, optimizer="gauss-newton", rng=3)
     seeds = np.random.default_rng(3).spawn(4)
-    for start, seed, end in zip(res.starts, seeds, res.ends):
+    for start, seed, end in zip(starts(res), seeds, res.ends):
         alone = fz.minimize(rastrigin(), start, EST, optimizer="gauss-newton", steps=10,
                             bounds=BOX, rng=seed, progress=False)
         assert np.array_equal(alone.phi, end)
@@ -109,7 +115,7 @@ def test_design_is_screened_in_one_group_with_phi0_first():
     np.testing.assert_allclose(res.design_values, values, rtol=1e-12)
     # The local runs start from the two best screened points.
     best = np.argsort(values)[:2]
-    np.testing.assert_array_equal(res.starts, res.design[best])
+    np.testing.assert_array_equal(starts(res), res.design[best])
 
 
 def test_num_starts_zero_runs_from_phi0_alone():
@@ -154,9 +160,11 @@ def test_a_failing_run_is_reported_and_the_others_go_on():
     res = fz.multistart(rastrigin(inner), BOX, EST, phi0=np.array([1.15, -1.3]),
                         num_starts=4, num_local=5, steps=40, halving=1, optimizer="Rprop",
                         lr=0.05, rng=0)
-    crossing = [i for i, s in enumerate(res.starts) if s[0] == 1.15]
+    crossing = [i for i, s in enumerate(starts(res)) if s[0] == 1.15]
     assert len(crossing) == 1 and res.success
-    assert [i for i, e in enumerate(res.errors) if e is not None] == crossing
+    assert [r.index for r in res.runs if r.error is not None] == crossing
+    assert "no solution here" in res.runs[crossing[0]].error
+    assert res.runs[crossing[0]].status == "failed"
     assert np.sum(np.isfinite(res.end_values)) == 4
     assert res.end_values[crossing[0]] == np.inf
 
@@ -169,8 +177,8 @@ def test_multistart_refuses_bad_input():
         fz.multistart(problem, BOX, EST, phi0=np.array([3.0, 0.0]))
     with pytest.raises(FG2UValueError, match="phi0"):
         fz.multistart(problem, BOX, EST, num_starts=0)
-    with pytest.raises(FG2UValueError, match="history"):
-        fz.multistart(problem, BOX, EST, history="run.jsonl")
+    with pytest.raises(FG2UValueError, match="num_local"):
+        fz.multistart(problem, BOX, EST, num_local=0)
     with pytest.raises(FG2UValueError, match="num_params"):
         fz.multistart(fz.BilevelProblem(inner=lambda p: p, outer=lambda t, p: t.sum()),
                       BOX, EST)
@@ -187,14 +195,39 @@ def test_multistart_of_a_continuation_halves_after_each_phase():
         return fz.BilevelProblem(inner=lambda phi: np.sin(phi[0] * t[keep]), num_params=1,
                                  outer=lambda theta, phi: ((theta - data[keep]) ** 2).mean())
 
-    plan = fz.Continuation(build, fz.horizon_schedule(t[1:]), steps=60,
-                           stop=fz.Converged(xtol=1e-5))
-    res = fz.multistart(plan, (0.2, 3.0), fz.FG2UZO(num_directions=1, step=1e-6),
-                        num_starts=8, num_local=4, optimizer="Rprop", lr=0.05, rng=0)
+    phases = fz.horizon_phases(build, fz.horizon_schedule(t[1:]), steps=60,
+                               stop=fz.Converged(xtol=1e-5))
+    res = fz.multistart(build(10.0), (0.2, 3.0), fz.FG2UZO(num_directions=1, step=1e-6),
+                        phases=phases, num_starts=8, num_local=4, optimizer="Rprop",
+                        lr=0.05, rng=0)
     assert abs(res.phi[0] - 1.3) < 1e-4
     # 4 runs in phase 0, 2 in phase 1, then 1: halved at the ends of phases 0 and 1.
-    assert sorted(s for s in res.stopped_at if s is not None) == [0, 0, 1]
+    assert sorted(s for s in stopped_at(res) if s is not None) == [0, 0, 1]
     assert res.groups[0] == 8
-    # The ends of the halved runs were evaluated on the whole horizon, in one group.
-    assert res.groups[-1] == 3 and np.all(np.isfinite(res.end_values))
+    # Every end was evaluated on the whole horizon, in one group.
+    assert res.groups[-1] == 4 and np.all(np.isfinite(res.end_values))
     assert sum(res.groups) == res.nfev
+
+
+def test_multistart_starts_no_thread_and_warns_once(monkeypatch):
+    import threading
+
+    from fg2u_zo.errors import NoiseWarning
+
+    def printed(phi):  # 3 significant digits: every run's noise probe would warn
+        return np.array([float(f"{v:.2e}") for v in np.exp(phi) + phi ** 2])
+
+    problem = fz.BilevelProblem(inner=printed, num_params=2,
+                                outer=lambda th, phi: 0.5 * (th ** 2).sum())
+    before = threading.active_count()
+    counts = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fz.multistart(problem, BOX, fz.FG2UZO(num_directions=2), num_starts=8,
+                      num_local=3, steps=3, halving=1, optimizer="Rprop", lr=0.05, rng=0,
+                      callback=lambda r: counts.append(threading.active_count()))
+    assert counts and set(counts) == {before}
+    noise = [w for w in caught if issubclass(w.category, NoiseWarning)]
+    assert len(noise) == 1
+    # ... and it points at this file, the user's call, not at a library line.
+    assert noise[0].filename == __file__

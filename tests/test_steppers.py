@@ -17,7 +17,7 @@ import torch
 
 import fg2u_zo as fz
 from _process_checks import load_child
-from fg2u_zo.outer.checkpoint import read_checkpoint
+from fg2u_zo.persist.checkpoint import read_checkpoint
 from fg2u_zo.outer.steppers import get_stepper, make_stepper, register_stepper
 from fg2u_zo.outer.steppers.torch_optim import TorchOptimizer
 from fg2u_zo.testing import RidgeHyperproblem
@@ -45,7 +45,7 @@ def test_toy_stepper_gets_its_extras_and_its_solves_are_counted(tmp_path, uninte
     assert values[0] == start and values[-1] < start
     for before, after, r in zip(values, values[1:], res.history):
         assert (after < before) if r.info["accepted"] else (after == before)
-    # Per step: 1 + 2b solves for the central estimate, 1 trial solve through `evaluate`;
+    # Per step: 1 + 2b solves for the central estimate, 1 trial solve the stepper asks for;
     # plus the final value.
     per_step = 1 + 2 * 3 + 1
     assert [r.nfev for r in res.history] == [per_step] * child.STEPS

@@ -22,7 +22,7 @@ from .schema import (FREEFEM_MODELS, OUTER_KEYS, OUTPUT_KEYS, PARALLEL_KEYS, PAR
 
 __all__ = ["build_parameters", "build_bounds_and_transform", "build_solver", "build_outer",
            "least_squares_kwargs",
-           "estimator_classes", "build_estimator", "build_optimizer_options", "build_phases",
+           "build_estimator", "build_optimizer_options", "build_phases",
            "build_evaluator_options", "build_output_options"]
 
 # Keys of [solver] kind = "subprocess" passed to solvers.Subprocess as they are; it
@@ -323,20 +323,12 @@ def _selection(c, value):
 
 
 # -- [estimator], [optimizer], [[optimizer.phases]] -------------------------------------------
-def estimator_classes() -> dict:
-    """The estimator classes of the public API, by name (``"FG2UZO"``, ``"RGU"`` ...)."""
-    import fg2u_zo
-    from ..estimators.base import Estimator
-
-    return {name: obj for name in fg2u_zo.__all__
-            if isinstance(obj := getattr(fg2u_zo, name), type)
-            and issubclass(obj, Estimator) and obj is not Estimator}
-
-
 def build_estimator(c, e, where, base=None):
     """An ``[estimator]`` table -> the estimator; in a phase, keys missing from ``e`` are
     taken from ``base``."""
     import dataclasses
+
+    from ..estimators import estimator_classes
 
     classes = estimator_classes()
     if "name" in e or base is None:

@@ -94,9 +94,8 @@ The schema, with every key::
     history = "run.jsonl"
     seed = 0
 
-    [continuation]                 # optional: fz.Continuation, phases of growing horizon;
-                                   # [outer] must be least squares; no checkpoint, so no
-                                   # `fg2u-zo resume` ([output] checkpoint is refused)
+    [continuation]                 # optional: fz.horizon_phases, phases of growing
+                                   # horizon; [outer] must be least squares
     times = "obs_times.npy"        # one observation time per entry of [outer] data
                                    # (file or list); phase k keeps the entries with
                                    # times <= its horizon (their weights, selection too)
@@ -114,14 +113,17 @@ The schema, with every key::
     # kind = "subprocess" as {horizon} in argv and the template. The history's lines
     # carry "phase".
 
-    [multistart]                   # optional: fz.multistart; needs finite [parameters]
-                                   # bounds; no checkpoint nor history (refused)
+    [multistart]                   # optional: fz.MultiStart; needs finite [parameters]
+                                   # bounds
     num_starts = 16                # points of the design, screened in one round (with init)
     num_local = 4                  # local runs from the best of them, in lockstep
     design = "sobol"               # "sobol" | "lhs" | "halton"
     halving = 2                    # successive halving (1: off)
+    rungs = [10, 20]               # steps at which runs are halved (default: from steps)
     stop = { xtol = 1e-6 }         # fz.Converged: ends a local run early (not with
                                    # [continuation], which has its own stop)
+    # Both tables keep one run: [output] checkpoint and history work, and
+    # `fg2u-zo resume` continues it.
     # [optimizer] steps: most steps of a local run; with [continuation] each local run
     # is the whole continuation.
 """
@@ -161,10 +163,11 @@ class RunConfig:
     phi0 : ndarray
     estimator : Estimator
     phases : list of Phase or None
-    continuation : Continuation or None
-        From ``[continuation]``: run instead of ``problem``.
-    multistart_options : dict or None
-        From ``[multistart]``: keyword arguments of :func:`fg2u_zo.multistart`.
+        From ``[[optimizer.phases]]``, or the horizons of ``[continuation]``.
+    multistart : MultiStart or None
+        From ``[multistart]``.
+    names : list of str or None
+        The parameters' names (``[parameters] names``).
     minimize_options : dict
         Keyword arguments of :func:`fg2u_zo.minimize` (optimizer, lr, steps, schedule,
         bounds, transform, stopping rules, checkpoint, history, rng ...).
@@ -181,16 +184,9 @@ class RunConfig:
     phases: list | None
     minimize_options: dict = field(default_factory=dict)
     evaluator_options: dict = field(default_factory=dict)
-    continuation: object = None
-    multistart_options: dict | None = None
-
-    @property
-    def mode(self) -> str:
-        """``"minimize"``, ``"continuation"``, ``"multistart"`` or
-        ``"multistart+continuation"``."""
-        modes = [name for name, on in (("multistart", self.multistart_options is not None),
-                                       ("continuation", self.continuation is not None)) if on]
-        return "+".join(modes) or "minimize"
+    multistart: object = None
+    names: list | None = None
+    continuation: bool = False
 
     @property
     def checkpoint(self):
@@ -262,11 +258,11 @@ def load_config(path) -> RunConfig:
     n = phi0.size
     bounds, transform = build_bounds_and_transform(c, raw["parameters"], phi0)
     name = os.path.splitext(os.path.basename(path))[0]
-    plan = multistart = None
+    horizon_phases = multistart = None
     if "continuation" in raw:
         c.table(raw["continuation"], "[continuation]")
-        plan = build_continuation(c, raw["continuation"], raw, names, n, name)
-        problem = plan.problems[-1]    # the whole horizon
+        horizon_phases, problem = build_continuation(c, raw["continuation"], raw, names, n,
+                                                     name)
     else:
         solver = build_solver(c, raw["solver"], names, "[solver]")
         outer, differentiable = build_outer(c, raw["outer"])
@@ -289,18 +285,17 @@ def load_config(path) -> RunConfig:
     options.update(bounds=bounds, transform=transform)
     options.update(build_output_options(c, raw.get("output", {})))
     evaluator_options = build_evaluator_options(c, raw.get("parallel", {}))
+    if horizon_phases is not None:
+        phases = horizon_phases
     if "multistart" in raw:
-        multistart = build_multistart(c, raw["multistart"], opt, bounds, n, plan is not None)
-    if plan is not None or multistart is not None:
-        section = "[multistart]" if multistart is not None else "[continuation]"
-        refused = ("checkpoint", "checkpoint_every") + (
-            ("history",) if multistart is not None else ())
-        for key in refused:
-            if key in raw.get("output", {}):
-                raise c.error(f"[output] {key}", f"does not apply to a {section} run (it is "
-                              "several minimize runs, with no checkpoint to resume from); "
-                              "remove it")
+        multistart, stop = build_multistart(c, raw["multistart"], opt, bounds, n,
+                                            horizon_phases is not None)
+        if stop is not None:
+            from ..outer.phases import Phase
+            phases = [Phase(steps=options.pop("steps", 100), estimator=estimator,
+                            until=stop)]
     return RunConfig(path=os.path.abspath(path), sha256=file_sha256(path), raw=raw,
                      problem=problem, phi0=phi0, estimator=estimator, phases=phases,
                      minimize_options=options, evaluator_options=evaluator_options,
-                     continuation=plan, multistart_options=multistart)
+                     multistart=multistart, names=names,
+                     continuation=horizon_phases is not None)

@@ -1,7 +1,8 @@
 """The ``fg2u-zo`` command line.
 
     fg2u-zo run config.toml            # optimize as the config says
-    fg2u-zo resume run.ckpt            # continue a stopped or finished run
+    fg2u-zo run config.toml --resume   # ... continuing its checkpoint when there is one
+    fg2u-zo resume run.ckpt --config config.toml   # continue a stopped or finished run
     fg2u-zo plot run.jsonl -o run.png  # value vs step / nfev / time, gradient SNR
     fg2u-zo check-gradient config.toml # the estimator against a reference gradient
 
@@ -43,17 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="the .toml file")
     run.add_argument("--steps", type=int, help="override the number of steps (the last "
                                                "phase's, with phases)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="delete an existing checkpoint of this config and start over")
+    start = run.add_mutually_exclusive_group()
+    start.add_argument("--overwrite", action="store_true",
+                       help="delete an existing checkpoint of this config and start over")
+    start.add_argument("--resume", action="store_true",
+                       help="continue the config's checkpoint when it exists, else start "
+                            "(the idiom of a batch job that the scheduler may requeue)")
     _progress_flags(run)
 
     resume = sub.add_parser("resume", help="continue a run from its checkpoint",
                             description="Continue a run exactly where its checkpoint "
                                         "stopped; the problem is rebuilt from the config "
-                                        "file recorded in the checkpoint.")
+                                        "file you name (a checkpoint never chooses what "
+                                        "runs).")
     resume.add_argument("checkpoint", help="the .ckpt file written by `fg2u-zo run`")
     resume.add_argument("--steps", type=int, help="new total number of steps")
-    resume.add_argument("--config", help="the config file, if it moved")
+    resume.add_argument("--config", help="the config file the run was started with "
+                                         "(required)")
     resume.add_argument("--force", action="store_true",
                         help="resume although the config file changed since the checkpoint "
                              "(its settings are still checked against the checkpoint)")
@@ -101,7 +108,8 @@ def main(argv=None) -> int:
         _error(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        _error(str(exc) or "interrupted")
+        if not str(exc).startswith("stopped by"):  # else the run has logged it already
+            _error(str(exc) or "interrupted")
         return EXIT_SIGINT
     except FG2UError as exc:
         _error(str(exc))
@@ -157,83 +165,45 @@ def _run(cfg, options, phases, *, progress, resume):
 
     with cfg.make_evaluator() as evaluator:
         return fz.minimize(cfg.problem, cfg.phi0, cfg.estimator, phases=phases,
-                           evaluator=evaluator, metadata=cfg.metadata, progress=progress,
-                           resume=resume, **options)
+                           multistart=cfg.multistart, evaluator=evaluator,
+                           metadata=cfg.metadata, progress=progress, resume=resume,
+                           **options)
 
 
-def _run_search(cfg, options, steps, *, progress):
-    """A ``[continuation]`` and/or ``[multistart]`` run (no checkpoint, see
-    :mod:`fg2u_zo.cli.strategies`)."""
-    import fg2u_zo as fz
-    from ..outer.history import HistoryWriter
-
-    for key in ("checkpoint", "checkpoint_every"):
-        options.pop(key, None)
-    steps = options.pop("steps", None) if steps is None else steps  # --steps over the config
-    history = options.pop("history", None)
-    rng = options.pop("rng", None)
-    with cfg.make_evaluator() as evaluator:
-        if cfg.multistart_options is None:
-            writer = HistoryWriter(history) if history else None
-            try:
-                return cfg.continuation.run(
-                    cfg.phi0, cfg.estimator, rng=rng, evaluator=evaluator,
-                    callback=writer.write if writer else None, metadata=cfg.metadata,
-                    progress=progress, **options)
-            finally:
-                if writer is not None:
-                    writer.close()
-        bounds = options.pop("bounds")
-        problem = cfg.continuation if cfg.continuation is not None else cfg.problem
-        if steps is not None:
-            options["steps"] = steps
-        return fz.multistart(problem, bounds, cfg.estimator, phi0=cfg.phi0, rng=rng,
-                             evaluator=evaluator, **cfg.multistart_options, **options)
-
-
-def _report_search(res, workers):
+def _vector(values, names=None):
     import numpy as np
 
-    def vector(phi):
-        return np.array2string(np.asarray(phi), precision=6, separator=", ")
-
-    print(f"fg2u-zo: {res.message}")
-    print(f"  value       {res.value:.6e}")
-    if res.phi.size <= 10:
-        print(f"  phi         {vector(res.phi)}")
-    print(f"  steps {res.nit}, nfev {res.nfev}, solver time {res.solver_time:.3g} s, "
-          f"wall time {res.wall_time:.3g} s")
-    if hasattr(res, "horizons"):
-        for k, (steps, value) in enumerate(zip(res.phase_steps, res.phase_values)):
-            print(f"  phase {k}     horizon {res.horizons[k]:g}, {steps} steps, "
-                  f"value {value:.6e}")
-    if hasattr(res, "ends"):
-        print(f"  groups {len(res.groups)} (parallel rounds at {workers} workers: "
-              f"{res.rounds(workers)})")
-        for i in np.argsort(res.end_values, kind="stable"):
-            line = f"  end {i:<2d}      value {res.end_values[i]:.6e}"
-            if res.phi.size <= 10:
-                line += f"  phi {vector(res.ends[i])}"
-            if res.stopped_at[i] is not None:
-                line += f"  (halved at {res.stopped_at[i]})"
-            print(line)
-    return EXIT_SIGTERM if getattr(res, "status", None) == "sigterm" else 0
+    values = np.asarray(values)
+    if names is not None and len(names) == values.size:
+        return ", ".join(f"{name}={value:.6g}" for name, value in zip(names, values))
+    return np.array2string(values, precision=6, separator=", ")
 
 
-def _report(res, start_value=None):
-    import numpy as np
-
+def _report(res, cfg, start_value=None):
     print(f"fg2u-zo: {res.message}")
     line = f"  value       {res.value:.6e}"
-    if start_value is not None:
+    if start_value is not None and len(res.runs) == 1:
         line += f"  (first step: {start_value:.6e})"
     print(line)
     if res.phi.size <= 10:
-        print(f"  phi         {np.array2string(res.phi, precision=6, separator=', ')}")
+        print(f"  phi         {_vector(res.phi, cfg.names)}")
     replayed = getattr(res, "nfev_replayed", 0)
     print(f"  steps {res.nit}, nfev {res.nfev}"
           + (f" (+{replayed} answered from the journal)" if replayed else "")
           + f", solver time {res.solver_time:.3g} s, wall time {res.wall_time:.3g} s")
+    print(f"  groups      {len(res.groups)} (parallel rounds at {res.workers} worker(s): "
+          f"{res.rounds()})")
+    if len(res.phases) > 1:
+        for k, phase in enumerate(res.phases):
+            print(f"  phase {k}     {phase.name}, {phase.steps} steps, value {phase.value:.6e}")
+    if len(res.runs) > 1:
+        for r in sorted(res.runs, key=lambda r: (r.value, r.index)):
+            line = f"  run {r.index:<3d}     value {r.value:.6e}, {r.status}"
+            if res.phi.size <= 10:
+                line += f"  phi {_vector(r.phi, cfg.names)}"
+            if r.stopped_at is not None:
+                line += f"  (halved at rung {r.stopped_at})"
+            print(line)
     if res.failures:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(res.failures.items()))
         print(f"  failures    {sum(res.failures.values())} evaluations dropped ({kinds})")
@@ -243,80 +213,90 @@ def _report(res, start_value=None):
 
 
 def _cmd_run(args):
+    from ..persist.checkpoint import read_checkpoint
     from .config import load_config
 
     cfg = load_config(args.config)
     options = dict(cfg.minimize_options)
-    if cfg.mode != "minimize":
-        if args.steps is not None and cfg.continuation is not None:
-            raise _UsageError("--steps does not apply to a [continuation] run: set "
-                              "[continuation] steps (most steps per phase)")
-        if args.steps is not None and args.steps < 1:
-            raise _UsageError(f"--steps must be >= 1, got {args.steps}")
-        res = _run_search(cfg, options, args.steps, progress=args.progress)
-        code = _report_search(res, cfg.evaluator_options.get("n_jobs") or os.cpu_count() or 1)
-        if cfg.history:
-            print(f"  history     {cfg.history}")
-        return code
     phases = _steps_override(cfg, options, args.steps)
     ckpt = cfg.checkpoint
+    resume = False
     if ckpt is not None and os.path.exists(ckpt):
-        if not args.overwrite:
+        if args.resume:
+            resume = True
+            if args.steps is None:
+                phases = _saved_length(cfg, options, read_checkpoint(ckpt), phases)
+        elif args.overwrite:
+            os.unlink(ckpt)
+        elif _holds_steps(read_checkpoint(ckpt)):
             raise _UsageError(
-                f"checkpoint {ckpt} already exists: continue it with `fg2u-zo resume {ckpt}`, "
-                "or pass --overwrite to start over")
-        os.unlink(ckpt)
-    res = _run(cfg, options, phases, progress=args.progress, resume=False)
-    code = _report(res, res.history[0].value if res.history else None)
+                f"checkpoint {ckpt} already exists: continue it with `fg2u-zo run "
+                f"{args.config} --resume` (or `fg2u-zo resume {ckpt} --config "
+                f"{args.config}`), or pass --overwrite to start over")
+        # else: a run that stopped before its first step; this run replaces it
+    res = _run(cfg, options, phases, progress=args.progress, resume=resume)
+    code = _report(res, cfg, res.history[0].value if res.history else None)
     if cfg.history:
         print(f"  history     {cfg.history}")
     return code
 
 
+def _holds_steps(ck) -> bool:
+    from ..outer.setup import blocks_a_new_run
+
+    return blocks_a_new_run(ck)
+
+
+def _saved_length(cfg, options, ck, phases):
+    """Continue to the length the run was started with, not the config's (edited) one."""
+    saved_total = sum(ck.config.get("phase_steps", []))
+    if saved_total and not cfg.continuation:
+        return _steps_override(cfg, options, saved_total)
+    return phases
+
+
 def _cmd_resume(args):
-    from ..outer.checkpoint import read_checkpoint
+    from ..persist.checkpoint import read_checkpoint
     from .config import file_sha256, load_config
 
     path = os.path.abspath(args.checkpoint)
     ck = read_checkpoint(path)
-    config_path = args.config or ck.metadata.get("config_path")
-    if config_path is None:
-        raise _UsageError(f"{args.checkpoint} was not written by `fg2u-zo run` (it records no "
-                          "config file); pass --config, or resume it from Python with "
-                          "fz.resume(path, problem)")
+    recorded = ck.metadata.get("config_path") if isinstance(ck.metadata, dict) else None
+    if args.config is None:
+        hint = (f" (it was written from {recorded})" if isinstance(recorded, str) else
+                " (it records none: it was not written by `fg2u-zo run`; resume it from "
+                "Python with fz.resume(path, problem))")
+        raise _UsageError(
+            f"name the config to resume {args.checkpoint} with: `fg2u-zo resume "
+            f"{args.checkpoint} --config CONFIG.toml`{hint}. A checkpoint never chooses "
+            "what runs: the solver commands and Python entry points come from the config "
+            "you name")
+    config_path = args.config
     if not os.path.isfile(config_path):
-        raise _UsageError(f"the config {config_path} recorded in {args.checkpoint} is gone; "
-                          "pass --config with its new location")
-    saved_hash = ck.metadata.get("config_sha256")
+        raise _UsageError(f"config {config_path} not found")
+    saved_hash = ck.metadata.get("config_sha256") if isinstance(ck.metadata, dict) else None
     if saved_hash and file_sha256(config_path) != saved_hash and not args.force:
         raise _UsageError(
-            f"{config_path} changed since {args.checkpoint} was written; restore it, or pass "
-            "--force to resume with the edited file (settings that change the trajectory "
-            "are still refused)")
+            f"{config_path} is not the config {args.checkpoint} was written with (its bytes "
+            "differ); name the right one, or pass --force to resume with this one (settings "
+            "that change the trajectory are still refused)")
     cfg = load_config(config_path)
-    if cfg.mode != "minimize":
-        raise _UsageError(f"{config_path} has a [{cfg.mode.split('+')[0]}] table: such runs "
-                          "write no checkpoint and cannot be resumed; start them again with "
-                          "`fg2u-zo run`")
     options = dict(cfg.minimize_options)
     options["checkpoint"] = path
     if ck.history_path is not None:
         options["history"] = ck.history_path
     phases = _steps_override(cfg, options, args.steps)
     if args.steps is None:
-        # Continue to the length the run was started with, not the config's (edited) one.
-        saved_total = sum(ck.config.get("phase_steps", []))
-        if saved_total:
-            phases = _steps_override(cfg, options, saved_total)
+        phases = _saved_length(cfg, options, ck, phases)
     res = _run(cfg, options, phases, progress=args.progress, resume=True)
-    code = _report(res)
+    code = _report(res, cfg)
     if options.get("history"):
         print(f"  history     {options['history']}")
     return code
 
 
 def _cmd_plot(args):
-    from ..outer.plotting import plot_history
+    from .plotting import plot_history
 
     if not os.path.isfile(args.history):
         raise _UsageError(f"history file {args.history} not found")
@@ -333,7 +313,7 @@ def _cmd_plot(args):
 def _cmd_check(args):
     import fg2u_zo as fz
 
-    from .build import estimator_classes
+    from ..estimators import estimator_classes
     from .config import load_config
 
     cfg = load_config(args.config)

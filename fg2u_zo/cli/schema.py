@@ -52,7 +52,8 @@ PARALLEL_KEYS = ("backend", "n_jobs", "timeout", "max_retries", "max_failure_fra
 OUTPUT_KEYS = ("checkpoint", "checkpoint_every", "history", "seed")
 CONTINUATION_KEYS = ("times", "horizons", "growth", "min_points", "num_phases", "spacing",
                      "steps", "move_on", "stop")
-MULTISTART_KEYS = ("num_starts", "num_local", "design", "halving", "stop")
+MULTISTART_KEYS = ("num_starts", "num_local", "design", "halving", "rungs", "tie_rtol",
+                   "tie_xtol", "stop")
 CONVERGED_KEYS = ("xtol", "snr", "patience", "min_steps")   # fz.Converged
 FREEFEM_MODELS = ("diffusion",)
 

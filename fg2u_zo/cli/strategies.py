@@ -1,12 +1,11 @@
 """The ``[continuation]`` and ``[multistart]`` tables of a TOML run configuration.
 
-Either table turns ``fg2u-zo run`` from one :func:`fg2u_zo.minimize` call into
-:func:`fg2u_zo.Continuation.run` (phases with growing horizons) or
-:func:`fg2u_zo.multistart` (local runs from the best points of a space-filling
-design); with both, each local run of the multi-start is the whole continuation.
-Neither writes a checkpoint (their runs are several ``minimize`` calls, each with its
-own optimizer state), so ``[output] checkpoint`` is refused with them and
-``fg2u-zo resume`` refuses such a config.
+``[continuation]`` makes the run's phases those of growing horizons
+(:func:`fg2u_zo.horizon_phases`); ``[multistart]`` runs it from the best points of a
+space-filling design (:class:`fg2u_zo.MultiStart`); with both, each local run of the
+multi-start is the whole continuation. Either way it stays one
+:func:`fg2u_zo.minimize` run, with its checkpoint, journal and history, that
+``fg2u-zo resume`` continues.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ def _times(c, value, size):
 
 
 def _horizons(c, t, times):
-    from ..outer.horizons import horizon_schedule
+    from ..globalize.horizons import horizon_schedule
 
     auto_keys = ("growth", "min_points", "num_phases", "spacing")
     value = t.get("horizons", "auto")
@@ -83,15 +82,16 @@ def _horizons(c, t, times):
 
 
 def build_continuation(c, t, raw, names, num_params, name):
-    """``[continuation]`` -> a :class:`fg2u_zo.Continuation` (its phases' problems built).
+    """``[continuation]`` -> ``(phases, problem)``: :func:`fg2u_zo.horizon_phases` and
+    the problem over the whole horizon.
 
     Phase k's problem is the ``[solver]`` given the horizon ``T_k`` (``horizon=`` or
     ``{horizon}``) and the ``[outer]`` least squares restricted to the data entries
     with ``times <= T_k`` (their weights and selection likewise): the solver run to
     ``T_k`` must return the outputs of those entries.
     """
+    from ..globalize.horizons import horizon_phases
     from ..losses import LeastSquares
-    from ..outer.continuation import Continuation
     from ..problem import BilevelProblem
 
     c.unknown_keys(t, CONTINUATION_KEYS, "[continuation]")
@@ -144,17 +144,18 @@ def build_continuation(c, t, raw, names, num_params, name):
             raise c.error("[solver]", str(exc)) from None
 
     try:
-        return Continuation(build, horizons, steps=steps, until=until, stop=stop)
+        phases = horizon_phases(build, horizons, steps=steps, until=until, stop=stop)
     except ConfigError:
         raise
     except FG2UError as exc:
         raise c.from_constructor(exc, "[continuation]", ("steps", "horizons")) from None
+    return phases, build(float(horizons[-1]))
 
 
 def build_multistart(c, t, raw_optimizer, bounds, num_params, with_continuation):
-    """``[multistart]`` -> keyword arguments of :func:`fg2u_zo.multistart` (but the
-    problem, bounds, steps and rng)."""
-    from ..outer.multistart import DESIGNS
+    """``[multistart]`` -> ``(MultiStart, stop)``: the strategy, and the rule that ends
+    a local run early (None)."""
+    from ..globalize.multistart import DESIGNS, MultiStart
 
     c.unknown_keys(t, MULTISTART_KEYS, "[multistart]")
     if "phases" in raw_optimizer:
@@ -179,9 +180,19 @@ def build_multistart(c, t, raw_optimizer, bounds, num_params, with_continuation)
         out["design"] = c.string(t["design"], "[multistart] design", DESIGNS)
     if "halving" in t:
         out["halving"] = c.number(t["halving"], "[multistart] halving", minimum=1.0)
+    if "rungs" in t:
+        out["rungs"] = [c.integer(r, "[multistart] rungs") for r in (
+            t["rungs"] if isinstance(t["rungs"], list) else [t["rungs"]])]
+    for key in ("tie_rtol", "tie_xtol"):
+        if key in t:
+            out[key] = c.number(t[key], f"[multistart] {key}", minimum=0.0)
+    stop = None
     if "stop" in t:
         if with_continuation:
             raise c.error("[multistart] stop", "does not apply with [continuation]: set "
                                                "[continuation] stop")
-        out["stop"] = build_converged(c, t["stop"], "[multistart] stop")
-    return out
+        stop = build_converged(c, t["stop"], "[multistart] stop")
+    try:
+        return MultiStart(**out), stop
+    except FG2UError as exc:
+        raise c.from_constructor(exc, "[multistart]", tuple(out)) from None

@@ -1,17 +1,23 @@
-"""What every meta-gradient estimator shares: the evaluator scope, the projection
-combine and the torch ``backward`` bridge."""
+"""What every meta-gradient estimator shares: the plan / estimate split, the projection
+combine and the torch ``backward`` bridge.
+
+An estimator *plans* its solves: :meth:`Estimator.plan` checks its arguments, draws its
+directions and seeds from ``rng`` at once, and returns a plan (a generator that yields
+:class:`~fg2u_zo.evaluation.requests.Request` s and returns the
+:class:`~fg2u_zo.MetaGradient`); it never holds an Evaluator. :meth:`Estimator.estimate`
+is the convenience loop: the plan answered by an Evaluator.
+"""
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
 
-from ..errors import FG2UTypeError, FG2UValueError
-from ..evaluation.evaluator import Evaluator
+from ..errors import FG2UTypeError
+from ..evaluation.evaluator import evaluator_scope
+from ..evaluation.requests import drive
 
-__all__ = ["Estimator", "combine_projections", "frame_block_size", "evaluator_scope"]
+__all__ = ["Estimator", "combine_projections", "frame_block_size"]
 
 
 def combine_projections(direct, V, c, *, pairs=False, block_size=None):
@@ -70,25 +76,41 @@ def frame_block_size(directions: str, num_params: int, num_dropped: int = 0):
 
 
 class Estimator:
-    """Base class: subclasses implement :meth:`estimate`."""
+    """Base class: subclasses implement :meth:`plan`."""
 
     name = "estimator"
-    #: Keywords ``estimate`` takes beyond the common ones, declared here so that the
-    #: outer loop never inspects signatures: ``"noise"`` (reuse a NoiseEstimate),
-    #: ``"keep_sketch"`` (fill ``MetaGradient.sketch``), ``"warned"`` (a set shared by
-    #: a run's estimates so each warning shows once).
+    #: Keywords ``plan`` (and ``estimate``) take beyond the common ones, declared here so
+    #: that the outer loop never inspects signatures: ``"noise"`` (reuse a
+    #: NoiseEstimate), ``"keep_sketch"`` (fill ``MetaGradient.sketch``), ``"warned"`` (a
+    #: set shared by a run's estimates so each warning shows once).
     options: frozenset = frozenset()
 
     def check_problem(self, problem) -> None:
         """Raise a clear error if ``problem`` lacks what this estimator needs.
 
-        Called by every ``estimate`` and, before step 0, by :func:`fg2u_zo.minimize` for
+        Called by every ``plan`` and, before step 0, by :func:`fg2u_zo.minimize` for
         every phase, so a run fails at once rather than at phase 2.
         """
 
-    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 **evaluator_options):  # pragma: no cover - abstract
+    def plan(self, problem, phi, *, rng=None, **options):  # pragma: no cover - abstract
+        """Check the arguments, draw from ``rng``, and return the plan of the estimate:
+        a generator that yields Requests and returns a :class:`~fg2u_zo.MetaGradient`.
+        ``options`` are those declared in :attr:`options`."""
         raise NotImplementedError
+
+    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
+                 **options):
+        """Estimate the meta-gradient of ``problem`` at ``phi``: :meth:`plan`, answered
+        by ``evaluator`` (or a temporary Evaluator made from ``backend``, ``n_jobs`` and
+        the remaining keywords, closed afterwards).
+
+        Keywords declared in :attr:`options` go to :meth:`plan`; the others are
+        Evaluator options (``timeout``, ``max_retries``, ...).
+        """
+        mine = {key: options.pop(key) for key in list(options) if key in self.options}
+        plan = self.plan(problem, phi, rng=rng, **mine)
+        with evaluator_scope(evaluator, backend, n_jobs, options) as ev:
+            return drive(plan, ev)
 
     def backward(self, problem, phi, **kwargs):
         """Estimate the meta-gradient at ``phi`` and accumulate it into ``phi.grad``.
@@ -125,32 +147,3 @@ class Estimator:
         else:
             phi.grad.add_(g)
         return result
-
-    @staticmethod
-    def _evaluator_scope(evaluator, backend, n_jobs, options):
-        """See :func:`evaluator_scope`."""
-        return evaluator_scope(evaluator, backend, n_jobs, options)
-
-
-@contextlib.contextmanager
-def evaluator_scope(evaluator, backend, n_jobs, options):
-    """Use the caller's evaluator, or make one for this call and close it after.
-
-    The ``evaluator=`` / ``backend=, n_jobs=, **options`` pair of every ``estimate``
-    (and of :func:`fg2u_zo.estimate_noise`).
-    """
-    if evaluator is not None:
-        if backend is not None or n_jobs is not None or options:
-            raise FG2UValueError(
-                "pass either `evaluator=` or `backend=`/`n_jobs=`/evaluator options, "
-                "not both: configure the Evaluator you pass instead")
-        if not isinstance(evaluator, Evaluator):
-            raise FG2UTypeError(
-                f"`evaluator` must be a fg2u_zo.Evaluator, got {type(evaluator).__name__}")
-        yield evaluator
-        return
-    own = Evaluator(backend=backend, n_jobs=n_jobs, **options)
-    try:
-        yield own
-    finally:
-        own.close()

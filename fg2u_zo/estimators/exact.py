@@ -17,9 +17,10 @@ import torch
 from torch.func import jvp, vmap
 
 from ..validation import as_generator, check_choice, check_phi, check_positive_int
-from .directions import DIRECTION_FAMILIES, sample_directions
+from ..directions import DIRECTION_FAMILIES, sample_directions
 from ..errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from .base import Estimator, combine_projections, frame_block_size
+from ..evaluation.requests import done, new_seed
 from ..result import MetaGradient, Sketch
 from .reductions import check_keep_sketch
 
@@ -142,8 +143,9 @@ class FG2U(Estimator):
     Notes
     -----
     ``nfev`` counts ``1 + num_directions`` solves: one plain forward pass at phi and one
-    forward-mode pass per direction. The torch path runs in the calling process;
-    ``backend``/``n_jobs`` are accepted for interface symmetry and ignored.
+    forward-mode pass per direction. The torch path runs in the calling process (the
+    plan asks for no solve); ``backend``/``n_jobs`` of ``estimate`` are accepted for
+    interface symmetry and ignored.
     """
 
     num_directions: int = 16
@@ -178,9 +180,9 @@ class FG2U(Estimator):
                                 keep=keep_tangents, chunk_size=self.chunk_size,
                                 vectorize=self.vectorize)
 
-    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 keep_sketch=False, **evaluator_options) -> MetaGradient:
-        """Estimate the meta-gradient at ``phi`` (see :meth:`FG2UZO.estimate`).
+    def plan(self, problem, phi, *, rng=None, keep_sketch=False):
+        """The estimate at ``phi`` (see :meth:`FG2UZO.plan`), computed in this process
+        at once: the plan asks for no solve.
 
         With ``keep_sketch=True``, ``MetaGradient.sketch`` holds the unit directions
         ``U`` and ``Y[:, i] = J_S u_i`` from ``torch.func.jvp`` (scheme ``"exact"``,
@@ -191,7 +193,7 @@ class FG2U(Estimator):
         phi = check_phi(phi, problem.num_params)
         keep_sketch = check_keep_sketch(keep_sketch)
         rng = as_generator(rng)
-        rng.integers(2**31 - 1)  # keep the generator in step with FG2UZO: same directions
+        new_seed(rng)  # keep the generator in step with FG2UZO: same directions
         V = sample_directions(self.directions, phi.size, self.num_directions, rng,
                               antithetic=self.antithetic)
         solve_start = time.perf_counter()
@@ -212,11 +214,11 @@ class FG2U(Estimator):
         solver_time = time.perf_counter() - solve_start
         block = None if self.antithetic else frame_block_size(self.directions, phi.size)
         grad, stderr = combine_projections(direct, V, c, pairs=self.antithetic, block_size=block)
-        return MetaGradient(
+        return done(MetaGradient(
             grad=grad, value=value, stderr=stderr, nfev=1 + V.shape[0],
             num_directions=V.shape[0], failures=[], theta=theta0, estimator=self.name,
             solver_time=solver_time, wall_time=time.perf_counter() - wall_start,
-            sketch=sketch)
+            sketch=sketch))
 
 
 @dataclass(frozen=True)
@@ -234,12 +236,13 @@ class RGU(Estimator):
         problem.require_torch_inner("RGU")
         problem.require_differentiable_outer("RGU")
 
-    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 **evaluator_options) -> MetaGradient:
-        """Exact meta-gradient at ``phi``; ``rng`` and the backend options are ignored."""
+    def plan(self, problem, phi, *, rng=None):
+        """The exact meta-gradient at ``phi``, computed in this process at once (the plan
+        asks for no solve); ``rng`` is ignored."""
         wall_start = time.perf_counter()
         self.check_problem(problem)
-        return reverse_mode_gradient(problem, problem.inner_torch, phi, self.name, wall_start)
+        return done(reverse_mode_gradient(problem, problem.inner_torch, phi, self.name,
+                                          wall_start))
 
 
 def reverse_mode_gradient(problem, inner, phi, name, wall_start) -> MetaGradient:

@@ -24,6 +24,7 @@ from torch.func import jvp, vjp
 from ..validation import as_generator, check_phi, check_positive_float, check_positive_int
 from ..errors import FG2UTypeError, FG2UValueError
 from .base import Estimator
+from ..evaluation.requests import Request, new_seed
 from ..result import MetaGradient
 
 __all__ = ["Neumann"]
@@ -133,9 +134,8 @@ class Neumann(Estimator):
             alpha = check_positive_float(lr, "alpha (the inner solver's lr)")
         return gradient, float(alpha)
 
-    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 **evaluator_options) -> MetaGradient:
-        """Implicit meta-gradient at ``phi``.
+    def plan(self, problem, phi, *, rng=None):
+        """Plan the implicit meta-gradient at ``phi``: one solve, then the series.
 
         Parameters
         ----------
@@ -144,13 +144,12 @@ class Neumann(Estimator):
         phi : array_like, shape (N,)
         rng : None, int or Generator
             Draws the seed handed to a stochastic inner solver (as in FG2UZO).
-        evaluator, backend, n_jobs, **evaluator_options
-            Where the one inner solve runs (see :meth:`FG2UZO.estimate`).
 
         Returns
         -------
-        MetaGradient
-            ``stderr`` zeros, ``nfev`` the solves spent (1 without retries).
+        generator
+            A plan that asks for the one solve and returns the MetaGradient
+            (``stderr`` zeros, ``nfev`` the solves spent, 1 without retries).
 
         Raises
         ------
@@ -159,13 +158,16 @@ class Neumann(Estimator):
             that diverged (``alpha`` too large or a Hessian that is not positive
             definite).
         """
-        wall_start = time.perf_counter()
         self.check_problem(problem)
         gradient, alpha = self._inner_parts(problem)
         phi = check_phi(phi, problem.num_params)
-        seed = int(as_generator(rng).integers(2**31 - 1))
-        with self._evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
-            theta, stats = ev.solve(problem.inner, phi, seed=seed)
+        seed = new_seed(as_generator(rng))
+        return self._plan(problem, phi, seed, gradient, alpha)
+
+    def _plan(self, problem, phi, seed, gradient, alpha):
+        wall_start = time.perf_counter()
+        stats = yield Request(problem.inner, [phi], seed=seed, base=True, label="base")
+        theta = stats.thetas[0]
         value, g_theta, direct = problem.outer_parts(theta, phi)
 
         theta_t = torch.as_tensor(np.asarray(theta, dtype=np.float64))

@@ -17,8 +17,8 @@ from typing import ClassVar
 from ..validation import check_positive_int
 from ..errors import FG2UValueError
 from .base import Estimator
+from ..evaluation.requests import done
 from .exact import reverse_mode_gradient
-from ..result import MetaGradient
 
 __all__ = ["TRGU"]
 
@@ -101,22 +101,22 @@ class TRGU(Estimator):
         truncatable_inner(problem, "TRGU")
         problem.require_differentiable_outer("TRGU")
 
-    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 **evaluator_options) -> MetaGradient:
-        """Truncated meta-gradient at ``phi``.
+    def plan(self, problem, phi, *, rng=None):
+        """Truncated meta-gradient at ``phi``, computed in this process at once (the plan
+        asks for no solve).
 
         Parameters
         ----------
         problem : BilevelProblem
             With a truncatable torch inner solver and a differentiable outer loss.
         phi : array_like, shape (N,)
-        rng, evaluator, backend, n_jobs, **evaluator_options
+        rng
             Ignored (interface symmetry with the other estimators).
 
         Returns
         -------
-        MetaGradient
-            ``stderr`` zeros, ``nfev == 1``.
+        generator
+            A plan returning the MetaGradient (``stderr`` zeros, ``nfev == 1``).
 
         Raises
         ------
@@ -127,6 +127,6 @@ class TRGU(Estimator):
         wall_start = time.perf_counter()
         self.check_problem(problem)
         inner = truncatable_inner(problem, "TRGU")
-        return reverse_mode_gradient(
+        return done(reverse_mode_gradient(
             problem, lambda phi_t: inner(phi_t, backprop_steps=self.backprop_steps), phi,
-            self.name, wall_start)
+            self.name, wall_start))

@@ -13,9 +13,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..validation import as_generator, check_choice, check_phi, check_positive_int
-from .directions import DIRECTION_FAMILIES, sample_directions
+from ..directions import DIRECTION_FAMILIES, sample_directions
 from ..errors import FG2UValueError, InnerSolverError
+from ..evaluation.requests import Request, new_seed
+from ..validation import as_generator, check_choice, check_phi, check_positive_int
 from .base import Estimator, combine_projections, frame_block_size
 from .reductions import InnerProjection, KeepOutputs, ValueDifference, check_keep_sketch
 from ..noise import auto_step, check_noise_estimate, difference_ratio, probe_lines, probe_noise
@@ -54,10 +55,10 @@ class _PerturbedPoints:
         return k // self.per_direction
 
 
-def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, project,
-                                evaluator, seed, pairs, directions, exact_basis=False,
-                                noise=None, probe_lines=None, keep_sketch=False, warned=None):
-    """Shared body of the finite-difference estimators.
+def _finite_difference_plan(estimator, problem, phi, V, *, step, scheme, project, seed,
+                            pairs, directions, exact_basis=False, noise=None,
+                            probe_lines=None, keep_sketch=False, warned=None):
+    """Shared plan of the finite-difference estimators.
 
     ``project="inner"``: reduce each perturbed theta with :class:`InnerProjection`
     (FG2U-ZO); ``project="value"``: with :class:`ValueDifference` (black box).
@@ -76,7 +77,8 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
     estimate with no other direction warns (once per ``warned`` set).
     """
     wall_start = time.perf_counter()
-    theta0, base_stats = evaluator.solve(problem.inner, phi, seed=seed)
+    base = yield Request(problem.inner, [phi], seed=seed, base=True, label="base")
+    theta0 = base.thetas[0]
     if project == "inner":
         value, g_theta, direct = problem.outer_parts(theta0, phi)
         reduction = InnerProjection(g_theta, theta0)
@@ -87,10 +89,10 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
 
     probe_nfev, probe_time = 0, 0.0
     if step == "auto" and noise is None:
-        noise = probe_noise(problem, phi, probe_lines, theta0=theta0,
-                            g_theta=g_theta if project == "inner" else None,
-                            quantity=project, evaluator=evaluator, seed=seed, scheme=scheme,
-                            warned=warned)
+        noise = yield from probe_noise(problem, phi, probe_lines, theta0=theta0,
+                                       g_theta=g_theta if project == "inner" else None,
+                                       quantity=project, seed=seed, scheme=scheme,
+                                       warned=warned)
         probe_nfev, probe_time = noise.nfev, noise.solver_time
     h = auto_step(noise, phi, scheme) if step == "auto" else step
     norms = np.linalg.norm(V, axis=1)
@@ -105,8 +107,9 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
         diffs[k] = reduction(k, points[k], theta)
         resolution.observe(k, theta)
 
-    stats = evaluator.map(problem.inner, points, on_result, seed=seed, warm_start=theta0,
-                          expected_shape=theta0.shape)
+    stats = yield Request(problem.inner, points, seed=seed, warm_start=theta0,
+                          expected_shape=theta0.shape, on_result=on_result,
+                          label="directions")
 
     b = V.shape[0]
     failed_dirs = {points.direction(f.index) for f in stats.failures}
@@ -143,10 +146,10 @@ def _finite_difference_estimate(estimator, problem, phi, V, *, step, scheme, pro
                               resolution.suggested_step(phi, scheme), warned)
     return MetaGradient(
         grad=grad, value=value, stderr=stderr,
-        nfev=base_stats.nfev + probe_nfev + stats.nfev,
+        nfev=base.nfev + probe_nfev + stats.nfev,
         num_directions=int(ok.sum()), failures=failures, theta=theta0,
         estimator=estimator.name, step=h, scheme=scheme,
-        solver_time=base_stats.solver_time + probe_time + stats.solver_time,
+        solver_time=base.solver_time + probe_time + stats.solver_time,
         wall_time=time.perf_counter() - wall_start, noise=noise,
         sketch=reduction.sketch(U, h, scheme, ok) if keep_sketch else None,
         zero_differences=zero_differences)
@@ -175,10 +178,12 @@ class _RandomFD(Estimator):
         if self._project == "inner":
             problem.require_differentiable_outer(type(self).__name__)
 
-    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 noise=None, keep_sketch=False, warned=None,
-                 **evaluator_options) -> MetaGradient:
-        """Estimate the meta-gradient of ``problem`` at ``phi``.
+    def plan(self, problem, phi, *, rng=None, noise=None, keep_sketch=False, warned=None):
+        """Plan the estimate of the meta-gradient of ``problem`` at ``phi``.
+
+        ``estimate(problem, phi, rng=..., evaluator=..., **options)`` answers the plan
+        with an Evaluator; ``evaluator``, ``backend``, ``n_jobs`` and the remaining
+        keywords (``timeout``, ...) configure it.
 
         Parameters
         ----------
@@ -187,10 +192,6 @@ class _RandomFD(Estimator):
         rng : None, int or numpy.random.Generator
             Draws the directions (and the common seed handed to stochastic solvers),
             always in this process.
-        evaluator : Evaluator, optional
-            Reuse an evaluator (and its workers) across calls.
-        backend, n_jobs, **evaluator_options
-            Otherwise, options of a temporary :class:`Evaluator`.
         noise : NoiseEstimate, optional
             A previous noise estimate (``estimate_noise(...)`` or an earlier
             ``MetaGradient.noise``) whose step ``step="auto"`` reuses, with no extra
@@ -209,8 +210,9 @@ class _RandomFD(Estimator):
 
         Returns
         -------
-        MetaGradient
-            ``step`` is the step used; ``noise`` the NoiseEstimate behind it (with
+        generator
+            Yields the solves as Requests (the base point, the noise probe's lines, the
+            perturbed points) and returns the MetaGradient: ``step`` is the step used; ``noise`` the NoiseEstimate behind it (with
             ``difference_to_noise`` of this estimate), or None for a fixed step;
             ``sketch`` a :class:`~fg2u_zo.result.Sketch` or None;
             ``zero_differences`` / ``degenerate`` say whether the differences rose above
@@ -232,19 +234,18 @@ class _RandomFD(Estimator):
         rng = as_generator(rng)
         # The seed is drawn first, always, so the directions do not depend on whether
         # the solver takes a seed.
-        seed = int(rng.integers(2**31 - 1))
+        seed = new_seed(rng)
         V = sample_directions(self.directions, phi.size, self.num_directions, rng,
                               antithetic=self.antithetic)
         noise = check_noise_estimate(noise, phi.size, self._project)
         # Drawn after the directions, so a seed gives the same directions whatever the step.
         U = (probe_lines(rng, phi.size, self.directions)
              if self.step == "auto" and noise is None else None)
-        with self._evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
-            return _finite_difference_estimate(
-                self, problem, phi, V, step=self.step, scheme=self.scheme,
-                project=self._project, evaluator=ev, seed=seed, pairs=self.antithetic,
-                directions=self.directions, noise=noise, probe_lines=U,
-                keep_sketch=keep_sketch, warned=warned)
+        return _finite_difference_plan(
+            self, problem, phi, V, step=self.step, scheme=self.scheme,
+            project=self._project, seed=seed, pairs=self.antithetic,
+            directions=self.directions, noise=noise, probe_lines=U,
+            keep_sketch=keep_sketch, warned=warned)
 
 
 @dataclass(frozen=True)
@@ -345,14 +346,12 @@ class CoordinateFD(Estimator):
         if self._through(problem) == "inner":
             problem.require_differentiable_outer("CoordinateFD(through='inner')")
 
-    def estimate(self, problem, phi, *, rng=None, evaluator=None, backend=None, n_jobs=None,
-                 noise=None, keep_sketch=False, warned=None,
-                 **evaluator_options) -> MetaGradient:
-        """Difference along each coordinate.
+    def plan(self, problem, phi, *, rng=None, noise=None, keep_sketch=False, warned=None):
+        """Plan the differences along each coordinate.
 
         ``rng`` seeds stochastic solvers and draws the noise-probe direction
         (``step="auto"`` without ``noise=``); the other arguments are those of
-        :meth:`FG2UZO.estimate`. With ``keep_sketch=True`` the sketch's directions are
+        :meth:`FG2UZO.plan`. With ``keep_sketch=True`` the sketch's directions are
         the coordinate axes and ``Y`` is the finite-difference Jacobian ``J_S``.
         """
         phi = check_phi(phi, problem.num_params)
@@ -361,16 +360,14 @@ class CoordinateFD(Estimator):
         check_warned(warned)
         through = self._through(problem)
         rng = as_generator(rng)
-        seed = int(rng.integers(2**31 - 1))
+        seed = new_seed(rng)
         # sqrt(N) e_j has identity second moment; with b = N rows the projection
         # (1/N) sum_j c_j v_j is exactly the coordinate finite-difference gradient.
         V = np.sqrt(phi.size) * np.eye(phi.size)
         noise = check_noise_estimate(noise, phi.size, through)
         U = (probe_lines(rng, phi.size, "coordinate")
              if self.step == "auto" and noise is None else None)
-        with self._evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
-            return _finite_difference_estimate(
-                self, problem, phi, V, step=self.step, scheme=self.scheme, project=through,
-                evaluator=ev, seed=seed, pairs=False, directions="coordinate",
-                exact_basis=True, noise=noise, probe_lines=U, keep_sketch=keep_sketch,
-                warned=warned)
+        return _finite_difference_plan(
+            self, problem, phi, V, step=self.step, scheme=self.scheme, project=through,
+            seed=seed, pairs=False, directions="coordinate", exact_basis=True, noise=noise,
+            probe_lines=U, keep_sketch=keep_sketch, warned=warned)

@@ -34,7 +34,7 @@ from .worker import headline
 from ..validation import check_positive_float, check_positive_int
 from ..errors import FG2UTypeError, FG2UValueError
 
-__all__ = ["Evaluator", "MapStats", "BACKENDS"]
+__all__ = ["Evaluator", "MapStats", "BACKENDS", "evaluator_scope"]
 
 logger = logging.getLogger(__name__)
 
@@ -623,3 +623,27 @@ class _Dispatch:
     def __call__(self, point):
         solver, kwargs = self.calls[int(point[0])]
         return solver(np.array(point[1:], dtype=np.float64), **kwargs)
+
+
+@contextlib.contextmanager
+def evaluator_scope(evaluator, backend, n_jobs, options):
+    """Use the caller's evaluator, or make one for this call and close it after.
+
+    The ``evaluator=`` / ``backend=, n_jobs=, **options`` pair of every ``estimate``
+    (and of :func:`fg2u_zo.estimate_noise`).
+    """
+    if evaluator is not None:
+        if backend is not None or n_jobs is not None or options:
+            raise FG2UValueError(
+                "pass either `evaluator=` or `backend=`/`n_jobs=`/evaluator options, "
+                "not both: configure the Evaluator you pass instead")
+        if not isinstance(evaluator, Evaluator):
+            raise FG2UTypeError(
+                f"`evaluator` must be a fg2u_zo.Evaluator, got {type(evaluator).__name__}")
+        yield evaluator
+        return
+    own = Evaluator(backend=backend, n_jobs=n_jobs, **options)
+    try:
+        yield own
+    finally:
+        own.close()

@@ -9,7 +9,7 @@ that keeps failing is dropped and reported; a worker that dies takes only the po
 was running with it (the others are resubmitted). Every point is charged to its
 request, which has its own failure policy: a request whose policy is broken is given
 up (its remaining points are not submitted) without stopping the others. With a journal (see
-:mod:`fg2u_zo.evaluation.journal`), points it already holds are answered from it before
+:mod:`fg2u_zo.persist.journal`), points it already holds are answered from it before
 anything is submitted, and every success is journaled as it arrives.
 """
 
@@ -25,7 +25,7 @@ from .backends import ItemDone, TaskDone, TaskLost
 from ..errors import FG2UTypeError, inner_solver_error
 from ..result import Failure
 
-__all__ = ["MapStats", "BatchSizer", "MapRun", "Call"]
+__all__ = ["MapStats", "BatchSizer", "MapRun", "Call", "policy_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -431,22 +431,33 @@ class MapRun:
             return
         q, j = self.index[index]
         call = self.calls[q]
-        call.reply.add_failure(Failure(j, None, kind, message, attempts))
-        error = None
-        if call.base:
-            error = inner_solver_error(
-                f"the inner solver failed at the base point phi after {attempts} attempt(s) "
-                f"({kind}):\n{message}", kind=kind, detail=message)
-        else:
-            nfail = len(call.reply.failures)
-            if nfail > call.max_failure_fraction * call.size:
-                error = inner_solver_error(
-                    f"{nfail} of {call.size} evaluations failed for good, more than "
-                    f"max_failure_fraction={call.max_failure_fraction} of them (stopped "
-                    f"early); the last failure, at point {j} after {attempts} attempt(s), "
-                    f"was ({kind}):\n{message}", kind=kind, detail=message)
+        failure = Failure(j, None, kind, message, attempts)
+        call.reply.add_failure(failure)
+        error = policy_error(call.reply.failures, call.size, base=call.base,
+                             max_failure_fraction=call.max_failure_fraction)
         if error is None:
             return
         if self.raise_errors:
             raise error
         call.error = call.reply.error = error
+
+
+def policy_error(failures, size, *, base, max_failure_fraction):
+    """The :class:`~fg2u_zo.InnerSolverError` a request's failures call for, or None:
+    its base point failed, or more than ``max_failure_fraction`` of its ``size`` points
+    (the last failure's message is carried)."""
+    if not failures:
+        return None
+    last = failures[-1]
+    if base:
+        return inner_solver_error(
+            f"the inner solver failed at the base point phi after {last.attempts} "
+            f"attempt(s) ({last.kind}):\n{last.message}", kind=last.kind,
+            detail=last.message)
+    if len(failures) > max_failure_fraction * size:
+        return inner_solver_error(
+            f"{len(failures)} of {size} evaluations failed for good, more than "
+            f"max_failure_fraction={max_failure_fraction} of them (stopped early); the last "
+            f"failure, at point {last.index} after {last.attempts} attempt(s), was "
+            f"({last.kind}):\n{last.message}", kind=last.kind, detail=last.message)
+    return None

@@ -18,11 +18,9 @@ kind of warning is then shown once, and its key (:data:`NOISE_PRECISION`,
 
 from __future__ import annotations
 
-import inspect
-import os
 import warnings
 
-from ..errors import FG2UTypeError, NoiseWarning, ZeroDifferenceWarning
+from ..errors import FG2UTypeError, NoiseWarning, ZeroDifferenceWarning, user_stacklevel
 
 __all__ = ["WARNING_THRESHOLD", "WARNING_DIGITS", "NOISE_PRECISION", "NOISE_NO_CHANGE",
            "ZERO_DIFFERENCES", "check_warned", "warn_once", "warn_about_noise",
@@ -42,24 +40,6 @@ WARNING_DIGITS = 7
 NOISE_PRECISION = "noise_precision"
 NOISE_NO_CHANGE = "noise_no_change"
 ZERO_DIFFERENCES = "zero_differences"
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
-def user_stacklevel() -> int:
-    """``stacklevel`` that makes ``warnings.warn`` called by the caller of this
-    function point at the first frame outside the ``fg2u_zo`` package.
-
-    Counted from the frame that calls ``warnings.warn`` (level 1).
-    """
-    frame = inspect.currentframe().f_back  # the caller, which calls warnings.warn: level 1
-    level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-            _PACKAGE_DIR):
-        frame = frame.f_back
-        level += 1
-    return level
-
 
 def check_warned(warned):
     """Validate a ``warned=`` argument: None or a set (mutated in place)."""

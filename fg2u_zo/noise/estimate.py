@@ -47,9 +47,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..validation import as_generator, check_choice, check_phi, check_positive_int
-from ..estimators.directions import DIRECTION_FAMILIES, sample_directions
+from ..directions import DIRECTION_FAMILIES, sample_directions
 from ..errors import FG2UValueError
+from ..evaluation.evaluator import evaluator_scope
+from ..evaluation.requests import Request, drive, new_seed
+from ..validation import as_generator, check_choice, check_phi, check_positive_int
 from .advice import check_warned, warn_about_noise
 from .line import ProbeLine, measured_derivative, measured_slope, refine_derivatives
 from .noise_estimate import NoiseEstimate
@@ -89,11 +91,11 @@ EXACT_RELATIVE_NOISE = 64 * _EPS
 
 
 def _noise_table(line, num_points, spacing, phi):
-    """Evaluate one table at ``spacing`` and classify it."""
+    """Evaluate one table at ``spacing`` and classify it (a plan)."""
     center = (num_points - 1) // 2
     ts = [float((i - center) * spacing) for i in range(num_points)]
     ts[center] = 0.0
-    failed = line.evaluate(ts)
+    failed = yield from line.evaluate(ts)
     if failed:
         return TableDecision("failed"), ts
     f = np.array([line.f(t) for t in ts])
@@ -118,10 +120,10 @@ def _second_table(line, table, num_points, spacing, s_min, phi, attempts):
     A spacing that shrinks the second differences below the noise (smooth
     differences of order 2 scale as the spacing squared) moves the plateau down to
     orders 1-2; the two estimates are pooled, weighted by their numbers of
-    differences.
+    differences. A plan.
     """
     shrink = float(np.clip(math.sqrt(3.0 * table.levels[1] / table.noise), 3.0, 100.0))
-    fine, _ = _noise_table(line, num_points, max(spacing / shrink, s_min), phi)
+    fine, _ = yield from _noise_table(line, num_points, max(spacing / shrink, s_min), phi)
     attempts.append((max(spacing / shrink, s_min), fine.status))
     if fine.status != "ok" or fine.method != "table":
         return table
@@ -145,33 +147,43 @@ def _distinct_lines(U):
     return kept
 
 
-def probe_noise(problem, phi, U, *, theta0, g_theta=None, quantity="inner", evaluator,
-                seed=None, scheme="central", num_points=NUM_POINTS, spacing=None,
-                max_tries=4, warn=True, stacklevel=None, base_nfev=0,
-                base_solver_time=0.0, warned=None) -> NoiseEstimate:
-    """The noise probe; ``theta0 = S(phi)`` is known.
+def probe_noise(problem, phi, U, *, theta0, g_theta=None, quantity="inner", seed=None,
+                request=None, scheme="central", num_points=NUM_POINTS, spacing=None,
+                max_tries=4, warn=True, base_nfev=0, base_solver_time=0.0,
+                warned=None):
+    """The noise probe, as a plan; ``theta0 = S(phi)`` is known.
 
     ``U`` holds unit directions, one per row: the noise is read along the first, the
     derivatives are measured along each and combined by their root mean square (the
     aggregate truncation error of many directional differences is the RMS of theirs,
     and derivatives along a single line can be far from typical). Shared by
-    :func:`estimate_noise` and the estimators (which pass their own base solve, so the
-    probe costs ``num_points - 1`` solves plus retries and a few points per line for
-    the derivatives).
+    :func:`estimate_noise`, the estimators and the Gauss–Newton stepper (which pass
+    their own base solve, so the probe costs ``num_points - 1`` solves plus retries
+    and a few points per line for the derivatives).
+
+    Each group of points along a line is one request: by default
+    ``Request(problem.inner, points, seed=seed, warm_start=theta0, ...)``; a caller
+    whose points live elsewhere (the stepper's unconstrained ``z``) passes
+    ``request(points, on_result, warm_start, expected_shape) -> Request``.
 
     The NoiseWarning (``warn=True``) points at the first frame outside the package
-    (``stacklevel`` is ignored; it is accepted for callers that still pass it) and is
-    skipped when its key is already in ``warned`` (see :mod:`fg2u_zo.noise.advice`).
+    and is skipped when its key is already in ``warned`` (see
+    :mod:`fg2u_zo.noise.advice`).
     """
+    if request is None:
+        def request(points, on_result, warm_start, expected_shape):
+            return Request(problem.inner, points, seed=seed, warm_start=warm_start,
+                           expected_shape=expected_shape, on_result=on_result,
+                           label="probe")
     U = _distinct_lines(np.atleast_2d(np.asarray(U, dtype=np.float64)))
-    line = ProbeLine(problem, phi, U[0], theta0, quantity, g_theta, evaluator, seed)
+    line = ProbeLine(problem, phi, U[0], theta0, quantity, g_theta, request, seed)
     scale_phi = step_scale(phi)
     s_min, s_max = min_step(phi), MAX_RELATIVE_SPACING * scale_phi
     spacing = RELATIVE_SPACING * scale_phi if spacing is None else float(spacing)
     attempts = []
     too_small_at, too_large_at = None, None
     for _ in range(max_tries):
-        table, ts = _noise_table(line, num_points, spacing, phi)
+        table, ts = yield from _noise_table(line, num_points, spacing, phi)
         status = table.status
         attempts.append((spacing, status))
         if status in ("ok", "exact"):
@@ -190,7 +202,8 @@ def probe_noise(problem, phi, U, *, theta0, g_theta=None, quantity="inner", eval
         spacing = nxt
     if (table.status == "ok" and table.method == "table" and table.order >= 3
             and len(attempts) < max_tries and spacing > s_min):
-        table = _second_table(line, table, num_points, spacing, s_min, phi, attempts)
+        table = yield from _second_table(line, table, num_points, spacing, s_min, phi,
+                                         attempts)
     scale = max(line.mags[t] for t in ts if t in line.mags)
     output_noise = output_rel = None
     if table.output_noise is not None:
@@ -202,16 +215,16 @@ def probe_noise(problem, phi, U, *, theta0, g_theta=None, quantity="inner", eval
     need = 2 if scheme == "forward" else 3
     lines = [line]
     if status == "ok":
-        refine_derivatives(line, sigma, scale, need, phi)
+        yield from refine_derivatives(line, sigma, scale, need, phi)
         # The other lines start at the span that worked on the first.
         start = measured_derivative(line, need, sigma, scale)[2] or spacing
         for u in U[1:]:
-            other = ProbeLine(problem, phi, u, theta0, quantity, g_theta, evaluator, seed)
+            other = ProbeLine(problem, phi, u, theta0, quantity, g_theta, request, seed)
             lines.append(other)
-            if other.evaluate([start, -start] if need == 2 else
-                              [start, -start, 2 * start, -2 * start]):
+            if (yield from other.evaluate([start, -start] if need == 2 else
+                                          [start, -start, 2 * start, -2 * start])):
                 continue
-            refine_derivatives(other, sigma, scale, need, phi)
+            yield from refine_derivatives(other, sigma, scale, need, phi)
     s_for_derivs = sigma if np.isfinite(sigma) else 0.0
     per_line = []
     for ln in lines:
@@ -340,10 +353,6 @@ def estimate_noise(problem, phi, *, rng=None, evaluator=None, scheme="central",
     >>> bool(1e-3 < est.step("central") < 1e-1)  # 6e-6 for outputs exact to the double
     True
     """
-    # Imported here: the estimators' base imports the evaluator, which this module does
-    # not need at import time.
-    from ..estimators.base import evaluator_scope
-
     phi = check_phi(phi, problem.num_params)
     check_choice(scheme, "scheme", ("forward", "central"))
     check_choice(through, "through", ("auto", "inner", "value"))
@@ -359,13 +368,18 @@ def estimate_noise(problem, phi, *, rng=None, evaluator=None, scheme="central",
         problem.require_differentiable_outer("estimate_noise(through='inner')")
     check_warned(warned)
     rng = as_generator(rng)
-    seed = int(rng.integers(2**31 - 1))
+    seed = new_seed(rng)
     U = probe_lines(rng, phi.size, directions, num_lines)
-    with evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
-        theta0, stats = ev.solve(problem.inner, phi, seed=seed)
+
+    def plan():
+        reply = yield Request(problem.inner, [phi], seed=seed, base=True, label="base")
+        theta0 = reply.thetas[0]
         g_theta = problem.outer_parts(theta0, phi)[1] if through == "inner" else None
-        return probe_noise(problem, phi, U, theta0=theta0, g_theta=g_theta, quantity=through,
-                           evaluator=ev, seed=seed, scheme=scheme, num_points=num_points,
-                           spacing=spacing, max_tries=max_tries, warn=warn,
-                           base_nfev=stats.nfev, base_solver_time=stats.solver_time,
-                           warned=warned)
+        return (yield from probe_noise(
+            problem, phi, U, theta0=theta0, g_theta=g_theta, quantity=through, seed=seed,
+            scheme=scheme, num_points=num_points, spacing=spacing, max_tries=max_tries,
+            warn=warn, base_nfev=reply.nfev, base_solver_time=reply.solver_time,
+            warned=warned))
+
+    with evaluator_scope(evaluator, backend, n_jobs, evaluator_options) as ev:
+        return drive(plan(), ev)

@@ -29,11 +29,17 @@ _BOUND_SIGMAS = 3.0
 
 
 class ProbeLine:
-    """Solver outputs and the examined scalar along ``phi + t u``, keyed by ``t``."""
+    """Solver outputs and the examined scalar along ``phi + t u``, keyed by ``t``.
 
-    def __init__(self, problem, phi, u, theta0, quantity, g_theta, evaluator, seed):
+    ``request(points, on_result, warm_start, expected_shape)`` makes the
+    :class:`~fg2u_zo.evaluation.requests.Request` that solves points of the line;
+    ``seed`` (the solves' seed, if any) also seeds the Monte Carlo propagation of
+    output noise through a black-box outer loss.
+    """
+
+    def __init__(self, problem, phi, u, theta0, quantity, g_theta, request, seed=None):
         self.problem, self.phi, self.u = problem, phi, u
-        self.quantity, self.evaluator, self.seed = quantity, evaluator, seed
+        self.quantity, self.request, self.seed = quantity, request, seed
         self.theta0 = theta0
         self.shape = theta0.shape
         if quantity == "inner":
@@ -64,7 +70,8 @@ class ProbeLine:
             self.mags[t] = abs(value)
 
     def evaluate(self, ts):
-        """Solve at the points ``t`` not seen yet; return the set of those that failed."""
+        """Solve at the points ``t`` not seen yet (a plan: it yields one request);
+        returns the set of those that failed."""
         todo = [t for t in ts if t not in self.thetas]
         if not todo:
             return set()
@@ -74,8 +81,7 @@ class ProbeLine:
             self._store(todo[k], theta)
 
         try:
-            stats = self.evaluator.map(self.problem.inner, points, on_result, seed=self.seed,
-                                       warm_start=self.theta0, expected_shape=self.shape)
+            reply = yield self.request(points, on_result, self.theta0, self.shape)
         except InnerSolverError:
             # Too many points failed (the line left the solver's domain, say): for the
             # probe that only means "not this far". The error carries no count; each
@@ -86,9 +92,9 @@ class ProbeLine:
                 self.values.pop(t, None)
                 self.mags.pop(t, None)
             return set(todo)
-        self.nfev += stats.nfev
-        self.solver_time += stats.solver_time
-        return {todo[f.index] for f in stats.failures}
+        self.nfev += reply.nfev
+        self.solver_time += reply.solver_time
+        return {todo[f.index] for f in reply.failures}
 
     def noise_from_outputs(self, output_noise, draws=64):
         """Noise of the examined scalar caused by independent noise on each output."""
@@ -184,7 +190,7 @@ def measured_slope(line, noise, third):
 
 def refine_derivatives(line, noise, scale, p, phi, max_rounds=3):
     """Moré and Wild's derivative step: widen the span until the ``p``-th difference
-    stands out of the noise, a few points at a time along the same line."""
+    stands out of the noise, a few points at a time along the same line (a plan)."""
     h_cap = max_step(phi)
     for _ in range(max_rounds):
         mu, accepted, largest = measured_derivative(line, p, noise, scale)
@@ -200,5 +206,5 @@ def refine_derivatives(line, noise, scale, p, phi, max_rounds=3):
             growth = 10.0  # lost in the noise: no clue how far, widen by a decade
         h = float(min(h_cap, largest * min(100.0, max(2.0, growth))))
         ts = [h, -h] if p == 2 else [h, -h, 2 * h, -2 * h]
-        if line.evaluate(ts):
+        if (yield from line.evaluate(ts)):
             return  # a failed point: keep what we have

@@ -87,24 +87,44 @@ class Converged:
             moves = np.maximum(moves, np.asarray(list(trials)[-self.patience:], dtype=float))
         return bool(np.all(moves <= self.xtol))
 
+    @property
+    def window(self) -> int:
+        """How many recent steps :meth:`check` reads."""
+        return max(self.patience + 1, self.min_steps)
+
+    @staticmethod
+    def entry(record) -> tuple:
+        """``(phi, snr, trial)`` of a step record: what :meth:`check` reads of it.
+
+        ``trial`` is the length of a rejected trust-region trial
+        (``record.info["step_norm"]`` when ``info["accepted"]`` is False), else 0.
+        """
+        if record.phi is None:
+            raise FG2UValueError(
+                "Converged needs phi in the step records (N <= PHI_MAX_SIZE); use max "
+                "steps per phase instead")
+        info = record.info or {}
+        rejected = info.get("accepted") is False
+        trial = float(info.get("step_norm") or 0.0) if rejected else 0.0
+        return np.array(record.phi, dtype=np.float64), float(record.snr), trial
+
+    def config(self) -> dict:
+        """The rule's parameters, JSON (stored with a run's configuration)."""
+        return {"xtol": self.xtol, "snr": self.snr, "patience": self.patience,
+                "min_steps": self.min_steps}
+
     def callback(self):
         """A fresh ``minimize`` callback that returns True once the phase converged.
 
         It reads ``record.phi`` (written for N <= ``PHI_MAX_SIZE``), ``record.snr`` and
-        the trust-region fields of ``record.info``.
+        the trust-region fields of ``record.info`` (see :meth:`entry`).
         """
-        phis, snrs, trials = [], [], []
+        window = []
 
         def converged(record):
-            if record.phi is None:
-                raise FG2UValueError(
-                    "Converged needs phi in the step records (N <= PHI_MAX_SIZE); use "
-                    "max steps per phase instead")
-            info = record.info or {}
-            phis.append(np.array(record.phi, dtype=np.float64))
-            snrs.append(record.snr)
-            rejected = info.get("accepted") is False
-            trials.append(float(info.get("step_norm") or 0.0) if rejected else 0.0)
+            window.append(self.entry(record))
+            del window[:-self.window]
+            phis, snrs, trials = zip(*window)
             return self.check(phis, snrs, trials)
 
         return converged

@@ -1,51 +1,55 @@
 """User entry points of the outer loop: :func:`minimize` and :func:`resume`.
 
-They check the arguments, resolve phases and the stepper, match a checkpoint against
-the call, and hand over to the run loop (:mod:`fg2u_zo.outer.run`). One
-:class:`~fg2u_zo.Evaluator` serves the whole run. Checkpoints (see
-:mod:`fg2u_zo.outer.checkpoint`) are written every ``checkpoint_every`` steps, at the
-end, on SIGINT/SIGTERM and before a failure is re-raised; :func:`resume` continues a
-run bit for bit.
+They check the arguments and build the run (:mod:`fg2u_zo.outer.setup`), then answer
+its requests with one :class:`~fg2u_zo.Evaluator` until it is done
+(:mod:`fg2u_zo.outer.driver`). Checkpoints (see :mod:`fg2u_zo.persist.checkpoint`) are
+written every ``checkpoint_every`` steps, at the end, on SIGINT/SIGTERM and before a
+failure is re-raised; :func:`resume` continues a run bit for bit, a multi-start and a
+continuation included.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import math
 import os
 
 import numpy as np
 
-from ..errors import CheckpointError, FG2UTypeError, FG2UValueError
+from ..errors import CheckpointError, FG2UTypeError, FG2UValueError, NonFiniteStepError
 from ..evaluation.evaluator import Evaluator
-from ..problem import BilevelProblem
-from ..validation import as_generator, check_phi, check_positive_float, check_positive_int
-from .checkpoint import config_differences, read_checkpoint
-from .phases import Phase, build_plans, check_stepper_fits, estimator_from_config
-from .result import STATUSES, OptimizeResult
-from .run import NonFiniteStepError, Run
+from ..persist.checkpoint import read_checkpoint
+from .driver import drive_search
+from .phases import Phase, estimator_from_config
+from .result import STATUSES, OptimizeResult, RunSummary
 from .schedules import schedule_from_config
-from .serialization import to_json
-from .steppers import make_stepper, stepper_from_config
+from .setup import MAX_ABS_PHI, prepare
+from .steppers import stepper_from_config
 from .steppers.base import Stepper
-from .transforms import ParameterTransform, as_bounds
+from ..validation import check_positive_int
 
 __all__ = ["minimize", "resume", "Phase", "OptimizeResult", "NonFiniteStepError",
-           "MAX_ABS_PHI"]
+           "MAX_ABS_PHI", "register_strategy"]
 
 logger = logging.getLogger(__name__)
 
-#: Largest ``|phi0|`` accepted: perturbations of phi, and its square, stay finite.
-MAX_ABS_PHI = 1e150
+#: Multi-start strategies a checkpoint may name, as "module:attr" (imported when asked).
+_STRATEGIES = {"multistart": "fg2u_zo.globalize.multistart:MultiStart"}
+
+
+def register_strategy(name, target):
+    """Let checkpoints name a strategy (``"module:attr"`` of a class with
+    ``from_config``); used by :mod:`fg2u_zo.globalize`."""
+    _STRATEGIES[name] = target
 
 
 def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_options=None,
              lr=1e-2, steps=100, schedule="constant", bounds=None, transform=None,
-             phases=None, callback=None, target=None, gtol=None, max_nfev=None,
-             max_time=None, checkpoint=None, checkpoint_every=1, history=None,
-             resume=False, rng=None, backend=None, n_jobs=None, evaluator=None,
-             progress=None, metadata=None) -> OptimizeResult:
+             phases=None, multistart=None, callback=None, target=None, gtol=None,
+             max_nfev=None, max_time=None, checkpoint=None, checkpoint_every=1,
+             history=None, resume=False, rng=None, backend=None, n_jobs=None,
+             evaluator=None, workers=None, progress=None, metadata=None) -> OptimizeResult:
     """Minimize ``F(phi) = f(S(phi), phi)`` with a stepper fed by meta-gradient estimates.
 
     Each step: ``phi = T(z)``; ``g = estimator.estimate(problem, phi)``; the stepper
@@ -87,8 +91,16 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
         the optimizer moves ``z``.
     phases : list of Phase, optional
         Successive segments with their own estimator, steps, inner solver, lr and schedule
-        (the two-phase paradigm), and optionally their own outer loss (continuation in
-        the horizon). The stepper and its state carry over between phases.
+        (the two-phase paradigm), and optionally their own outer loss and a rule that
+        ends them early (continuation in the horizon: :func:`fg2u_zo.horizon_phases`).
+        The stepper and its state carry over between phases unless a phase restarts it.
+    multistart : MultiStart, optional
+        Run from the best points of a space-filling design inside the (finite)
+        ``bounds``, the local runs in lockstep, with successive halving (see
+        :class:`fg2u_zo.MultiStart`); ``phi0`` (optional then) is screened with the
+        design. One run: one checkpoint, one journal, one history (``record.run``
+        says which local run a step belongs to); the result's ``runs`` has every local
+        run, its ``phi`` the best end.
     callback : callable or list of callables, optional
         ``callback(record: StepRecord)`` after each step; returning True stops the run.
     target : float, optional
@@ -101,28 +113,30 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
     max_time : float, optional
         Do not start a step after this many seconds of wall-clock time.
     checkpoint : path-like, optional
-        Checkpoint file (see :mod:`fg2u_zo.outer.checkpoint`), written every
+        Checkpoint file (see :mod:`fg2u_zo.persist.checkpoint`), written every
         ``checkpoint_every`` steps, at the end, on SIGINT/SIGTERM, and before an
-        inner-solver failure is re-raised, and once at the start of a new run. Every
-        evaluation that finishes is journaled as it arrives in
-        ``<checkpoint>.journal`` (see :mod:`fg2u_zo.evaluation.journal`): a run killed
-        in the middle of a step (SIGKILL included) and resumed takes the evaluations
-        of that step that had finished from there, bit for bit, instead of solving
-        them again (``nfev_replayed`` of the result and the history counts them,
-        ``nfev`` does not). The journal is emptied at each checkpoint (but for the
-        records a resumed run has not reached yet) and removed when the run
-        finishes; delete it to solve everything again (after changing the inner
-        solver, say). Without a checkpoint, a failure or a signal still
-        writes one, to a temporary file named in the message (not for an error
-        before the first step is done: there is nothing to save then), and nothing
-        is journaled.
+        inner-solver failure is re-raised, and once at the start of a new run; held
+        by one process at a time (a second run on it is refused). Every solve that
+        finishes is journaled as it arrives in ``<checkpoint>.journal`` (see
+        :mod:`fg2u_zo.persist.journal`): a run killed in the middle of a step (SIGKILL
+        included) and resumed takes the solves of that step that had finished from
+        there, bit for bit, instead of solving them again (``nfev_replayed`` of the
+        result and the history counts them, ``nfev`` does not). At each checkpoint the
+        journal keeps only the solves of steps not yet committed; it is removed when
+        the run finishes, and not replayed when the solver's fingerprint changed.
+        Without a checkpoint, a failure or a signal still writes one, to a temporary
+        file named in the message (not for an error before the first step is done:
+        there is nothing to save then), and nothing is journaled.
     checkpoint_every : int
         Steps between checkpoints (default 1: each step is saved).
     history : path-like, optional
-        JSONL file, one line per step (see :mod:`fg2u_zo.outer.history`); the
-        checkpoint records it relative to its own directory.
+        JSONL file, one line per step (see :mod:`fg2u_zo.persist.history`); the
+        checkpoint records it relative to its own folder (a resumption continues it
+        only when it lies in that folder, or when the resumed call names it).
     resume : bool or "auto"
-        False: start fresh, and refuse to overwrite an existing ``checkpoint`` file.
+        False: start fresh, and refuse to overwrite an existing ``checkpoint`` file
+        (unless it holds no completed step: a run that failed at its start is simply
+        replaced).
         True: continue from ``checkpoint`` (which must exist) exactly where it stopped;
         its configuration must match this call (:class:`CheckpointError` names what
         differs); ``rng`` and ``phi0`` are then taken from the checkpoint. ``"auto"``:
@@ -133,9 +147,15 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
         Options of the one :class:`Evaluator` made for the whole run and closed at its
         end. Or pass ``evaluator=`` (kept open).
     evaluator : Evaluator, optional
+    workers : int, optional
+        The run's width: how many solves one parallel round holds (what the
+        Gauss–Newton stepper fills). Default: the Evaluator's simultaneous evaluations
+        at the start. Stored in the checkpoint: a resumption keeps it whatever its
+        number of workers, so the trajectory does not depend on them.
     progress : bool, optional
         tqdm progress bar with the value and nfev; None: only when stderr is a terminal.
-        Needs the ``progress`` extra; without tqdm there is no bar and no error.
+        Needs the ``progress`` extra; without tqdm there is no bar and no error. Each
+        step is also logged at INFO (logger ``fg2u_zo.outer.progress``).
     metadata : dict, optional
         JSON-able data stored in the checkpoint (the CLI stores its config path).
 
@@ -150,14 +170,15 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
         at the start of the failed step is written first and its path is in the message
         (and in ``exc.checkpoint``).
     KeyboardInterrupt
-        On SIGINT, after the current step and a checkpoint. SIGTERM abandons the step in
-        progress, writes a checkpoint and returns with ``status="sigterm"``.
+        On SIGINT, after the steps in progress and a checkpoint. SIGTERM abandons the
+        steps in progress, writes a checkpoint and returns with ``status="sigterm"``.
     NonFiniteStepError
         (a ``FG2UValueError``) when a step's value, meta-gradient or next point is NaN
         or infinite: the step is not taken and nothing is committed; the state saved
         in the checkpoint is the last good one.
     CheckpointError
-        When resuming from a checkpoint that is malformed (the field is named) or
+        When another process holds the checkpoint, or when resuming from a checkpoint
+        that is malformed (the field is named) or
         does not match this run.
 
     Examples
@@ -170,219 +191,105 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
     >>> bool(res.value < ridge.problem().outer_value(ridge.inner(np.zeros(3)), np.zeros(3)))
     True
     """
-    if not isinstance(problem, BilevelProblem):
-        raise FG2UTypeError(
-            f"`problem` must be a fz.BilevelProblem, got {type(problem).__name__}")
-    if resume not in (False, True, "auto"):
-        raise FG2UValueError(f"`resume` must be False, True or 'auto', got {resume!r}")
-    ck = None
-    if checkpoint is not None:
-        checkpoint = os.path.abspath(os.fspath(checkpoint))
-        if os.path.exists(checkpoint):
-            if resume is False:
-                raise CheckpointError(
-                    f"checkpoint {checkpoint!r} already exists; pass resume=True to continue "
-                    "that run (or use fz.resume), or delete the file / choose another path to "
-                    "start over")
-            ck = read_checkpoint(checkpoint)
-        elif resume is True:
-            raise CheckpointError(
-                f"resume=True but checkpoint {checkpoint!r} does not exist; pass "
-                "resume='auto' to start fresh when it is missing")
-    elif resume is True:
-        raise FG2UValueError("resume=True needs `checkpoint=` the file to continue from")
-
-    if ck is not None:
-        num_params = ck.num_params
-        if phi0 is not None:
-            check_start(phi0, num_params)  # same length, or CheckpointError below
-        if problem.num_params is not None and problem.num_params != num_params:
-            raise CheckpointError(
-                f"checkpoint {checkpoint!r} does not match this problem: num_params: "
-                f"checkpoint has {num_params}, the problem has {problem.num_params}")
-    else:
-        if phi0 is None:
-            raise FG2UValueError("pass the starting point `phi0`")
-        phi0 = check_start(phi0, problem.num_params)
-        num_params = phi0.size
-    bounds_ = as_bounds(bounds, num_params)
-    T = ParameterTransform.from_spec(transform, num_params, bounds_)
-    plans = build_plans(problem, estimator, phases, steps, lr, schedule)
-    stepper = make_stepper(optimizer, optimizer_options)
-    check_stepper_fits(stepper, plans)
-    callbacks = _as_callbacks(callback)
-    target = _check_target(target)
-    gtol = _check_optional_positive(gtol, "gtol")
-    max_nfev = _check_optional_positive(max_nfev, "max_nfev", integer=True)
-    max_time = _check_optional_positive(max_time, "max_time")
-    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
-    history = None if history is None else os.path.abspath(os.fspath(history))
-    config = {
-        "num_params": num_params,
-        "optimizer": _jsonable(stepper.config()),
-        "transform": T.config(),
-        "phases": [p.config() for p in plans],
-        "phase_steps": [p.steps for p in plans],
-    }
-    if ck is not None:
-        _check_matches(checkpoint, ck, config, bounds_)
-    else:
-        _check_inside(phi0, bounds_)
     if evaluator is not None:
         if backend is not None or n_jobs is not None:
             raise FG2UValueError("pass either `evaluator=` or `backend=`/`n_jobs=`, not both")
         if not isinstance(evaluator, Evaluator):
             raise FG2UTypeError(
                 f"`evaluator` must be a fg2u_zo.Evaluator, got {type(evaluator).__name__}")
-    metadata = _jsonable(metadata or {})
-
-    run = Run(problem, plans, T, stepper, config, checkpoint=checkpoint,
-              checkpoint_every=checkpoint_every, history=history, metadata=metadata)
     own = evaluator is None
     # Built before the run touches any file: a bad backend fails with nothing written.
     ev = Evaluator(backend=backend, n_jobs=n_jobs) if own else evaluator
     try:
-        if ck is not None:
-            run.start_from(ck)
-            logger.info("resuming %s at step %d (phase %d)", checkpoint, ck.step, ck.phase)
-        else:
-            run.start_fresh(phi0, as_generator(rng))
-        status, value = run.run(evaluator=ev, callbacks=callbacks, target=target, gtol=gtol,
-                                max_nfev=max_nfev, max_time=max_time, progress=progress)
+        prepared = prepare(
+            problem, phi0, estimator, optimizer=optimizer,
+            optimizer_options=optimizer_options, lr=lr, steps=steps, schedule=schedule,
+            bounds=bounds, transform=transform, phases=phases, multistart=multistart,
+            callback=callback, target=target, gtol=gtol, max_nfev=max_nfev,
+            max_time=max_time, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+            history=history, resume=resume, rng=rng, workers=workers, progress=progress,
+            metadata=metadata, workers_of=lambda stepper: ev.workers)
+        try:
+            status = drive_search(prepared.search, ev, prepared.store,
+                                  checkpoint_every=prepared.checkpoint_every,
+                                  fresh=prepared.fresh)
+            result = finish(prepared, status)
+        finally:
+            prepared.release()
     finally:
         if own:
             ev.close()
-    message = run.signal_message if status == "sigterm" else run.message
-    totals = run.state.totals
-    logger.info("minimize: %s (value %.6g, nfev %d)", message, value, totals.nfev)
+    logger.info("minimize: %s (value %.6g, nfev %d)", result.message, result.value,
+                result.nfev)
+    return result
+
+
+def finish(prepared, status) -> OptimizeResult:
+    """Write the last checkpoint and build the result of a run that stopped."""
+    search, store = prepared.search, prepared.store
+    if status == "done":
+        failed = [run for run in search.runs if run.state.status == "failed"]
+        if search.runs and len(failed) == len(search.runs):
+            # Every local run raised: that is the run's error, not a result.
+            if store.path is not None:
+                store.save(search, search.phis(), "failed", search.message())
+            first = failed[0].error
+            if first is not None:
+                if hasattr(first, "add_note"):
+                    first.add_note(f"fg2u-zo: every one of the {len(failed)} local runs "
+                                   "raised; this is the first run's error")
+                raise first
+        if search.strategy is not None:
+            search.strategy.finish(search)
+        if store.path is not None:
+            store.save(search, search.phis(), "finished", search.message())
+    return build_result(prepared, status)
+
+
+def build_result(prepared, status) -> OptimizeResult:
+    """The :class:`OptimizeResult` of a run in its present state."""
+    search = prepared.search
+    totals = search.totals()
+    runs = [_summary(run) for run in search.runs]
+    best = search.best()
+    run = search.runs[best] if search.runs else None
+    if status == "sigterm":
+        run_status, message, value = "sigterm", search.signal_message, math.nan
+    else:
+        run_status = run.state.status if run is not None else "failed"
+        value = run.state.final_value if run is not None and \
+            run.state.final_value is not None else math.nan
+        message = search.message()
+    success = (STATUSES.get(run_status, False) if search.strategy is None
+               else any(STATUSES.get(r.status, False) for r in runs) and status == "done")
     return OptimizeResult(
-        phi=run.phi(), value=float(value), nit=run.state.step, nfev=totals.nfev,
-        solver_time=totals.solver_time, wall_time=run.wall_time(),
-        history=run.records, message=message, success=STATUSES[status], status=status,
-        meta_gradient=run.meta_gradient, z=run.state.z.copy(), phase=run.state.phase,
-        checkpoint=run.last_checkpoint, failures=dict(totals.failures),
-        nfev_replayed=totals.nfev_replayed)
+        phi=run.phi() if run is not None else np.full(prepared.transform.num_params, np.nan),
+        value=float(value), nit=sum(r.nit for r in runs), nfev=totals.nfev,
+        solver_time=totals.solver_time, wall_time=search.wall_time(),
+        history=list(search.records), message=message, success=bool(success),
+        status=run_status, meta_gradient=run.meta_gradient if run is not None else None,
+        z=run.state.z.copy() if run is not None else None,
+        phase=run.state.phase if run is not None else 0, checkpoint=prepared.store.last,
+        failures=dict(totals.failures), nfev_replayed=totals.nfev_replayed,
+        groups=list(search.state.groups), workers=prepared.workers,
+        optimizer=str(prepared.stepper.config().get("name", "")),
+        transform=prepared.transform, phases=runs[best].phases if runs else [],
+        runs=runs, design=np.asarray(search.state.design),
+        design_values=np.asarray(search.state.design_values))
 
 
-def check_start(phi0, num_params):
-    """``phi0`` as a float64 vector: real, finite, not so large that steps overflow."""
-    if np.iscomplexobj(phi0) or (isinstance(phi0, (list, tuple)) and any(
-            isinstance(v, complex) for v in phi0)):
-        raise FG2UTypeError(
-            "`phi0` must be real; got complex values (pass phi0.real, or split real and "
-            "imaginary parts into separate parameters)")
-    phi0 = check_phi(phi0, num_params, "phi0")
-    big = np.flatnonzero(np.abs(phi0) > MAX_ABS_PHI)
-    if big.size:
-        i = int(big[0])
-        raise FG2UValueError(
-            f"`phi0[{i}]` = {phi0[i]:g} is beyond |phi| <= {MAX_ABS_PHI:g}: finite-difference "
-            "points around it (and squares of it) would overflow to inf; rescale the "
-            "parameter (e.g. work with log10 of it, or transform='log')")
-    return phi0
-
-
-def _check_inside(phi0, bounds):
-    bad = bounds.violations(phi0)
-    if not bad.size:
-        return
-    lines = []
-    for i in bad[:5].tolist():
-        if phi0[i] < bounds.lower[i]:
-            lines.append(f"phi0[{i}] = {phi0[i]:g} is below the lower bound "
-                         f"{bounds.lower[i]:g}")
-        else:
-            lines.append(f"phi0[{i}] = {phi0[i]:g} is above the upper bound "
-                         f"{bounds.upper[i]:g}")
-    more = f" (and {bad.size - 5} more)" if bad.size > 5 else ""
-    raise FG2UValueError("`phi0` must lie inside `bounds`: " + "; ".join(lines) + more)
-
-
-def _check_target(target):
-    if target is None:
-        return None
-    if isinstance(target, bool) or np.iscomplexobj(target):
-        raise FG2UTypeError(f"`target` must be a real number, got {target!r}")
-    try:
-        value = float(target)
-    except (TypeError, ValueError):
-        raise FG2UTypeError(f"`target` must be a real number, got {target!r}") from None
-    if np.isnan(value):
-        raise FG2UValueError("`target` must be a number, got nan; pass None for no target")
-    return value
-
-
-def _as_callbacks(callback):
-    if callback is None:
-        return []
-    if callable(callback):
-        return [callback]
-    try:
-        callbacks = list(callback)
-    except TypeError:
-        raise FG2UTypeError(
-            f"`callback` must be a callable or a list of callables, got "
-            f"{type(callback).__name__}") from None
-    for cb in callbacks:
-        if not callable(cb):
-            raise FG2UTypeError(f"`callback` entries must be callable, got {type(cb).__name__}")
-    return callbacks
-
-
-def _check_optional_positive(value, name, integer=False):
-    if value is None:
-        return None
-    if integer:
-        return check_positive_int(value, name)
-    return check_positive_float(value, name)
-
-
-def _jsonable(value):
-    """``value`` as JSON for the checkpoint, or a TypeError naming what cannot be stored."""
-    try:
-        encoded = to_json(value)
-        json.dumps(encoded, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise FG2UTypeError(f"cannot store {value!r} in a checkpoint (JSON): {exc}") from None
-    return encoded
-
-
-def _check_matches(path, ck, config, bounds):
-    """Raise CheckpointError naming every difference that would change the trajectory."""
-    saved = dict(ck.config)
-    diffs = []
-    saved_steps = saved.pop("phase_steps", None)
-    current = dict(config)
-    current_steps = current.pop("phase_steps")
-    diffs += config_differences(saved, current)
-    if saved_steps is not None:
-        if len(saved_steps) != len(current_steps):
-            diffs.append(f"number of phases: checkpoint has {len(saved_steps)}, this run has "
-                         f"{len(current_steps)}")
-        else:
-            # Phases already finished must keep their length; the current and later ones
-            # may be lengthened (to continue a run) or shortened down to where it is.
-            for i in range(min(ck.phase, len(saved_steps))):
-                if saved_steps[i] != current_steps[i]:
-                    diffs.append(f"phases[{i}].steps: checkpoint has {saved_steps[i]} (a "
-                                 f"finished phase), this run has {current_steps[i]}")
-            if ck.phase < len(current_steps) and current_steps[ck.phase] < ck.step_in_phase:
-                diffs.append(f"phases[{ck.phase}].steps: the checkpoint is {ck.step_in_phase} "
-                             f"steps into it, this run allows only {current_steps[ck.phase]}")
-    for name, saved_b, cur_b in (("lower", ck.lower, bounds.lower),
-                                 ("upper", ck.upper, bounds.upper)):
-        if saved_b.shape != cur_b.shape or not np.array_equal(saved_b, cur_b):
-            diffs.append(f"bounds ({name}): checkpoint has {saved_b.tolist()}, this run has "
-                         f"{cur_b.tolist()}")
-    if diffs:
-        raise CheckpointError(
-            f"checkpoint {path!r} does not match this run:\n  " + "\n  ".join(diffs)
-            + "\nresume with the configuration it was written with (fz.resume rebuilds it), "
-              "or start a new run with another checkpoint path")
+def _summary(run) -> RunSummary:
+    s = run.state
+    value = s.final_value if s.final_value is not None else math.inf
+    return RunSummary(index=run.index, start=run.start.copy() if run.start is not None
+                      else run.phi(), phi=run.phi(), value=float(value),
+                      status=s.status or "stopped", nit=s.step, nfev=s.totals.nfev,
+                      phase=s.phase, stopped_at=s.stopped_at, error=s.error,
+                      phases=run.phase_summaries())
 
 
 def resume(checkpoint, problem, estimator=None, *, phases=None, optimizer=None,
-           schedule=None, steps=None, **options) -> OptimizeResult:
+           schedule=None, steps=None, multistart=None, **options) -> OptimizeResult:
     """Continue a run from its checkpoint, exactly where it stopped.
 
     The estimators, stepper, learning rates, schedules, transforms and bounds are
@@ -404,8 +311,11 @@ def resume(checkpoint, problem, estimator=None, *, phases=None, optimizer=None,
     **options
         Other :func:`minimize` keywords: ``callback``, ``target``, ``gtol``,
         ``max_nfev``, ``max_time``, ``checkpoint_every``, ``history`` (default: the
-        checkpoint's, resolved against the checkpoint's directory), ``backend``,
+        checkpoint's, when it lies in the checkpoint's folder), ``backend``,
         ``n_jobs``, ``evaluator``, ``progress``, ``metadata``.
+
+    A finished run resumed with no more steps is answered from its checkpoint, with
+    no solve.
 
     Returns
     -------
@@ -423,7 +333,8 @@ def resume(checkpoint, problem, estimator=None, *, phases=None, optimizer=None,
     >>> more.nit
     8
     """
-    for key in ("resume", "phi0", "rng", "lr", "transform", "bounds", "optimizer_options"):
+    for key in ("resume", "phi0", "rng", "lr", "transform", "bounds", "optimizer_options",
+                "workers"):
         if key in options:
             raise FG2UValueError(
                 f"resume() takes `{key}` from the checkpoint; to change it start a new run "
@@ -435,10 +346,11 @@ def resume(checkpoint, problem, estimator=None, *, phases=None, optimizer=None,
     saved_steps = list(cfg["phase_steps"])
     if steps is not None:
         steps = check_positive_int(steps, "steps")
+        done = max((run.step for run in ck.search.runs), default=0)
         extra = steps - sum(saved_steps)
-        if saved_steps[-1] + extra < 1 or steps < ck.step:
+        if saved_steps[-1] + extra < 1 or steps < done:
             raise FG2UValueError(
-                f"`steps` must be >= {max(ck.step, sum(saved_steps[:-1]) + 1)} (steps already "
+                f"`steps` must be >= {max(done, sum(saved_steps[:-1]) + 1)} (steps already "
                 f"done / length of the earlier phases), got {steps}")
         saved_steps[-1] += extra
     if phases is None:
@@ -454,13 +366,34 @@ def resume(checkpoint, problem, estimator=None, *, phases=None, optimizer=None,
         options_ = None
     else:
         options_ = cfg["optimizer"].get("options")
-    options.setdefault("history", ck.history_path)
+    if multistart is None and cfg.get("multistart") is not None:
+        multistart = strategy_from_config(cfg["multistart"])
+    if "history" not in options and ck.history_path is not None:
+        options["history"] = ck.history_path
     options.setdefault("metadata", ck.metadata)
     bounds = (ck.lower, ck.upper)
     return minimize(problem, None, None, optimizer=optimizer, optimizer_options=options_,
                     lr=saved_phases[0]["lr"], phases=phases, bounds=bounds,
                     transform=list(cfg["transform"]), checkpoint=path, resume=True,
-                    **options)
+                    multistart=multistart, **options)
+
+
+def strategy_from_config(config):
+    """Rebuild a checkpoint's multi-start strategy through :data:`_STRATEGIES` only."""
+    import importlib
+
+    name = config.get("name") if isinstance(config, dict) else None
+    target = _STRATEGIES.get(name)
+    if target is None:
+        raise CheckpointError(f"checkpoint field `config.multistart.name` must be one of "
+                              f"{sorted(_STRATEGIES)}, got {name!r:.80}")
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint field `config.multistart` does not build: "
+                              f"{exc}") from None
 
 
 def _saved_phase(i, pc, steps, estimator, schedule):
@@ -484,4 +417,13 @@ def _saved_phase(i, pc, steps, estimator, schedule):
                 f"phase {i} used the schedule {pc['schedule'].get('callable')}, a callable "
                 "a checkpoint cannot hold; pass schedule= as in the original run")
         sched = schedule
-    return Phase(steps=steps, estimator=est, lr=pc["lr"], schedule=sched)
+    until = pc.get("until")
+    if until is not None:
+        from .convergence import Converged
+
+        try:
+            until = Converged(**until)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"phase {i}'s `until` rule does not build: {exc}") from None
+    return Phase(steps=steps, estimator=est, lr=pc["lr"], schedule=sched, until=until,
+                 restart=bool(pc.get("restart", False)), carry_lr=pc.get("carry_lr"))

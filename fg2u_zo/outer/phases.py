@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import FG2UError, FG2UTypeError, FG2UValueError
 from ..estimators.base import Estimator
 from ..problem import BilevelProblem
@@ -49,9 +51,23 @@ class Phase:
         Learning-rate schedule over the phase's own steps (default: ``minimize``'s).
     name : str, optional
         Label for logs.
+    until : Converged, optional
+        Ends the phase before its ``steps`` once the rule holds (see
+        :class:`~fg2u_zo.Converged`); on the last phase it ends the run (status
+        ``"converged"``). None: the phase takes its ``steps``.
+    restart : bool
+        Start the stepper afresh when the phase begins (its state is built anew at the
+        phase's start point: Adam's moments, Rprop's step sizes, a trust radius), as a
+        new objective calls for (continuation in the horizon). False: the state carries
+        over from the previous phase.
+    carry_lr : float, optional
+        Warm-start the step size: the phase starts with this factor times the largest
+        move of any coordinate of phi over the previous phase's last steps (those its
+        ``until`` rule kept), capped at the phase's learning rate. First-order steppers
+        only.
 
     The stepper (``minimize``'s ``optimizer``) is one for the whole run: its state
-    carries over from phase to phase.
+    carries over from phase to phase unless ``restart``.
 
     Examples
     --------
@@ -67,6 +83,9 @@ class Phase:
     schedule: object = None
     name: str | None = None
     outer: object = None
+    until: object = None
+    restart: bool = False
+    carry_lr: float | None = None
 
     def __post_init__(self):
         check_positive_int(self.steps, "Phase steps")
@@ -86,6 +105,15 @@ class Phase:
             check_positive_float(self.lr, "Phase lr")
         if self.schedule is not None:
             as_schedule(self.schedule)
+        if self.until is not None and not (callable(getattr(self.until, "check", None))
+                                           and callable(getattr(self.until, "entry", None))):
+            raise FG2UTypeError(f"Phase `until` must be a fz.Converged (or None), got "
+                                f"{type(self.until).__name__}")
+        if not isinstance(self.restart, (bool, np.bool_)):
+            raise FG2UTypeError(f"Phase `restart` must be True or False, got "
+                                f"{self.restart!r}")
+        if self.carry_lr is not None:
+            check_positive_float(self.carry_lr, "Phase carry_lr")
 
 
 def estimator_config(estimator) -> dict:
@@ -111,15 +139,13 @@ def _is_json_scalar(value):
 def estimator_from_config(config: dict):
     """Rebuild an estimator of this package from :func:`estimator_config`, or None.
 
-    Only the estimator classes ``fg2u_zo`` exports are candidates: the name in the
-    checkpoint picks one of them, never a module to import.
+    Only the public estimator classes are candidates: the name in the checkpoint picks
+    one of them, never a module to import.
     """
-    import fg2u_zo
+    from ..estimators import estimator_classes
 
     name = config.get("class", "") if isinstance(config, dict) else ""
-    if not isinstance(name, str) or name.startswith("_") or name not in fg2u_zo.__all__:
-        return None
-    cls = getattr(fg2u_zo, name, None)
+    cls = estimator_classes().get(name) if isinstance(name, str) else None
     params = config.get("params")
     if not (isinstance(cls, type) and issubclass(cls, Estimator)) or not isinstance(
             params, dict):
@@ -143,14 +169,17 @@ class PhasePlan:
     name: str
     accepts_noise: bool = False
     custom_outer: bool = False
+    until: object = None
+    restart: bool = False
+    carry_lr: float | None = None
 
     def config(self) -> dict:
-        out = {"estimator": estimator_config(self.estimator), "lr": self.lr,
-               "schedule": schedule_config(self.schedule),
-               "solver": "custom" if self.custom_solver else None}
-        if self.custom_outer:  # absent otherwise: older checkpoints still match
-            out["outer"] = "custom"
-        return out
+        return {"estimator": estimator_config(self.estimator), "lr": self.lr,
+                "schedule": schedule_config(self.schedule),
+                "solver": "custom" if self.custom_solver else None,
+                "outer": "custom" if self.custom_outer else None,
+                "until": None if self.until is None else self.until.config(),
+                "restart": bool(self.restart), "carry_lr": self.carry_lr}
 
 
 def phase_problem(problem, solver, outer, index):
@@ -182,7 +211,14 @@ def estimator_options(estimator) -> frozenset:
 
 def check_stepper_fits(stepper, plans) -> None:
     """Refuse, before step 0, a stepper that asks for sketches of an estimator that
-    cannot keep them."""
+    cannot keep them, and a phase's ``carry_lr`` for a stepper without a learning rate."""
+    if not stepper.uses_lr:
+        for i, plan in enumerate(plans):
+            if plan.carry_lr is not None:
+                raise FG2UValueError(
+                    f"phase {i}: `carry_lr` warm-starts a learning rate, and the stepper "
+                    f"{stepper.config().get('name')!r} has none (it sizes its steps itself, "
+                    "e.g. with a trust radius); leave carry_lr out")
     if "sketch" not in stepper.extras:
         return
     for i, plan in enumerate(plans):
@@ -234,5 +270,6 @@ def build_plans(problem, estimator, phases, steps, lr, schedule) -> list:
             lr=float(ph.lr) if ph.lr is not None else lr,
             schedule=as_schedule(ph.schedule) if ph.schedule is not None else schedule,
             custom_solver=ph.solver is not None, name=ph.name or f"phase {i}",
-            accepts_noise=accepts_noise(est), custom_outer=ph.outer is not None))
+            accepts_noise=accepts_noise(est), custom_outer=ph.outer is not None,
+            until=ph.until, restart=bool(ph.restart), carry_lr=ph.carry_lr))
     return plans

@@ -1,56 +1,52 @@
-"""The run loop of :func:`fg2u_zo.minimize`: a typed run state, one step at a time.
+"""One local run: a typed state, and the steps that move it, as an ask/tell machine.
 
-Everything a resumed run needs is one :class:`RunState` (``z``, the stepper's state,
-the random generator, the position in the phases, the noise estimate and its age, the
-totals). A step reads it, asks the stepper for an update, and replaces it only when the
-update is complete and finite: a step abandoned half-way (a signal, a failure, a
-non-finite value) leaves the state as it was, with the generator rolled back, so a
-resumed run redoes exactly that step. With a checkpoint, the evaluations that finished
-since it was written are journaled next to it (``<checkpoint>.journal``, see
-:mod:`fg2u_zo.evaluation.journal`): the redone step takes them from there instead of
-solving them again, counted in ``nfev_replayed`` rather than ``nfev``.
+A :class:`LocalRun` is one trajectory of :func:`fg2u_zo.minimize` (a multi-start holds
+several). Everything a resumed run needs is its :class:`RunState` (``z``, the stepper's
+state, the random generator, the position in the phases, the noise estimate and its
+age, the window of recent steps that a phase's ``until`` rule reads, the totals). A
+step is a plan: the phase's estimate (when the stepper declares ``"estimate"``), then
+the stepper's update, each yielding the requests they need. The run never calls an
+Evaluator: whoever drives it (:mod:`fg2u_zo.outer.search`) asks it for its next
+request (:meth:`LocalRun.ask`) and tells it the reply (:meth:`LocalRun.tell`). The run
+counts every reply once (solves, seconds, failures by kind, replays) and throws a
+reply's error into the plan at its ``yield``.
 
-Per step the run builds only the extras the stepper declares (see
-:mod:`fg2u_zo.outer.steppers.base`): the phase's estimate (with its sketch when asked),
-the noise estimate, an ``evaluate`` callable that solves a group of points through the
-run's one :class:`~fg2u_zo.Evaluator` (counted in the run's totals), the problem,
-estimator, transform, generator and the number of workers.
+A step works on a copy of the generator and replaces the state only when it is
+complete and finite: a step abandoned half-way (a signal, a failure, a non-finite
+value) leaves the state as it was, so a resumed run redoes exactly that step, and
+its journaled solves answer the redone step's requests.
 
-Why one module of ~540 lines: the loop, the commit of a step and the rollback on a
-signal or a failure are one idea whose invariants (nothing half-committed) are easier
-to check side by side; serialization, signals, phases and the journal's file handling
-live in their own modules.
+After each committed step the run decides whether to go on: the phase's ``until`` rule
+(:class:`~fg2u_zo.Converged`) or its steps move it to the next phase; ``target``,
+``gtol``, the callbacks, ``max_nfev``, ``max_time`` and degenerate estimates stop it;
+a rung of a multi-start makes it wait for the others (:meth:`LocalRun.release`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import logging
 import math
-import os
-import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import CheckpointError, FG2UValueError
-from .checkpoint import Checkpoint, write_checkpoint
-from .history import HistoryWriter, Progress, StepRecord, read_history
+from ..errors import NonFiniteStepError
+from ..evaluation.requests import advance
+from ..persist.history import StepRecord
+from ..persist.state import RunState, Totals
 from .phases import estimator_config, estimator_options
-from .run_journal import RunJournal
-from .serialization import generator_from_state, generator_state
-from .signals import Abandon, SignalGuard, annotate
-from .steppers.base import Evaluations, StepperState
 
-__all__ = ["RunState", "Totals", "Run", "NonFiniteStepError"]
+__all__ = ["RunState", "Totals", "LocalRun", "STOP_MESSAGES"]
 
 logger = logging.getLogger(__name__)
 
-_MESSAGES = {
+#: Why a local run stopped, in words.
+STOP_MESSAGES = {
     "steps": "completed {nit} steps",
+    "converged": "converged after {nit} steps (the last phase's `until` rule)",
     "target": "reached the target value {target:g}",
     "gtol": "gradient norm below gtol={gtol:g}",
     "callback": "a callback asked to stop",
@@ -60,49 +56,9 @@ _MESSAGES = {
                    "was exactly zero, so the step is below what the solver's output "
                    "resolves and the gradient says nothing; use step='auto' or a larger "
                    "fixed step"),
+    "halved": "stopped by successive halving after {nit} steps",
+    "failed": "failed after {nit} steps",
 }
-
-
-class NonFiniteStepError(FG2UValueError):
-    """A step produced a NaN or infinite value, gradient or point; nothing was committed."""
-
-
-@dataclass
-class Totals:
-    """Counts since the run began (resumed runs included)."""
-
-    nfev: int = 0
-    solver_time: float = 0.0
-    wall_time: float = 0.0
-    failures: dict = field(default_factory=dict)
-    nfev_replayed: int = 0
-
-    def add(self, nfev, solver_time, failures, replayed=0) -> "Totals":
-        counts = dict(self.failures)
-        for f in failures:
-            counts[f.kind] = counts.get(f.kind, 0) + 1
-        return Totals(self.nfev + int(nfev), self.solver_time + float(solver_time),
-                      self.wall_time, counts, self.nfev_replayed + int(replayed))
-
-    def to_dict(self) -> dict:
-        return {"nfev": self.nfev, "solver_time": self.solver_time,
-                "wall_time": self.wall_time, "failures": dict(self.failures),
-                "nfev_replayed": self.nfev_replayed}
-
-
-@dataclass
-class RunState:
-    """The committed state of a run between two steps."""
-
-    z: np.ndarray
-    stepper_state: StepperState
-    rng: np.random.Generator
-    step: int = 0
-    phase: int = 0
-    step_in_phase: int = 0
-    noise: object = None
-    noise_age: int = 0
-    totals: Totals = field(default_factory=Totals)
 
 
 @dataclass
@@ -113,251 +69,245 @@ class _Spend:
     solver_time: float = 0.0
     failures: list = field(default_factory=list)
     nfev_replayed: int = 0
+    estimate_nfev: int = 0  # solves of the estimate's requests (the rest ran in process)
+
+    def add(self, reply, estimating):
+        self.nfev += reply.nfev
+        self.solver_time += reply.solver_time
+        self.failures.extend(reply.failures)
+        self.nfev_replayed += reply.nfev_replayed
+        if estimating:
+            self.estimate_nfev += reply.nfev
 
 
-class Run:
-    """One call of :func:`fg2u_zo.minimize`: the plans, the stepper and the state."""
+class LocalRun:
+    """One trajectory of a run (see the module docstring).
 
-    def __init__(self, problem, plans, transform, stepper, config, *, checkpoint,
-                 checkpoint_every, history, metadata):
+    Parameters
+    ----------
+    index : int
+        Its number in the run (0 but for a multi-start).
+    problem : BilevelProblem
+        The run's problem (its own inner solver gives the final value).
+    plans : list of PhasePlan
+    transform : ParameterTransform
+    stepper : Stepper
+    limits : dict
+        ``target``, ``gtol``, ``max_nfev``, ``max_time`` (None: no limit).
+    callbacks : list of callable
+        ``callback(record)``; True stops the run.
+    workers : int
+        The run's width (the ``"workers"`` extra).
+    rung_steps : tuple of int
+        Step counts after which the run waits for a multi-start's decision.
+    rung_phases : bool
+        The end of every phase but the last is a rung.
+    warned : set
+        Warning keys shown in this run (one set for every local run).
+    on_commit : callable
+        ``on_commit(run, record)`` after each committed step (history, progress).
+    clock : callable
+        Seconds of wall time of the whole run (resumes included).
+    """
+
+    def __init__(self, index, problem, plans, transform, stepper, *, limits, callbacks,
+                 workers, rung_steps=(), rung_phases=False, warned=None, on_commit=None,
+                 clock=None):
+        self.index = index
         self.problem = problem
         self.plans = plans
         self.T = transform
         self.stepper = stepper
-        self.config = config
-        self.checkpoint_path = checkpoint
-        # Only a run the user gave a checkpoint journals its evaluations.
-        self.journal = None if checkpoint is None else RunJournal(checkpoint)
-        self._resumed_from = None
-        self.checkpoint_every = checkpoint_every
-        self.history_path = history
-        self.metadata = metadata
-        self.history_writer = None
-        self.last_checkpoint = None
-        self.records = []
-        self.meta_gradient = None
+        self.limits = limits
+        self.callbacks = callbacks
+        self.workers = int(workers)
+        self.rung_steps = tuple(rung_steps)
+        self.rung_phases = rung_phases
+        self.warned = set() if warned is None else warned
+        self.on_commit = on_commit
+        self.clock = clock if clock is not None else time.perf_counter
         self.state = None
-        self.message = self.signal_message = ""
-        self._warned_kinds = set()
-        self._estimate_warned = set()
-        self._wall_start = time.perf_counter()
+        self.meta_gradient = None
+        self.start = None         # where it started
+        self.error = None         # the exception that ended the run
+        self._plan = None
+        self._pending = None
+        self._estimating = False
+        self._spend = None
+        self._rng = None
 
-    # state ------------------------------------------------------------------------------
-    def _extras(self, names, **available):
-        return {k: v for k, v in available.items() if k in names}
-
+    # -- state ----------------------------------------------------------------------------
     def start_fresh(self, phi0, rng):
-        z0 = self.T.inverse(phi0)
+        z0 = self.T.inverse(np.asarray(phi0, dtype=np.float64))
         z0, _ = self.T.project(z0)
-        plan = self.plans[0]
-        init_extra = self._extras(self.stepper.extras, problem=plan.problem,
-                                  estimator=plan.estimator, transform=self.T, rng=rng)
-        state = self.stepper.init(np.array(z0, dtype=np.float64), **init_extra)
-        self.state = RunState(z=np.array(z0, dtype=np.float64), stepper_state=state, rng=rng)
-        if self.history_path is not None:
-            self.history_writer = HistoryWriter(self.history_path)
+        z0 = np.array(z0, dtype=np.float64)
+        self.start = np.asarray(phi0, dtype=np.float64).copy()
+        state = self._init_stepper(0, z0, rng)
+        self.state = RunState(z=z0, stepper_state=state, rng=rng)
 
-    def start_from(self, ck: Checkpoint):
-        """Continue from a checkpoint; the history is touched only once all is valid."""
-        try:
-            self.stepper.check_state(ck.stepper_state, ck.num_params)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"the stepper state in the checkpoint does not fit "
-                                  f"{self.stepper.config().get('name')!r}: {exc}") from None
-        self.state = RunState(
-            z=np.array(ck.z, dtype=np.float64), stepper_state=ck.stepper_state,
-            rng=ck.generator(), step=ck.step, phase=ck.phase, step_in_phase=ck.step_in_phase,
-            noise=ck.noise, noise_age=ck.noise_age,
-            totals=Totals(nfev=ck.totals["nfev"], solver_time=ck.totals["solver_time"],
-                          wall_time=ck.totals["wall_time"],
-                          failures=dict(ck.totals.get("failures", {})),
-                          nfev_replayed=ck.totals.get("nfev_replayed", 0)))
-        self._resumed_from = ck
-        if self.history_path is not None:
-            same = (ck.history_path is not None
-                    and os.path.abspath(ck.history_path) == os.path.abspath(self.history_path))
-            keep = ck.history_lines if same else None
-            self.history_writer = HistoryWriter(self.history_path, keep_lines=keep)
-            if same and ck.history_lines:
-                try:
-                    self.records = read_history(self.history_path)
-                except FG2UValueError as exc:
-                    logger.warning("could not read back %s: %s", self.history_path, exc)
+    def _init_stepper(self, phase, z, rng):
+        plan = self.plans[phase]
+        extra = self._extras(problem=plan.problem, estimator=plan.estimator,
+                             transform=self.T, rng=rng, workers=self.workers)
+        return self.stepper.init(np.array(z, dtype=np.float64), **extra)
+
+    def _extras(self, **available):
+        return {k: v for k, v in available.items() if k in self.stepper.extras}
 
     def phi(self) -> np.ndarray:
         return self.T.forward(self.state.z)
 
-    def save(self, status, message):
-        """Write the checkpoint (to a temporary file when none was configured)."""
-        path = self.checkpoint_path
-        if path is None:
-            fd, path = tempfile.mkstemp(prefix="fg2u-zo-", suffix=".ckpt")
-            os.close(fd)
-            self.checkpoint_path = path
-        if self.history_writer is not None:
-            self.history_writer.sync()  # the lines the checkpoint counts are on disk first
+    def phase_summaries(self) -> list:
+        """:class:`~fg2u_zo.outer.result.PhaseSummary` of each phase reached."""
+        from .result import PhaseSummary
+
         s = self.state
-        totals = s.totals.to_dict()
-        totals["wall_time"] = self.wall_time()
-        ck = Checkpoint(
-            phi=self.phi(), z=s.z.copy(), lower=self.T.bounds.lower,
-            upper=self.T.bounds.upper, stepper_state=s.stepper_state,
-            rng_state=generator_state(s.rng), step=s.step, phase=s.phase,
-            step_in_phase=s.step_in_phase, history_path=self.history_path,
-            history_lines=self.history_writer.lines if self.history_writer else 0,
-            noise=s.noise, noise_age=s.noise_age, totals=totals, config=self.config,
-            metadata=self.metadata, status=status, message=message)
-        self.last_checkpoint = write_checkpoint(path, ck)
-        logger.debug("checkpoint written to %s at step %d", self.last_checkpoint, s.step)
-        if self.journal is not None:
-            self.journal.after_save(status, ck)
-        return self.last_checkpoint
+        done = [PhaseSummary(self.plans[k].name, n, v) for k, (n, v) in
+                enumerate(s.phase_log)]
+        return done + [PhaseSummary(self.plans[s.phase].name, s.step_in_phase,
+                                    s.value if s.step_in_phase else math.nan)]
 
-    def _open_journal(self):
-        """Journal from the start: a resumed run takes over its checkpoint's journal; a
-        new run first writes a checkpoint of its start for the journal to belong to."""
-        if self.journal is None:
-            return None
-        if self._resumed_from is not None:
-            return self.journal.resume(self._resumed_from)
-        if self.last_checkpoint is None:
-            self.save("running", "started")
-        return self.journal.journal
+    @property
+    def done(self) -> bool:
+        return self.state.status is not None
 
-    def wall_time(self) -> float:
-        return self.state.totals.wall_time + (time.perf_counter() - self._wall_start)
+    @property
+    def in_step(self) -> bool:
+        """Whether a step is in progress (asked for solves, not committed yet)."""
+        return self._plan is not None
 
-    # loop -------------------------------------------------------------------------------
-    def run(self, *, evaluator, callbacks, target, gtol, max_nfev, max_time, progress):
-        """Run the steps, then evaluate F at the final phi; returns (status, value)."""
-        self._wall_start = time.perf_counter()
-        total_steps = sum(p.steps for p in self.plans)
-        bar = Progress(total_steps, initial=min(self.state.step, total_steps),
-                       enabled=progress)
-        stack = contextlib.ExitStack()
+    def abandon(self):
+        """Drop the step in progress; the committed state stays."""
+        self._plan = self._pending = None
+        self._spend = self._rng = None
+
+    @property
+    def waiting(self):
+        """``(rung, value)`` while the run waits at a rung of a multi-start, else None."""
+        s = self.state
+        return None if s.parked is None or self.done else (s.parked, s.value)
+
+    def stop(self, status, message=""):
+        self.state.status = status
+        self.state.message = message
+        self._plan = self._pending = None
+
+    # -- the ask/tell machine -------------------------------------------------------------
+    def ask(self):
+        """The request the run waits for, or None (stopped, or parked at a rung)."""
+        if self._pending is None and self._plan is None and not self.done \
+                and self.waiting is None:
+            self._next()
+        return self._pending
+
+    def tell(self, reply):
+        """The reply to :meth:`ask`'s request: the step goes on (and may commit)."""
+        self._spend.add(reply, self._estimating)
+        self._pending = None
+        request, value = self._advance(reply)
+        if request is None:
+            self._finish_step(value)
+        else:
+            self._pending = self._tagged(request)
+
+    def release(self, stop: bool):
+        """Leave the rung: go on, or stop there (successive halving)."""
+        s = self.state
+        rung, s.parked = s.parked, None
+        if stop:
+            s.stopped_at = rung
+            self.stop("halved", STOP_MESSAGES["halved"].format(nit=s.step))
+        elif self.rung_phases:
+            self._enter(s.phase + 1)  # the rung was the end of this phase
+
+    def _tagged(self, request):
+        # Whose solves these are: the journal keeps them until this step is committed.
+        request.tag = ("run", self.index, self.state.step)
+        return request
+
+    def _advance(self, reply):
         try:
-            stack.enter_context(evaluator.journaling(self._open_journal()))
-            with SignalGuard() as guard:
-                try:
-                    status = self._loop(evaluator, guard, callbacks, target, gtol, max_nfev,
-                                        max_time, bar)
-                    if status == "sigterm":
-                        return status, math.nan
-                    # Still inside the guard: a signal now only marks the run, and the
-                    # final checkpoint below is written anyway.
-                    value = self._final_value(evaluator)
-                except Exception as exc:
-                    self._save_on_error(exc)
-                    raise
-                self.message = _MESSAGES[status].format(
-                    nit=self.state.step, target=target or 0.0, gtol=gtol or 0.0,
-                    max_nfev=max_nfev, max_time=max_time or 0.0)
-                if self.checkpoint_path is not None:
-                    self.save("finished", self.message)
-                return status, value
-        finally:
-            stack.close()
-            if self.journal is not None:
-                self.journal.close()
-            bar.close()
-            if self.history_writer is not None:
-                self.history_writer.close()
-            self._log_failure_totals()
+            return advance(self._plan, reply)
+        except BaseException:
+            self._plan = self._pending = None
+            raise
 
-    def _save_on_error(self, exc):
-        if getattr(exc, "checkpoint", None) is not None:
-            return
-        step = self.state.step
-        if self.checkpoint_path is None and step == 0:
-            # Nothing done yet: a temporary checkpoint would only hold the start, and
-            # suggesting to resume it would send the user after the wrong fix.
-            return
-        path = self.save("failed", f"stopped at step {step}: {type(exc).__name__}")
-        exc.checkpoint = path
-        annotate(exc, f"fg2u-zo: the run stopped at step {step}; its state is saved in "
-                      f"{path}. Fix the cause, then continue with fz.resume({path!r}, "
-                      f"problem) or `fg2u-zo resume {path}`.")
-
-    def _final_value(self, evaluator):
-        """``F(phi)`` at the final phi with the problem's own inner solver (one solve)."""
-        phi = self.phi()
-        theta, stats = evaluator.solve(self.problem.inner, phi)
-        self.state.totals = self.state.totals.add(stats.nfev, stats.solver_time, [],
-                                                  stats.nfev_replayed)
-        return self.problem.outer_value(theta, phi)
+    def _next(self):
+        """Start the next step, after the checks that may stop the run or end a phase;
+        steps that ask for nothing (the torch path) run at once."""
+        while not self.done and self.waiting is None:
+            where = self._advance_phase()
+            if where in ("steps", "converged"):
+                self.stop(where, STOP_MESSAGES[where].format(nit=self.state.step))
+                return
+            if where == "parked":
+                return
+            totals = self.state.totals
+            max_nfev, max_time = self.limits.get("max_nfev"), self.limits.get("max_time")
+            # Replayed solves were solved once (before an interruption): they count against
+            # the budget, so a resumed run stops where an uninterrupted one does.
+            if max_nfev is not None and totals.nfev + totals.nfev_replayed >= max_nfev:
+                self.stop("max_nfev", STOP_MESSAGES["max_nfev"].format(max_nfev=max_nfev))
+                return
+            if max_time is not None and self.clock() >= max_time:
+                self.stop("max_time", STOP_MESSAGES["max_time"].format(max_time=max_time))
+                return
+            self._spend = _Spend()
+            self._rng = copy.deepcopy(self.state.rng)
+            self._plan = self._step_plan()
+            request, value = self._advance(None)
+            if request is not None:
+                self._pending = self._tagged(request)
+                return
+            self._finish_step(value)
 
     def _advance_phase(self):
+        """Move past finished phases (their steps done, or their ``until`` rule met).
+        Returns ``"running"``, ``"parked"`` (the end of a phase is a rung: wait for the
+        multi-start's decision), or ``"steps"`` / ``"converged"`` when the last phase is
+        finished."""
         s = self.state
-        while s.phase < len(self.plans) and s.step_in_phase >= self.plans[s.phase].steps:
-            if s.phase + 1 == len(self.plans):
-                return False
-            s.phase += 1
-            s.step_in_phase = 0
-            s.noise, s.noise_age = None, 0  # a new solver/estimator: re-measure
-            logger.info("step %d: entering %s (%s)", s.step, self.plans[s.phase].name,
-                        estimator_config(self.plans[s.phase].estimator)["name"])
-        return True
-
-    def _loop(self, ev, guard, callbacks, target, gtol, max_nfev, max_time, bar):
         while True:
-            if guard.received is not None:  # arrived between two steps
-                return self._stop_on_signal(guard.received, abandoned=False)
-            if not self._advance_phase():
-                return "steps"
-            # Replayed evaluations were solved once (before an interruption): they count
-            # against the budget, so a resumed run stops where an uninterrupted one does.
-            totals = self.state.totals
-            if max_nfev is not None and totals.nfev + totals.nfev_replayed >= max_nfev:
-                return "max_nfev"
-            if max_time is not None and self.wall_time() >= max_time:
-                return "max_time"
-            rng_before = generator_state(self.state.rng)
-            try:
-                guard.abandonable = True
-                try:
-                    record, update = self._step(ev)
-                finally:
-                    guard.abandonable = False
-            except (Abandon, KeyboardInterrupt) as exc:
-                # Roll back to the start of the step: the state is untouched but for the
-                # generator, restored here, so a resumed run redoes exactly this step.
-                signum = exc.args[0] if isinstance(exc, Abandon) else signal.SIGINT
-                self.state.rng = generator_from_state(rng_before)
-                return self._stop_on_signal(signum, abandoned=True)
-            except Exception:
-                # The failed step is rolled back the same way; run() saves and re-raises.
-                self.state.rng = generator_from_state(rng_before)
-                raise
-            bar.update(record)
-            if (self.checkpoint_path is not None and self.checkpoint_every
-                    and self.state.step % self.checkpoint_every == 0):
-                self.save("running", f"step {self.state.step}")
-            stop = False
-            for cb in callbacks:
-                stop = bool(cb(record)) or stop
-            if guard.received is not None:
-                return self._stop_on_signal(guard.received, abandoned=False)
-            if stop:
-                return "callback"
-            if target is not None and update.value <= target:
-                return "target"
-            if gtol is not None and record.grad_norm <= gtol:
-                return "gtol"
-            if self.meta_gradient is not None and getattr(self.meta_gradient,
-                                                          "degenerate", False):
-                # Every difference was exactly zero: the step did not see the solver
-                # move, so a zero gradient here says nothing about convergence.
-                return "degenerate"
+            plan = self.plans[s.phase]
+            converged = plan.until is not None and bool(s.window) and plan.until.check(
+                *_window_columns(s.window))
+            if s.step_in_phase < plan.steps and not converged:
+                return "running"
+            if s.phase + 1 == len(self.plans):
+                return "converged" if converged and s.step_in_phase < plan.steps else "steps"
+            if self.rung_phases:
+                s.parked = s.phase
+                return "parked"
+            self._enter(s.phase + 1)
 
-    def _step(self, ev):
-        """One step: estimate, update, checks, then commit (replace the state)."""
+    def _enter(self, phase):
+        s = self.state
+        prev = self.plans[s.phase]
+        s.phase_log = s.phase_log + [(s.step_in_phase, s.value if s.step_in_phase
+                                      else math.nan)]
+        s.phase = phase
+        s.step_in_phase = 0
+        s.noise, s.noise_age = None, 0  # a new solver/estimator: re-measure
+        window, s.window = s.window, []
+        plan = self.plans[phase]
+        s.lr_factor = 1.0
+        if plan.carry_lr is not None:
+            # The moves of the previous phase's last steps, up to where it ended.
+            phis = [p for p, _, _ in window][-_CARRY_WINDOW:] + [self.T.forward(s.z)]
+            s.lr_factor = _carried_factor(plan.carry_lr, phis, plan.lr)
+        if plan.restart:
+            s.stepper_state = self._init_stepper(phase, s.z, s.rng)
+        logger.info("run %d, step %d: entering %s (%s) after %s", self.index, s.step,
+                    plan.name, estimator_config(plan.estimator)["name"], prev.name)
+
+    def _step_plan(self):
+        """One step as a plan: the estimate, then the stepper's update."""
         s = self.state
         plan = self.plans[s.phase]
-        lr = plan.lr * float(plan.schedule(s.step_in_phase, plan.steps))
+        lr = plan.lr * s.lr_factor * float(plan.schedule(s.step_in_phase, plan.steps))
         phi = self.T.forward(s.z)
-        spend = _Spend()
-        replayed_before = ev.nfev_replayed
         wants = self.stepper.extras
+        rng = self._rng
         g = None
         if "estimate" in wants or "sketch" in wants:
             kwargs = {}
@@ -366,58 +316,90 @@ class Run:
             if "sketch" in wants:
                 kwargs["keep_sketch"] = True
             if "warned" in estimator_options(plan.estimator):
-                kwargs["warned"] = self._estimate_warned  # each warning once per run
-            g = plan.estimator.estimate(plan.problem, phi, rng=s.rng, evaluator=ev, **kwargs)
-            spend.nfev += int(g.nfev)
-            spend.solver_time += float(g.solver_time)
-            spend.failures.extend(g.failures)
+                kwargs["warned"] = self.warned  # each warning once per run
+            self._estimating = True
+            try:
+                g = yield from plan.estimator.plan(plan.problem, phi, rng=rng, **kwargs)
+            finally:
+                self._estimating = False
             _check_finite_estimate(g, s.step, phi)
-        extra = self._extras(
-            wants, estimate=g, noise=s.noise, problem=plan.problem, estimator=plan.estimator,
-            transform=self.T, rng=s.rng,
-            evaluate=_Evaluate(ev, plan.problem.inner, s.rng, spend))
-        if "workers" in wants:  # asking starts the backend: only when wanted
-            extra["workers"] = ev.workers
+        extra = self._extras(estimate=g, noise=s.noise, problem=plan.problem,
+                             estimator=plan.estimator, transform=self.T, rng=rng,
+                             workers=self.workers)
         update = self.stepper.update(s.stepper_state, z=s.z.copy(), lr=lr, **extra)
-        spend.nfev_replayed = ev.nfev_replayed - replayed_before
-        spend.nfev += int(update.nfev)  # the stepper's own in-process solves (jvp passes)
+        if not hasattr(update, "state"):  # a plan, not a StepUpdate
+            update = yield from update
         _check_finite_update(update, s.step)
-        z_new, _ = self.T.project(np.asarray(update.z, dtype=np.float64))
-        return self._commit(plan, update, g, z_new, lr, spend), update
+        return g, update, lr
 
-    def _commit(self, plan, update, g, z_new, lr, spend):
-        s = self.state
+    def _finish_step(self, value):
+        self._plan = None
+        g, update, lr = value
+        z_new, _ = self.T.project(np.asarray(update.z, dtype=np.float64))
+        record = self._commit(g, update, z_new, lr)
+        if self.on_commit is not None:
+            self.on_commit(self, record)
+        self._after_commit(record, update)
+
+    def _commit(self, g, update, z_new, lr):
+        s, spend, plan = self.state, self._spend, self.plans[self.state.phase]
         g = update.meta_gradient if update.meta_gradient is not None else g
         noise, age = self._next_noise(plan, g, self.T.forward(z_new))
-        totals = s.totals.add(spend.nfev, spend.solver_time, spend.failures,
+        # Solves that ran in this process (torch passes) are not requests: the
+        # estimate's are what its nfev holds beyond its requests, the stepper's its own.
+        in_process = int(update.nfev) + (max(int(g.nfev) - spend.estimate_nfev, 0)
+                                         if g is not None and "estimate" in
+                                         self.stepper.extras else 0)
+        totals = s.totals.add(spend.nfev + in_process, spend.solver_time, spend.failures,
                               spend.nfev_replayed)
-        self.state = dataclasses.replace(
-            s, z=z_new, stepper_state=update.state, step=s.step + 1,
-            step_in_phase=s.step_in_phase + 1, noise=noise, noise_age=age, totals=totals)
-        self.meta_gradient = g
         stderr_norm = float(np.linalg.norm(g.stderr)) if g is not None else math.inf
         grad = update.grad if update.grad is not None else (g.grad if g is not None
                                                            else None)
+        info = dict(update.info) or None
+        phi = np.asarray(update.phi, dtype=np.float64)
         record = StepRecord(
             step=s.step, phase=s.phase,
             estimator=(g.estimator if g is not None else "") or plan.name,
             value=float(update.value),
             grad_norm=float(np.linalg.norm(grad)) if grad is not None else math.nan,
             stderr_norm=stderr_norm, snr=float(g.snr) if g is not None else math.nan,
-            nfev=spend.nfev, nfev_total=totals.nfev, solver_time=spend.solver_time,
-            solver_time_total=totals.solver_time, wall_time=self.wall_time(),
-            failures=len(spend.failures),
+            nfev=spend.nfev + in_process, nfev_total=totals.nfev,
+            solver_time=spend.solver_time, solver_time_total=totals.solver_time,
+            wall_time=self.clock(), failures=len(spend.failures),
             fd_step=None if g is None or g.step is None else float(g.step),
-            lr=float(lr), fd_error=_predicted_fd_error(g),
-            phi=np.asarray(update.phi, dtype=np.float64), info=dict(update.info) or None,
-            nfev_replayed=spend.nfev_replayed)
-        if self.history_writer is not None:
-            self.history_writer.write(record)
-        self.records.append(record)
+            lr=float(lr), fd_error=_predicted_fd_error(g), phi=phi, info=info,
+            nfev_replayed=spend.nfev_replayed, run=self.index)
+        # The recent steps a phase's `until` rule reads (and a next phase's carry_lr).
+        size = max(plan.until.window if plan.until is not None else 0, _CARRY_WINDOW)
+        window = (s.window + [_window_entry(plan.until, record)])[-size:]
+        self.state = dataclasses.replace(
+            s, z=z_new, stepper_state=update.state, rng=self._rng, step=s.step + 1,
+            step_in_phase=s.step_in_phase + 1, noise=noise, noise_age=age, totals=totals,
+            window=window, value=float(update.value), final_value=None)
+        self.meta_gradient = g
+        self._spend, self._rng = None, None
         self._report_failures(record.step, spend.failures)
-        logger.debug("step %d: value=%.6g |g|=%.3g snr=%.3g nfev=%d", record.step,
-                     record.value, record.grad_norm, record.snr, record.nfev_total)
         return record
+
+    def _after_commit(self, record, update):
+        s = self.state
+        stop = False
+        for cb in self.callbacks:
+            stop = bool(cb(record)) or stop
+        target, gtol = self.limits.get("target"), self.limits.get("gtol")
+        if stop:
+            self.stop("callback", STOP_MESSAGES["callback"])
+        elif target is not None and update.value <= target:
+            self.stop("target", STOP_MESSAGES["target"].format(target=target))
+        elif gtol is not None and record.grad_norm <= gtol:
+            self.stop("gtol", STOP_MESSAGES["gtol"].format(gtol=gtol))
+        elif self.meta_gradient is not None and getattr(self.meta_gradient,
+                                                        "degenerate", False):
+            # Every difference was exactly zero: the step did not see the solver move,
+            # so a zero gradient here says nothing about convergence.
+            self.stop("degenerate", STOP_MESSAGES["degenerate"].format(nit=s.step))
+        elif s.step in self.rung_steps:
+            s.parked = self.rung_steps.index(s.step)
 
     def _next_noise(self, plan, g, phi_next):
         """The noise estimate for the next step, or None to have it re-probed.
@@ -439,68 +421,47 @@ class Run:
             return None, age
         return g.noise, age
 
+    _warned_kinds = None
+
     def _report_failures(self, step, failures):
         """Log at WARNING the first failure of each kind (the totals come at the end)."""
+        if self._warned_kinds is None:
+            self._warned_kinds = set()
         for f in failures:
             if f.kind not in self._warned_kinds:
                 self._warned_kinds.add(f.kind)
-                logger.warning("step %d: an evaluation failed for good (%s): %s; it was "
-                               "dropped and the estimate reweighted (totals by kind in "
-                               "OptimizeResult.failures)", step, f.kind,
+                logger.warning("run %d, step %d: an evaluation failed for good (%s): %s; it "
+                               "was dropped (totals by kind in OptimizeResult.failures)",
+                               self.index, step, f.kind,
                                f.message.strip().splitlines()[-1:] or "")
 
-    def _log_failure_totals(self):
-        if self.state is not None and self.state.totals.failures:
-            counts = ", ".join(f"{kind}: {n}" for kind, n in
-                               sorted(self.state.totals.failures.items()))
-            logger.warning("evaluations that failed for good since the run began: %s",
-                           counts)
 
-    def _stop_on_signal(self, signum, abandoned):
-        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
-        what = "abandoned the step in progress" if abandoned else "finished the step"
-        step = self.state.step
-        path = self.save("interrupted", f"{name} at step {step}")
-        msg = (f"stopped by {name} ({what}) after {step} steps; checkpoint written to "
-               f"{path}; continue with fz.resume({path!r}, problem) or "
-               f"`fg2u-zo resume {path}`")
-        logger.warning(msg)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt(msg)
-        self.signal_message = msg
-        return "sigterm"
+#: Steps of a phase whose moves a next phase's ``carry_lr`` reads.
+_CARRY_WINDOW = 3
 
 
-class _Evaluate:
-    """The ``evaluate`` extra: one parallel group of solves, counted with the step."""
+def _window_entry(rule, record):
+    """``(phi, snr, trial)`` of a step for the window (the rule's reading, when any)."""
+    if rule is not None:
+        return rule.entry(record)
+    phi = None if record.phi is None else np.array(record.phi, dtype=np.float64)
+    return phi, float(record.snr), 0.0
 
-    def __init__(self, evaluator, solver, rng, spend):
-        self.evaluator, self.solver, self.rng, self.spend = evaluator, solver, rng, spend
 
-    def __call__(self, points, *, warm_start=None) -> Evaluations:
-        points = [np.asarray(p, dtype=np.float64) for p in points]
-        for i, p in enumerate(points):
-            if not np.all(np.isfinite(p)):
-                raise NonFiniteStepError(
-                    f"the stepper asked to evaluate a non-finite point (points[{i}] = "
-                    f"{p.tolist()[:5]}); nothing of this step was committed")
-        thetas = [None] * len(points)
+def _window_columns(window):
+    phis, snrs, trials = zip(*window) if window else ((), (), ())
+    return list(phis), list(snrs), list(trials)
 
-        def keep(index, theta):
-            thetas[index] = theta
 
-        # Like the estimators: a seed for stochastic solvers, drawn in this process.
-        seed = int(self.rng.integers(2**31 - 1))
-        # The stepper decides what a failed point means (a failed trial shrinks the
-        # radius, a failed direction is drawn again): never raise here, so the group's
-        # solves and failures reach the run's totals and history.
-        stats = self.evaluator.map(self.solver, points, keep, seed=seed,
-                                   warm_start=warm_start, max_failure_fraction=1.0)
-        self.spend.nfev += stats.nfev
-        self.spend.solver_time += stats.solver_time
-        self.spend.failures.extend(stats.failures)
-        return Evaluations(thetas=thetas, failures=list(stats.failures), nfev=stats.nfev,
-                           solver_time=stats.solver_time)
+def _carried_factor(factor, phis, lr):
+    """``factor`` x the largest coordinate move between ``phis`` (the previous phase's
+    last steps and its end), relative to the new phase's ``lr`` (at most 1); 1 when
+    there are no moves to read."""
+    phis = [np.asarray(p, dtype=np.float64) for p in phis if p is not None]
+    if len(phis) < 2:
+        return 1.0
+    move = float(np.max(np.abs(np.diff(np.asarray(phis), axis=0))))
+    return min(1.0, factor * move / lr) if move > 0 else 1.0
 
 
 def _check_finite_estimate(g, step, phi):

@@ -107,7 +107,8 @@ def as_bounds(bounds, num_params: int) -> Bounds:
     if bad.size:
         raise FG2UValueError(
             f"`bounds` need lo <= hi; at indices {bad[:10].tolist()} lo = "
-            f"{lower[bad[:3]].tolist()} > hi = {upper[bad[:3]].tolist()}")
+            f"{lower[bad[:10]].tolist()} > hi = {upper[bad[:10]].tolist()}"
+            + (f" (and {bad.size - 10} more)" if bad.size > 10 else ""))
     return Bounds(lower, upper)
 
 
@@ -208,10 +209,6 @@ class ParameterTransform:
                 f"the 'logit' transform needs finite bounds lo < hi; parameters "
                 f"{unbounded[:10].tolist()} have none: pass bounds=(lo, hi)")
         return cls(kinds, bounds)
-
-    @property
-    def is_identity(self) -> bool:
-        return all(kind == "identity" for kind in self.kinds)
 
     def _masks(self):
         k = np.array(self.kinds)

@@ -25,9 +25,9 @@ STEPS = 4
 class MarkingRidge:
     """The ridge inner solver; counts its calls, marks each finished solve on disk."""
 
-    def __init__(self, markers=None, kill_at=0):
+    def __init__(self, markers=None, kill_at=0, term_at=0):
         self.ridge = RidgeHyperproblem()
-        self.markers, self.kill_at = markers, kill_at
+        self.markers, self.kill_at, self.term_at = markers, kill_at, term_at
         self.calls = 0
 
     # seed= and warm_start= are taken, so that they are part of what is journaled.
@@ -35,6 +35,8 @@ class MarkingRidge:
         self.calls += 1
         if self.calls == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no handler, no cleanup
+        if self.calls == self.term_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # a batch scheduler's "time is up"
         theta = self.ridge.inner(phi)
         if self.markers is not None:
             fd = os.open(os.path.join(self.markers, f"solve-{os.getpid()}-{self.calls}"),
@@ -43,8 +45,8 @@ class MarkingRidge:
         return theta
 
 
-def make_problem(markers=None, kill_at=0):
-    solver = MarkingRidge(markers, kill_at)
+def make_problem(markers=None, kill_at=0, term_at=0):
+    solver = MarkingRidge(markers, kill_at, term_at)
     return fz.BilevelProblem(inner=solver, outer=solver.ridge.outer, num_params=5)
 
 
@@ -57,7 +59,7 @@ def estimator(variant):
 def kwargs(variant):
     common = dict(steps=STEPS, rng=11, bounds=(-3.0, 3.0), backend="sequential",
                   progress=False)
-    if variant == "gauss-newton":  # trial points go through the stepper's `evaluate`
+    if variant == "gauss-newton":  # the stepper asks for its trial points itself
         return dict(common, optimizer="gauss-newton")
     return dict(common, lr=0.2)
 

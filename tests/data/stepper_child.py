@@ -29,7 +29,7 @@ class ToyDescent(fz.Stepper):
     step_size: float = 0.5
 
     name: ClassVar[str] = "toy-descent"
-    extras: ClassVar[frozenset] = frozenset({"estimate", "transform", "evaluate", "problem"})
+    extras: ClassVar[frozenset] = frozenset({"estimate", "transform", "problem", "rng"})
     uses_lr: ClassVar[bool] = False
 
     def config(self):
@@ -39,12 +39,13 @@ class ToyDescent(fz.Stepper):
         return fz.StepperState(arrays={"last_grad": np.zeros_like(z0)},
                                data={"count": 0, "accepted": 0, "step": self.step_size})
 
-    def update(self, state, *, z, lr, estimate, transform, evaluate, problem):
+    def update(self, state, *, z, lr, estimate, transform, problem, rng):
+        # A plan: it yields the request of its trial solve and is told the reply.
         h = state.data["step"]
         grad = transform.chain(z, estimate.grad)
         trial_z = z - h * grad
         trial_phi = transform.forward(trial_z)
-        out = evaluate([trial_phi])
+        out = yield fz.solve_points(problem.inner, [trial_phi], rng, label="trial")
         trial = problem.outer_value(out.thetas[0], trial_phi)
         accepted = bool(trial < estimate.value)
         data = {"count": state.data["count"] + 1,
@@ -54,7 +55,7 @@ class ToyDescent(fz.Stepper):
             z=trial_z if accepted else z,
             state=fz.StepperState(arrays={"last_grad": grad.copy()}, data=data),
             phi=transform.forward(z), value=estimate.value, grad=estimate.grad,
-            meta_gradient=estimate, failures=list(estimate.failures) + list(out.failures),
+            meta_gradient=estimate,
             info={"accepted": accepted, "trial_value": float(trial), "step": h})
 
 

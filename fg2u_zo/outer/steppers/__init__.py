@@ -26,10 +26,10 @@ import difflib
 import importlib
 
 from ...errors import FG2UTypeError, FG2UValueError
-from .base import EXTRAS, Evaluations, Stepper, StepperState, StepUpdate
+from .base import EXTRAS, Stepper, StepperState, StepUpdate, check_extras, solve_points
 
 __all__ = ["register_stepper", "get_stepper", "make_stepper", "stepper_from_config",
-           "stepper_names", "Stepper", "StepperState", "StepUpdate", "Evaluations", "EXTRAS"]
+           "stepper_names", "Stepper", "StepperState", "StepUpdate", "EXTRAS", "solve_points"]
 
 _REGISTRY: dict = {}
 #: The prefix a checkpoint gives torch.optim optimizers (``"torch.optim:Adam"``).
@@ -160,6 +160,7 @@ def make_stepper(optimizer="adam", options=None) -> Stepper:
             raise FG2UValueError(
                 "`optimizer_options` are for an optimizer given by name or class; a "
                 "Stepper instance carries its own configuration")
+        check_extras(optimizer)
         return optimizer
     if isinstance(optimizer, str):
         factory = get_stepper(optimizer)
@@ -179,6 +180,7 @@ def make_stepper(optimizer="adam", options=None) -> Stepper:
         raise FG2UTypeError(
             f"the stepper factory of {optimizer!r} returned {type(stepper).__name__}, not "
             "a fz.Stepper")
+    check_extras(stepper)
     return stepper
 
 

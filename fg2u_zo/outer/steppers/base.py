@@ -5,30 +5,33 @@ A stepper is a frozen configuration with two functions, in the spirit of optax's
 
 ``init(z0, **extra) -> StepperState``
     The state before the first step, at the unconstrained start ``z0``.
-``update(state, *, z, lr, **extra) -> StepUpdate``
-    One outer step from ``z``: the next ``z`` and the new state.
+``update(state, *, z, lr, **extra) -> StepUpdate`` or a plan
+    One outer step from ``z``: the next ``z`` and the new state. A stepper that needs
+    solves of its own (trial points, new directions) returns a *plan* instead: a
+    generator that yields :class:`~fg2u_zo.evaluation.requests.Request` s (make them
+    with :func:`solve_points`), is told each :class:`~fg2u_zo.evaluation.requests.Reply`
+    at its ``yield``, and returns the StepUpdate. It never holds an Evaluator: the run
+    answers its requests, counts them with the step, journals them, and merges them
+    with other runs' requests (multi-start), or hands them to the user's scheduler
+    (:class:`~fg2u_zo.AskTell`).
 
 The run hands ``update`` (and ``init``) only the extras the stepper declares in
-``extras`` (a class attribute); a stepper never inspects signatures and the run never
-sniffs them. The extras a run can give:
+``extras`` (a class attribute; a name outside :data:`EXTRAS` is refused when the
+stepper is made); a stepper never inspects signatures and the run never sniffs them.
+The extras a run can give:
 
 ``"estimate"``
-    The phase estimator's :class:`~fg2u_zo.MetaGradient` at ``phi = T(z)``, computed by
+    The phase estimator's :class:`~fg2u_zo.MetaGradient` at ``phi = T(z)``, planned by
     the run before ``update``. With ``"sketch"`` also declared the estimate keeps its
     sketch (``MetaGradient.sketch``).
 ``"sketch"``
     Only a flag: ask for ``"estimate"`` with its sketch kept.
 ``"noise"``
     The :class:`~fg2u_zo.NoiseEstimate` in use, or None.
-``"evaluate"``
-    A callable ``evaluate(points, *, warm_start=None) -> Evaluations`` that solves the
-    phase's inner problem at a sequence of phi points in one parallel group of the
-    run's evaluator; its solves are counted in the run's totals. A stepper that asks
-    for trial points uses it, then accepts or rejects them in its state.
 ``"problem"``, ``"estimator"``, ``"transform"``, ``"rng"``, ``"workers"``
-    The phase's BilevelProblem and Estimator, the run's ParameterTransform, the run's
-    numpy Generator (draw only from it, in this process) and the evaluator's number of
-    simultaneous evaluations.
+    The phase's BilevelProblem and Estimator, the run's ParameterTransform, the step's
+    numpy Generator (draw only from it, in this process) and the run's width: how many
+    solves one parallel round holds.
 
 State is data: ``StepperState.arrays`` (numpy arrays, stored in the checkpoint's npz
 without pickles) and ``StepperState.data`` (JSON). A stepper never keeps state on
@@ -44,50 +47,15 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["Stepper", "StepperState", "StepUpdate", "Evaluations", "EXTRAS"]
+from ...errors import FG2UTypeError, FG2UValueError, NonFiniteStepError
+from ...evaluation.requests import Request, new_seed
+from ...persist.state import StepperState
+
+__all__ = ["Stepper", "StepperState", "StepUpdate", "EXTRAS", "check_extras", "solve_points"]
 
 #: Every extra a run can hand to a stepper.
-EXTRAS = frozenset({"estimate", "sketch", "noise", "evaluate", "problem", "estimator",
-                    "transform", "rng", "workers"})
-
-
-@dataclass(frozen=True)
-class StepperState:
-    """A stepper's state: numpy arrays and JSON-able data (no objects, no pickles).
-
-    Attributes
-    ----------
-    arrays : dict of str -> ndarray
-        Stored bit for bit in the checkpoint's npz (``allow_pickle=False``).
-    data : dict
-        JSON-able scalars, lists and dicts (floats survive as ``repr``).
-    """
-
-    arrays: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Evaluations:
-    """Outcome of the ``evaluate`` extra: one parallel group of inner solves.
-
-    Attributes
-    ----------
-    thetas : list of (ndarray or None)
-        The outputs, in the order of the points; None where the evaluation failed for
-        good.
-    failures : list of Failure
-        The failed evaluations (``index`` is the position in ``points``).
-    nfev : int
-        Solves spent (already added to the run's totals).
-    solver_time : float
-        Seconds inside the solver (already added to the run's totals).
-    """
-
-    thetas: list
-    failures: list = field(default_factory=list)
-    nfev: int = 0
-    solver_time: float = 0.0
+EXTRAS = frozenset({"estimate", "sketch", "noise", "problem", "estimator", "transform",
+                    "rng", "workers"})
 
 
 @dataclass(frozen=True)
@@ -108,16 +76,13 @@ class StepUpdate:
         The gradient in phi space the step used (its norm goes to the history).
     meta_gradient : MetaGradient or None
         The estimate behind the step, when there was one.
-    failures : list of Failure
-        Evaluations of this step that failed for good (the estimate's included).
     info : dict
         Extra JSON-able history fields of this stepper (e.g. ``rho``, ``delta``,
         ``accepted``).
     nfev : int
-        Solves the stepper ran itself, in this process, beyond the estimate's and the
-        ``evaluate`` extra's (which the run counts): e.g. forward-mode passes through a
-        torch inner solver, one per direction as ``FG2U`` counts them. Added to the
-        run's ``nfev``.
+        Solves the stepper ran itself, in this process, beyond those it asked for with
+        requests (which the run counts): e.g. forward-mode passes through a torch inner
+        solver, one per direction as ``FG2U`` counts them. Added to the run's ``nfev``.
     """
 
     z: np.ndarray
@@ -126,7 +91,6 @@ class StepUpdate:
     value: float
     grad: np.ndarray | None = None
     meta_gradient: object = None
-    failures: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
     nfev: int = 0
 
@@ -173,3 +137,39 @@ class Stepper(abc.ABC):
         The default checks nothing; a stepper whose state has arrays of known shapes
         should check them here.
         """
+
+
+def check_extras(stepper) -> None:
+    """Refuse a stepper that declares an extra no run can give (a misspelling would
+    otherwise arrive as a missing keyword at the first step)."""
+    extras = getattr(stepper, "extras", None)
+    if not isinstance(extras, (frozenset, set, tuple, list)) or not all(
+            isinstance(e, str) for e in extras):
+        raise FG2UTypeError(f"the stepper {type(stepper).__name__} must declare `extras` as "
+                            f"a frozenset of names, got {extras!r}")
+    unknown = sorted(set(extras) - EXTRAS)
+    if unknown:
+        raise FG2UValueError(
+            f"the stepper {type(stepper).__name__} declares the extra(s) {unknown}, which "
+            f"no run gives; the extras are {sorted(EXTRAS)} (a stepper that needs solves "
+            "yields requests: see fg2u_zo.outer.steppers.base.solve_points)")
+
+
+def solve_points(solver, points, rng, *, warm_start=None, label="") -> Request:
+    """A request for the solves of a stepper: every point must be finite; one seed for
+    the group, drawn from ``rng``; failed points are reported, never raised (the
+    stepper decides what a failed trial or direction means).
+
+    Raises
+    ------
+    NonFiniteStepError
+        When a point is not finite (nothing of the step is committed).
+    """
+    points = [np.asarray(p, dtype=np.float64) for p in points]
+    for i, p in enumerate(points):
+        if not np.all(np.isfinite(p)):
+            raise NonFiniteStepError(
+                f"the stepper asked to evaluate a non-finite point (points[{i}] = "
+                f"{p.tolist()[:5]}); nothing of this step was committed")
+    return Request(solver, points, seed=new_seed(rng), warm_start=warm_start,
+                   max_failure_fraction=1.0, label=label)

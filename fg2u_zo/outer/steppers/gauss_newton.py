@@ -119,7 +119,7 @@ class GaussNewton(Stepper):
 
     name: ClassVar[str] = "gauss-newton"
     extras: ClassVar[frozenset] = frozenset(
-        {"evaluate", "problem", "estimator", "transform", "rng", "workers", "noise"})
+        {"problem", "estimator", "transform", "rng", "workers", "noise"})
     uses_lr: ClassVar[bool] = False
 
     def __post_init__(self):
@@ -174,17 +174,18 @@ class GaussNewton(Stepper):
         return StepperState(arrays={}, data={"delta": float(radius), "refresh": False,
                                              "iteration": 0})
 
-    def update(self, state, *, z, lr=None, evaluate=None, problem=None, estimator=None,
-               transform=None, rng=None, workers=None, noise=None, **extra) -> StepUpdate:
-        """One iteration: one trust-region trial and new directions, in one group."""
-        if evaluate is None or problem is None or rng is None:
+    def update(self, state, *, z, lr=None, problem=None, estimator=None, transform=None,
+               rng=None, workers=None, noise=None, **extra):
+        """One iteration: one trust-region trial and new directions, in one request (a
+        plan returning the StepUpdate)."""
+        if problem is None or rng is None:
             raise FG2UValueError(
-                "the gauss-newton stepper needs the run's `evaluate`, `problem` and `rng` "
-                "extras; drive it with fz.minimize(..., optimizer='gauss-newton')")
+                "the gauss-newton stepper needs the run's `problem` and `rng` extras; drive "
+                "it with fz.minimize(..., optimizer='gauss-newton')")
         problem.require_differentiable_outer("optimizer='gauss-newton'")
         z = np.asarray(z, dtype=np.float64)
         m = Measurements(problem=problem, estimator=estimator, transform=transform,
-                         evaluate=evaluate, rng=rng, workers=workers, noise=noise,
+                         rng=rng, workers=workers, noise=noise,
                          num_directions=self.num_directions, num_params=z.size)
         data = dict(state.data)
         if not state.arrays or data.get("key") != m.key:
@@ -198,33 +199,31 @@ class GaussNewton(Stepper):
 
     # -- the first iteration -------------------------------------------------------------
     def _start(self, m, z0, data):
-        """Solve at ``z0`` and along ``b`` directions around it (one group; the noise
-        probe first, when the step must be measured)."""
+        """Solve at ``z0`` and along ``b`` directions around it (one request; the noise
+        probe first, when the step must be measured). A plan."""
         clock = _Clock()
         n = z0.size
         U = new_directions(np.zeros((n, 0)), min(m.b, self._memory(n)), m.rng)
-        failures = []
         if m.needs_probe or m.exact:
             # The base output is needed before the directions' solves.
             with clock.paused():
-                ev = m.evaluate([z0])
+                ev = yield from m.evaluate([z0], label="base")
             theta0 = ev.thetas[0]
-            failures += ev.failures
             _check_start(theta0, ev.failures)
             theta0 = np.asarray(theta0, dtype=np.float64)
             if m.needs_probe:
                 with clock.paused():
-                    data["noise"] = m.probe(z0, theta0).to_dict()
+                    data["noise"] = (yield from m.probe(z0, theta0)).to_dict()
             h = m.step(z0, data.get("noise"))
             with clock.paused():
-                out = m.group(None, z0, U, h, theta0, theta_center=theta0.reshape(-1))
+                out = yield from m.group(None, z0, U, h, theta0,
+                                         theta_center=theta0.reshape(-1))
         else:
             h = m.step(z0, data.get("noise"))
             with clock.paused():
-                out = m.group(z0, z0, U, h, None)
+                out = yield from m.group(z0, z0, U, h, None)
             _check_start(out.theta_trial, out.failures)
             theta0 = np.asarray(out.theta_trial, dtype=np.float64)
-        failures += out.failures
         Q, Y = self._add_columns(np.zeros((n, 0)), np.zeros((theta0.size, 0)), out)
         phi0 = m.phi(z0)
         value = float(m.problem.outer_value(theta0, phi0))
@@ -235,8 +234,7 @@ class GaussNewton(Stepper):
                 "delta": float(data["delta"]), "directions": int(Q.shape[1]), "step": h,
                 "jvp": out.jvp, "model_time": clock.seconds}
         return StepUpdate(z=z0.copy(), state=StepperState(arrays, data), phi=phi0,
-                          value=value, grad=None, failures=failures, info=info,
-                          nfev=int(out.jvp))
+                          value=value, grad=None, info=info, nfev=int(out.jvp))
 
     @staticmethod
     def _add_columns(Q, Y, out):
@@ -292,9 +290,10 @@ class GaussNewton(Stepper):
         U = new_directions(Q[:, drop:], k, m.rng)
         h = m.step(center, data.get("noise"))
         with clock.paused():
-            out = m.group(z_t if trial else None, center, U, h, theta_k.reshape(shape),
-                          theta_center=None if trial else theta_k,
-                          extra=[e[0] for e in extra])
+            out = yield from m.group(z_t if trial else None, center, U, h,
+                                     theta_k.reshape(shape),
+                                     theta_center=None if trial else theta_k,
+                                     extra=[e[0] for e in extra])
         info = {"rho": None, "accepted": None, "trial_value": None, "step_norm": step_norm,
                 "jvp": out.jvp, "trials": int(trial) + len(extra)}
         if trial and out.theta_trial is None and all(t is None for t in out.theta_extra):
@@ -366,8 +365,8 @@ class GaussNewton(Stepper):
         info = dict(info, delta=float(data["delta"]), directions=int(Q.shape[1]),
                     step=float(h), model_time=clock.seconds)
         return StepUpdate(z=z.copy(), state=StepperState(arrays, data), phi=m.phi(z),
-                          value=float(value), grad=grad, failures=list(out.failures),
-                          info=info, nfev=int(info.get("jvp") or 0))
+                          value=float(value), grad=grad, info=info,
+                          nfev=int(info.get("jvp") or 0))
 
 
 def radius_update(rho, delta, step_norm, on_boundary, h):

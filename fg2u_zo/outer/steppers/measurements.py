@@ -1,21 +1,20 @@
 """How the Gauss–Newton stepper measures the black box in one iteration.
 
-:class:`Measurements` turns the run's extras into the solves of one parallel group: the
-trial point and the directional derivatives along new directions, in the run's
-unconstrained ``z`` (``phi = T(z)``), either
+:class:`Measurements` turns the run's extras into the solves of one parallel group (one
+request): the trial point and the directional derivatives along new directions, in the
+run's unconstrained ``z`` (``phi = T(z)``), either
 
-- by forward differences through the run's ``evaluate`` extra (FG2U-ZO's black-box
-  path): the trial and the perturbed points ``clip(center + h u_i)`` in one group; or
+- by forward differences (FG2U-ZO's black-box path): the trial and the perturbed points
+  ``clip(center + h u_i)`` in one request; or
 - exactly, on the torch path (an estimator without a finite-difference step, such as
-  :class:`~fg2u_zo.FG2U`, and a problem with ``inner_torch``): the trial through
-  ``evaluate`` (one counted solve) and ``J_S(phi) diag(T'(z)) u_i`` from
-  ``torch.func.jvp`` through ``problem.inner_torch``, vmapped, in this process. These
-  forward-mode passes do not go through the Evaluator; the step's history ``info``
-  reports how many there were (``"jvp"``).
+  :class:`~fg2u_zo.FG2U`, and a problem with ``inner_torch``): the trial as a request
+  (one counted solve) and ``J_S(phi) diag(T'(z)) u_i`` from ``torch.func.jvp`` through
+  ``problem.inner_torch``, vmapped, in this process. These forward-mode passes are not
+  requests; the step's history ``info`` reports how many there were (``"jvp"``).
 
 It also chooses the difference step ``h`` and, with ``step="auto"`` and no noise
-estimate, runs the noise probe (:func:`fg2u_zo.noise.probe_noise`) through
-``evaluate`` so that its solves are counted with the run's.
+estimate, runs the noise probe (:func:`fg2u_zo.noise.probe_noise`), whose points are
+requests like the others. The methods that solve are plans (``yield from``).
 """
 
 from __future__ import annotations
@@ -31,9 +30,20 @@ from ...noise import NoiseEstimate, auto_step, probe_lines, probe_noise
 from ...noise.steps import default_step
 from ...result import Failure
 from ..transforms import ParameterTransform, as_bounds
-from .base import Evaluations
+from .base import solve_points
 
-__all__ = ["Measurements", "GroupResult"]
+__all__ = ["Measurements", "GroupResult", "Solved"]
+
+
+@dataclass
+class Solved:
+    """The outcome of one request of the stepper: outputs (None where failed), the
+    failures, and the solves spent."""
+
+    thetas: list
+    failures: list = field(default_factory=list)
+    nfev: int = 0
+    solver_time: float = 0.0
 
 
 @dataclass
@@ -59,10 +69,9 @@ class GroupResult:
 class Measurements:
     """The solves of one Gauss–Newton iteration (see the module docstring)."""
 
-    def __init__(self, *, problem, estimator, transform, evaluate, rng, workers, noise,
+    def __init__(self, *, problem, estimator, transform, rng, workers, noise,
                  num_directions, num_params):
         self.problem, self.estimator, self.rng = problem, estimator, rng
-        self._evaluate = evaluate
         if transform is None:
             transform = ParameterTransform.from_spec(None, num_params,
                                                      as_bounds(None, num_params))
@@ -114,29 +123,36 @@ class Measurements:
         return points
 
     # -- solving -------------------------------------------------------------------------
-    def evaluate(self, zs, warm_start=None) -> Evaluations:
-        """Solve at ``T(z)`` for each ``z`` in one group; a group the evaluator gives up
-        on (too many failures) comes back as all failed."""
+    def evaluate(self, zs, warm_start=None, label=""):
+        """Solve at ``T(z)`` for each ``z`` in one request (a plan returning
+        :class:`Solved`); a request the run gives up on (too many failures) comes back
+        as all failed."""
         if not zs:
-            return Evaluations(thetas=[])
+            return Solved(thetas=[])
+        request = solve_points(self.problem.inner, [self.phi(z) for z in zs], self.rng,
+                               warm_start=warm_start, label=label)
         try:
-            return self._evaluate([self.phi(z) for z in zs], warm_start=warm_start)
+            reply = yield request
         except InnerSolverError as exc:
             failure = Failure(0, None, getattr(exc, "kind", "exception"), str(exc))
-            return Evaluations(thetas=[None] * len(zs), failures=[failure])
+            return Solved(thetas=[None] * len(zs), failures=[failure])
+        return Solved(thetas=list(reply.thetas), failures=list(reply.failures),
+                      nfev=reply.nfev, solver_time=reply.solver_time)
 
     def group(self, trial, center, U, h, warm_start, theta_center=None,
               extra=()) -> GroupResult:
         """Solve the trial (or nothing, when ``trial`` is None) and the ``extra`` trial
         points, and measure the columns ``U`` around ``center`` (the trial, or the
-        current point whose output ``theta_center`` is known), all in one group."""
+        current point whose output ``theta_center`` is known), all in one request (a
+        plan returning a :class:`GroupResult`)."""
         trials = ([trial] if trial is not None else []) + list(extra)
         if self.exact:
-            ev = self.evaluate(trials, warm_start)
+            ev = yield from self.evaluate(trials, warm_start, label="trial")
             thetas = [_flat(t) for t in ev.thetas]
         else:
             points = self.perturb(center, U, h)
-            ev = self.evaluate(trials + points, warm_start)
+            ev = yield from self.evaluate(trials + points, warm_start,
+                                          label="trial and directions")
             thetas = [_flat(t) for t in ev.thetas]
         theta_t = thetas[0] if trial is not None else None
         first_extra = 1 if trial is not None else 0
@@ -160,37 +176,23 @@ class Measurements:
         return T.T
 
     # -- the noise probe -----------------------------------------------------------------
-    def probe(self, z0, theta0) -> NoiseEstimate:
-        """Noise and curvature along random lines in ``z`` through ``evaluate``."""
+    def probe(self, z0, theta0):
+        """Noise and curvature along random lines in ``z`` (a plan returning a
+        :class:`NoiseEstimate`): each group of points of a line is one request of the
+        points ``T(z)``, with a seed of its own."""
         _, g_theta, _ = self.problem.outer_parts(theta0, self.phi(z0))
         lines = probe_lines(self.rng, z0.size, "gaussian")
-        return probe_noise(self.problem, z0, lines, theta0=theta0, g_theta=g_theta,
-                           quantity="inner", evaluator=_EvaluateAsEvaluator(self),
-                           scheme="forward")
+
+        def request(points, on_result, warm_start, expected_shape):
+            request = solve_points(self.problem.inner, [self.phi(z) for z in points],
+                                   self.rng, warm_start=warm_start, label="probe")
+            request.on_result = on_result
+            return request
+
+        return (yield from probe_noise(self.problem, z0, lines, theta0=theta0,
+                                       g_theta=g_theta, quantity="inner", request=request,
+                                       scheme="forward"))
 
 
 def _flat(theta):
     return None if theta is None else np.asarray(theta, dtype=np.float64).reshape(-1)
-
-
-@dataclass
-class _MapStats:
-    nfev: int
-    solver_time: float
-    failures: list
-
-
-class _EvaluateAsEvaluator:
-    """``Evaluator.map`` over points in ``z``, through the run's ``evaluate`` (the probe
-    takes an evaluator; this one counts its solves with the run's)."""
-
-    def __init__(self, measurements):
-        self.m = measurements
-
-    def map(self, solver, points, on_result, *, seed=None, warm_start=None,
-            expected_shape=None):
-        ev = self.m.evaluate([points[k] for k in range(len(points))], warm_start)
-        for k, theta in enumerate(ev.thetas):
-            if theta is not None:
-                on_result(k, np.asarray(theta, dtype=np.float64))
-        return _MapStats(ev.nfev, ev.solver_time, list(ev.failures))

@@ -8,13 +8,13 @@ optimizer object does, so the trajectory is the same bit for bit.
 
 The optimizer's ``state_dict()`` becomes a :class:`StepperState`: every tensor of its
 ``state`` goes into ``arrays`` as a numpy array of the same dtype (Adam's ``step`` stays
-float32), everything else into ``data`` as JSON (tuples kept apart from lists, non-finite
-floats as strings). No ``torch.save``, no pickles; the round trip is exact.
+float32), everything else into ``data`` as it is; the checkpoint stores both through
+the package's one codec (:mod:`fg2u_zo.persist.codec`: tuples kept apart from lists,
+non-finite floats tagged). No ``torch.save``, no pickles; the round trip is exact.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ...errors import FG2UTypeError, FG2UValueError
+from ...persist.codec import to_json
 from .base import Stepper, StepperState, StepUpdate
 
 __all__ = ["TorchOptimizer", "torch_factory", "torch_optimizer_names",
@@ -96,57 +97,32 @@ def sgd_factory(**options):
 
 
 # -- state <-> arrays and JSON -----------------------------------------------------------
-def _encode_value(value, where):
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"__float__": repr(value)}
-    if isinstance(value, tuple):
-        return {"__tuple__": [_encode_value(v, where) for v in value]}
-    if isinstance(value, list):
-        return [_encode_value(v, where) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _encode_value(v, where) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return _encode_value(value.item(), where)
-    raise FG2UTypeError(
-        f"the optimizer state holds {type(value).__name__} at {where}, which a checkpoint "
-        "cannot store as JSON")
-
-
-def _decode_value(value, where):
-    if isinstance(value, dict):
-        if set(value) == {"__float__"}:
-            if value["__float__"] not in ("inf", "-inf", "nan"):
-                raise ValueError(f"{where}: {value['__float__']!r} is not a float")
-            return float(value["__float__"])
-        if set(value) == {"__tuple__"}:
-            if not isinstance(value["__tuple__"], list):
-                raise ValueError(f"{where}: a tuple must be a JSON list")
-            return tuple(_decode_value(v, where) for v in value["__tuple__"])
-        return {k: _decode_value(v, where) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_value(v, where) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise ValueError(f"{where}: unexpected JSON value {value!r}")
-
-
 def encode_optimizer_state(state_dict: dict) -> StepperState:
-    """A torch optimizer ``state_dict()`` as arrays (tensors, same dtype) and JSON."""
-    arrays, state = {}, {}
+    """A torch optimizer ``state_dict()`` as arrays (tensors, same dtype) and plain data.
+
+    Tensors go into ``arrays`` as ``"state.<param>.<key>"``; ``data["tensors"]`` lists,
+    per parameter, which keys they were; the rest (tuples included) stays as it is, and
+    the checkpoint's codec (:mod:`fg2u_zo.persist.codec`) stores it exactly.
+    """
+    arrays, state, tensors = {}, {}, {}
     for pid, entries in state_dict["state"].items():
-        out = {}
+        plain, keys = {}, []
         for key, value in entries.items():
             if isinstance(value, torch.Tensor):
-                name = f"state.{pid}.{key}"
-                arrays[name] = value.detach().cpu().numpy().copy()
-                out[key] = {"__array__": name}
+                arrays[f"state.{pid}.{key}"] = value.detach().cpu().numpy().copy()
+                keys.append(key)
             else:
-                out[key] = _encode_value(value, f"state[{pid}][{key!r}]")
-        state[str(pid)] = out
-    groups = [_encode_value(group, "param_groups") for group in state_dict["param_groups"]]
-    return StepperState(arrays=arrays, data={"state": state, "param_groups": groups})
+                plain[key] = value
+        state[str(pid)] = plain
+        tensors[str(pid)] = keys
+    data = {"state": state, "tensors": tensors,
+            "param_groups": [dict(group) for group in state_dict["param_groups"]]}
+    try:
+        to_json(data, tuples=True, where="optimizer state")
+    except TypeError as exc:
+        raise FG2UTypeError(f"the optimizer state cannot be stored in a checkpoint: {exc}"
+                            ) from None
+    return StepperState(arrays=arrays, data=data)
 
 
 def decode_optimizer_state(state: StepperState) -> dict:
@@ -159,32 +135,29 @@ def decode_optimizer_state(state: StepperState) -> dict:
     """
     data = state.data
     if not isinstance(data, dict) or not isinstance(data.get("state"), dict) \
+            or not isinstance(data.get("tensors"), dict) \
             or not isinstance(data.get("param_groups"), list):
-        raise ValueError("the optimizer state must be a JSON object with `state` (object) "
-                         "and `param_groups` (list)")
+        raise ValueError("the optimizer state must be a JSON object with `state`, `tensors` "
+                         "(objects) and `param_groups` (list)")
     out_state = {}
     for pid, entries in data["state"].items():
-        if not (isinstance(pid, str) and pid.isdigit()) or not isinstance(entries, dict):
+        keys = data["tensors"].get(pid, [])
+        if not (isinstance(pid, str) and pid.isdigit()) or not isinstance(entries, dict) \
+                or not isinstance(keys, list):
             raise ValueError(f"optimizer state key {pid!r} must be a parameter index with "
                              "an object of entries")
-        decoded = {}
-        for key, value in entries.items():
-            if isinstance(value, dict) and set(value) == {"__array__"}:
-                name = value["__array__"]
-                if name not in state.arrays:
-                    raise ValueError(f"optimizer state [{pid}][{key!r}] names the array "
-                                     f"{name!r}, which is missing")
-                arr = np.asarray(state.arrays[name])
-                if arr.dtype.kind not in "fiub":
-                    raise ValueError(f"optimizer state array {name!r} has dtype {arr.dtype}")
-                decoded[key] = torch.from_numpy(arr.copy())
-            else:
-                decoded[key] = _decode_value(value, f"state[{pid}][{key!r}]")
+        decoded = dict(entries)
+        for key in keys:
+            name = f"state.{pid}.{key}"
+            if name not in state.arrays:
+                raise ValueError(f"optimizer state [{pid}][{key!r}] needs the array "
+                                 f"{name!r}, which is missing")
+            arr = np.asarray(state.arrays[name])
+            if arr.dtype.kind not in "fiub":
+                raise ValueError(f"optimizer state array {name!r} has dtype {arr.dtype}")
+            decoded[key] = torch.from_numpy(arr.copy())
         out_state[int(pid)] = decoded
-    groups = [_decode_value(g, "param_groups") for g in data["param_groups"]]
-    if not all(isinstance(g, dict) for g in groups):
-        raise ValueError("optimizer param_groups must be JSON objects")
-    return {"state": out_state, "param_groups": groups}
+    return {"state": out_state, "param_groups": [dict(g) for g in data["param_groups"]]}
 
 
 # -- the stepper -------------------------------------------------------------------------
@@ -243,8 +216,6 @@ class TorchOptimizer(Stepper):
                 f"optimizer_options={self.options!r}: {exc}") from None
 
     def config(self) -> dict:
-        from ..checkpoint import to_json
-
         cls = self.optimizer_class
         if getattr(torch.optim, cls.__name__, None) is cls:
             name = f"torch.optim:{cls.__name__}"
@@ -300,4 +271,4 @@ class TorchOptimizer(Stepper):
         z_new = param.detach().numpy().copy()
         return StepUpdate(z=z_new, state=encode_optimizer_state(optimizer.state_dict()),
                           phi=transform.forward(z), value=float(g.value), grad=g.grad,
-                          meta_gradient=g, failures=list(g.failures))
+                          meta_gradient=g)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import ortho_group
 
-from ..validation import as_generator, check_choice, check_positive_int
-from ..errors import FG2UValueError
+from .validation import as_generator, check_choice, check_positive_int
+from .errors import FG2UValueError
 
 __all__ = ["DIRECTION_FAMILIES", "sample_directions"]
 

@@ -1,7 +1,22 @@
-"""Data <-> JSON for checkpoints: arrays, non-finite floats, random states, noise estimates.
+"""The one codec of what the package writes to disk: tagged JSON plus raw arrays.
 
-Everything read back is data: a closed set of type tags maps to constructors, every
-field is checked for its type and range, and a malformed one raises
+Checkpoints, the evaluation journal's headers, stepper states and histories all go
+through these functions, with one tag convention:
+
+``{"__float__": "inf"}``
+    A non-finite float (strict JSON has no inf/nan); finite floats are written with
+    ``repr`` and come back bit for bit.
+``{"__tuple__": [...]}``
+    A tuple, kept apart from a list where the difference matters (``tuples=True``:
+    optimizer states whose ``betas`` must come back as a tuple).
+``{"__ndarray__": [...], "dtype": "<f8", "shape": [...]}``
+    A small numeric array inline.
+``{"__array__": "name"}``
+    An array stored beside the JSON (a checkpoint's npz, bit for bit, no pickles),
+    when the caller collects arrays (``arrays=`` a dict).
+
+Everything read back is data: a closed set of tags maps to constructors, every field
+is checked for its type and range (:class:`FieldReader`), and a malformed one raises
 :class:`~fg2u_zo.CheckpointError` naming it. Nothing read chooses a module, a class or
 a function.
 """
@@ -22,25 +37,55 @@ BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 _ARRAY_KINDS = "biufc"
 
 
-def to_json(value):
-    """JSON-ready copy: arrays become ``{"__ndarray__": list, "dtype": str}``, tuples
-    lists; non-finite floats ``{"__float__": "inf"}`` (strict JSON has no inf/nan)."""
+def to_json(value, *, arrays=None, tuples=False, where="value"):
+    """JSON-ready copy of ``value`` (see the module docstring for the tags).
+
+    Parameters
+    ----------
+    value
+        Dicts, lists, tuples, numbers, strings, None, numpy arrays and scalars.
+    arrays : dict, optional
+        Collect numpy arrays here (under their path in ``value``, dotted) and write
+        ``{"__array__": name}`` references; default: arrays inline.
+    tuples : bool
+        Tag tuples (else they become lists).
+    where : str
+        The path of ``value``, for names and error messages.
+
+    Raises
+    ------
+    TypeError
+        For a value of another type (the message names its path).
+    """
     if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
+        return {str(k): to_json(v, arrays=arrays, tuples=tuples, where=f"{where}.{k}")
+                for k, v in value.items()}
+    if isinstance(value, tuple) and tuples:
+        return {"__tuple__": [to_json(v, arrays=arrays, tuples=tuples, where=f"{where}.{i}")
+                              for i, v in enumerate(value)]}
     if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
+        return [to_json(v, arrays=arrays, tuples=tuples, where=f"{where}.{i}")
+                for i, v in enumerate(value)]
     if isinstance(value, np.ndarray):
+        if arrays is not None:
+            arrays[where] = value
+            return {"__array__": where}
         return {"__ndarray__": to_json(value.tolist()), "dtype": value.dtype.str,
                 "shape": list(value.shape)}
     if isinstance(value, np.generic):
-        return to_json(value.item())
+        return to_json(value.item(), arrays=arrays, tuples=tuples, where=where)
     if isinstance(value, float) and not math.isfinite(value):
         return {"__float__": repr(value)}
-    return value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{where} holds {type(value).__name__}, which cannot be stored as data")
 
 
-def from_json(value):
-    """Inverse of :func:`to_json`; raises ValueError/TypeError on a malformed entry."""
+def from_json(value, *, arrays=None):
+    """Inverse of :func:`to_json`; raises ValueError/TypeError on a malformed entry.
+
+    ``arrays`` resolves ``{"__array__": name}`` references (a missing one is an error).
+    """
     if isinstance(value, dict):
         if "__ndarray__" in value:
             dtype = np.dtype(value["dtype"])
@@ -48,14 +93,28 @@ def from_json(value):
                 raise ValueError(f"array dtype {dtype} is not numeric")
             arr = np.array(from_json(value["__ndarray__"]), dtype=dtype)
             return arr.reshape(value.get("shape", arr.shape))
+        if set(value) == {"__array__"}:
+            name = value["__array__"]
+            if arrays is None or not isinstance(name, str) or name not in arrays:
+                raise ValueError(f"the array {name!r} a JSON value refers to is missing")
+            arr = np.asarray(arrays[name])
+            if arr.dtype.kind not in _ARRAY_KINDS:
+                raise ValueError(f"array {name!r} has dtype {arr.dtype}, which is not numeric")
+            return arr.copy()
         if set(value) == {"__float__"}:
             if value["__float__"] not in ("inf", "-inf", "nan"):
                 raise ValueError(f"{value['__float__']!r} is not a non-finite float")
             return float(value["__float__"])
-        return {k: from_json(v) for k, v in value.items()}
+        if set(value) == {"__tuple__"}:
+            if not isinstance(value["__tuple__"], list):
+                raise ValueError("a tuple must be a JSON list")
+            return tuple(from_json(v, arrays=arrays) for v in value["__tuple__"])
+        return {k: from_json(v, arrays=arrays) for k, v in value.items()}
     if isinstance(value, list):
-        return [from_json(v) for v in value]
-    return value
+        return [from_json(v, arrays=arrays) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"unexpected JSON value {value!r:.80}")
 
 
 def generator_state(rng: np.random.Generator) -> dict:

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from ..errors import FG2UValueError
-from .history import StepRecord, read_history
+from ..persist.history import StepRecord, read_history
 
 __all__ = ["history_figure", "plot_history", "FIGSIZE", "DPI", "AXIS_LABELS"]
 
@@ -78,7 +78,7 @@ def history_figure(history, *, title=None):
 
     Examples
     --------
-    >>> from fg2u_zo.outer.history import StepRecord
+    >>> from fg2u_zo.persist.history import StepRecord
     >>> recs = [StepRecord(k, 0, "FG2UZO", 1.0 / (k + 1), 1.0, 0.5, 2.0, 9, 9 * (k + 1),
     ...                    0.01, 0.01 * (k + 1), 0.1 * (k + 1), 0, 1e-5, 0.1)
     ...         for k in range(5)]

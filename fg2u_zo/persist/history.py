@@ -1,4 +1,4 @@
-"""How a run reports itself: one typed record per outer step, a JSONL file, a progress bar.
+"""How a run reports itself: one typed record per outer step, in a JSONL file.
 
 The JSONL history has one JSON object per line, one line per outer step, written and
 flushed as each step completes. A checkpoint records how many lines the history had
@@ -8,8 +8,9 @@ leaves a duplicated or a missing step.
 
 Keys of a line (non-finite floats are written as ``null``)::
 
-    step              0-based index of the outer step
+    step              0-based index of the outer step (of its local run)
     phase             index of the phase (see fg2u_zo.Phase)
+    run               index of the local run (0 but for a multi-start)
     estimator         name of the estimator used
     value             outer loss F(phi) at the start of the step
     grad_norm         ||g|| of the meta-gradient estimate (in phi space)
@@ -37,7 +38,6 @@ import json
 import logging
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -80,6 +80,7 @@ class StepRecord:
     phi: np.ndarray | None = None
     info: dict | None = None
     nfev_replayed: int = 0
+    run: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready dict: non-finite floats become None, phi a list (or absent)."""
@@ -113,8 +114,8 @@ class StepRecord:
                 value = math.nan
             elif f.name == "info" and value is not None and not isinstance(value, dict):
                 raise TypeError(f"`info` must be an object, got {value!r}")
-            elif f.name == "nfev_replayed" and value is None:
-                value = 0  # histories written before the journal existed
+            elif f.name in ("nfev_replayed", "run") and value is None:
+                value = 0  # histories written before the journal / multi-start runs
             kwargs[f.name] = value
         return cls(**kwargs)
 
@@ -262,36 +263,3 @@ class HistoryWriter:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class Progress:
-    """A tqdm bar showing the value and nfev, or nothing.
-
-    ``enabled=None`` shows it only when stderr is a terminal. tqdm is the optional
-    extra ``progress``: without it there is no bar and no error.
-    """
-
-    def __init__(self, total: int, initial: int = 0, enabled: bool | None = None):
-        self._bar = None
-        if enabled is None:
-            enabled = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            logger.debug("tqdm is not installed (pip install fg2u-zo[progress]); no bar")
-            return
-        self._bar = tqdm(total=total, initial=initial, desc="fg2u-zo", unit="step",
-                         dynamic_ncols=True, leave=True)
-
-    def update(self, record: StepRecord):
-        if self._bar is not None:
-            self._bar.set_postfix(value=f"{record.value:.4g}", nfev=record.nfev_total,
-                                  refresh=False)
-            self._bar.update(1)
-
-    def close(self):
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
