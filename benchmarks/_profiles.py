@@ -49,11 +49,10 @@ pairs solved within ``alpha (n + 1)`` evaluations (or ``alpha`` rounds), against
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import json
 import math
+import pathlib
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,10 +63,13 @@ from benchmarks.peers import rounds
 __all__ = ["WIDTH", "LeastSquaresFit", "EvaluationLog", "CountingEvaluator", "Run",
            "Method", "METHODS", "ours", "lre", "first_solved", "data_profile",
            "geometric_mean_ratio", "run_pairs", "measure", "summarize", "per_pair",
-           "markdown_table", "plot_profiles", "quiet_library"]
+           "markdown_table", "plot_profiles", "quiet_library", "add_arguments",
+           "selected_methods", "report"]
 
 #: Workers of a parallel round (ours runs with this many).
 WIDTH = 8
+#: Where the commands write their result files.
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 #: The largest log relative error StRD's certified values (11 significant digits)
 #: can confirm.
 LRE_CAP = 11.0
@@ -222,7 +224,7 @@ def geometric_mean_ratio(numerator, denominator):
     Examples
     --------
     >>> geometric_mean_ratio([2.0, 8.0, float("inf")], [1.0, 2.0, 3.0])
-    (2.8284271247461903, 2)
+    (2.82842712474619, 2)
     """
     a = np.asarray(numerator, dtype=np.float64)
     b = np.asarray(denominator, dtype=np.float64)
@@ -232,20 +234,11 @@ def geometric_mean_ratio(numerator, denominator):
     return float(np.exp(np.mean(np.log(a[both] / b[both])))), int(both.sum())
 
 
-@contextlib.contextmanager
 def quiet_library():
     """Silence the library's and the peers' warnings and INFO logs during a run."""
-    loggers = [logging.getLogger(name) for name in ("fg2u_zo", "dfols", "dfbgn")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+    from examples._peers import quiet
+
+    return quiet("fg2u_zo", "dfols", "dfbgn")
 
 
 # -- the record of one run ---------------------------------------------------------------------
@@ -446,9 +439,14 @@ METHODS = (
 
 # -- running and measuring a test set ------------------------------------------------------------
 def run_pairs(pairs, methods, log=print):
-    """Run every method on every ``(key, fit, budget)``; ``{key: {method: Run}}``."""
+    """Run every method on every ``(key, fit, budget)``; ``{key: {method: Run}}``.
+    One torch and one BLAS thread: more would only fight over the cores."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
     runs = {}
-    with quiet_library():
+    with quiet_library(), threadpool_limits(1):
         for key, fit, budget in pairs:
             runs[key] = {}
             for method in methods:
@@ -565,6 +563,77 @@ def markdown_table(records, n_of, methods, labels):
             cells.append(" / ".join(got) + f" / {r['stop_evals']}")
         lines.append(f"| {k} | {n_of[k]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def add_arguments(parser, quick_help):
+    """The options both test-set commands share."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--plot", action="store_true",
+                        help="also write the data profiles as a PNG (needs matplotlib)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        choices=[m.name for m in METHODS], metavar="METHOD",
+                        help=f"subset of {', '.join(m.name for m in METHODS)}")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS,
+                        help="folder of the result files")
+    return parser
+
+
+def selected_methods(names):
+    return [m for m in METHODS if names is None or m.name in names]
+
+
+def report(benchmark, args, runs, levels, n_of, level_titles, *, alphas, round_alphas,
+           start, extra=None):
+    """Measure the runs, print the per-pair table and the JSON line (last), write
+    ``<out>/<benchmark>_<mode>.md`` and, with ``--plot``, the profiles PNG.
+
+    ``levels[key] = {label: solved(point, value)}``; ``level_titles[label]`` names a
+    level in the figure; ``extra(summary, records)`` adds entries to the JSON line.
+    Returns the JSON line's dict.
+    """
+    from benchmarks.peers import machine
+
+    labels = list(level_titles)
+    methods = list(next(iter(runs.values()))) if runs else []
+    records = measure(runs, levels)
+    summary, cost = summarize(records, n_of, methods, labels, alphas, round_alphas)
+    mode = "quick" if args.quick else "full"
+    text = markdown_table(records, n_of, methods, labels)
+    print()
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure = None
+    if args.plot:
+        panels = [(level_titles[label], xlabel, grid,
+                   {m: data_profile(cost[(m, kind, label)], grid) for m in methods})
+                  for kind, grid, xlabel in (
+                      ("evals", np.arange(1, 101, dtype=float), "evaluations / (n + 1)"),
+                      ("rounds", np.unique(np.geomspace(1, 1500, 61).round()),
+                       f"rounds at W = {WIDTH}"))
+                  for label in labels]
+        figure = plot_profiles(panels, args.out / f"{benchmark}_{mode}_profiles.png",
+                               f"{benchmark}: {len(records)} pairs, defaults only")
+    result = {"benchmark": benchmark, "mode": mode, "pairs": len(records),
+              "budget": "100 (n + 1) evaluations", "width": WIDTH,
+              "groups": {m.name: m.groups for m in METHODS if m.name in methods},
+              **summary, **(extra(summary, records) if extra else {}),
+              "per_pair": per_pair(records, labels),
+              "figure": None if figure is None else figure.name,
+              "wall_s": round(time.perf_counter() - start, 1), "machine": machine()}
+    line = json.dumps(result, default=_json_default)
+    with open(args.out / f"{benchmark}_{mode}.md", "w") as fh:
+        fh.write(f"# python -m benchmarks.{benchmark}{' --quick' if args.quick else ''}\n\n"
+                 f"Evaluations to {' / '.join(labels)} / until the method stopped (budget "
+                 f"100 (n + 1); — : not reached); {result['wall_s']:.0f} s.\n\n{text}\n\n"
+                 f"```json\n{json.dumps(result, indent=1, default=_json_default)}\n```\n")
+    print(line)
+    return result
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
 
 
 # -- figures -----------------------------------------------------------------------------------

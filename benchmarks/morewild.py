@@ -29,9 +29,7 @@ fewer), ``rounds_ratio_W8_tau...`` (the same for rounds at W = 8), ``solved``,
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import pathlib
 import sys
 import time
 
@@ -39,16 +37,12 @@ import numpy as np
 
 from benchmarks import _profiles as prof
 from benchmarks._morewild_problems import problems as all_problems
-from benchmarks.peers import machine
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TAUS = {"tau1e-1": 1e-1, "tau1e-3": 1e-3, "tau1e-5": 1e-5, "tau1e-7": 1e-7}
 #: problem indices (1..53) of --quick: one or two per family, small n
 QUICK = (7, 8, 9, 11, 13, 15, 17, 25, 26, 27, 36, 43)
 ALPHAS = (5, 10, 20, 50, 100)
 ROUND_ALPHAS = (10, 20, 50, 100, 300)
-PLOT_ALPHAS = np.arange(1, 101, dtype=float)
-PLOT_ROUNDS = np.unique(np.geomspace(1, 1300, 61).round())
 
 
 def pairs(indices):
@@ -75,66 +69,25 @@ def levels_from(runs, problem):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{len(QUICK)} of the 53 problems (< 2 min)")
-    parser.add_argument("--plot", action="store_true",
-                        help="write results/morewild_<mode>_profiles.png (needs matplotlib)")
+    prof.add_arguments(parser, f"{len(QUICK)} of the 53 problems (< 2 min)")
     parser.add_argument("--only", nargs="+", type=int, default=None, metavar="INDEX",
                         help="problem numbers 1..53 to run")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        choices=[m.name for m in prof.METHODS], metavar="METHOD")
-    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.only and not all(1 <= k <= 53 for k in args.only):
         parser.error("--only takes problem numbers between 1 and 53")
 
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
     start = time.perf_counter()
-    indices = set(args.only or (QUICK if args.quick else range(1, 54)))
-    todo, chosen = pairs(indices)
-    methods = [m for m in prof.METHODS if args.methods is None or m.name in args.methods]
-    with threadpool_limits(1):
-        runs = prof.run_pairs(todo, methods, log=lambda s: print(s, flush=True))
+    todo, chosen = pairs(set(args.only or (QUICK if args.quick else range(1, 54))))
+    runs = prof.run_pairs(todo, prof.selected_methods(args.methods),
+                          log=lambda s: print(s, flush=True))
     levels, f_info = {}, {}
     for key, per in runs.items():
         levels[key], f0, f_low = levels_from(per, chosen[key])
         f_info[key] = {"f0": f0, "f_L": f_low}
-    records = prof.measure(runs, levels)
-    n_of = {k: chosen[k].n for k in runs}
-    names_m = [m.name for m in methods]
-    summary, cost = prof.summarize(records, n_of, names_m, list(TAUS), ALPHAS, ROUND_ALPHAS)
-    wall = time.perf_counter() - start
-    mode = "quick" if args.quick else "full"
-    text = prof.markdown_table(records, n_of, names_m, list(TAUS))
-    print()
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    figure = None
-    if args.plot:
-        panels = [(f"tau = {tau:g}", xlabel, alphas,
-                   {m: prof.data_profile(cost[(m, kind, label)], alphas) for m in names_m})
-                  for kind, alphas, xlabel in (
-                      ("evals", PLOT_ALPHAS, "evaluations / (n + 1)"),
-                      ("rounds", PLOT_ROUNDS, f"rounds at W = {prof.WIDTH}"))
-                  for label, tau in TAUS.items()]
-        figure = prof.plot_profiles(panels, args.out / f"morewild_{mode}_profiles.png",
-                                    f"Moré–Wild, {len(records)} problems, defaults only")
-    result = {"benchmark": "morewild", "mode": mode, "problems": len(records),
-              "budget": "100 (n + 1) evaluations", "width": prof.WIDTH,
-              "groups": {m.name: m.groups for m in methods}, **summary,
-              "f0_fL": f_info, "per_pair": prof.per_pair(records, list(TAUS)),
-              "figure": None if figure is None else figure.name,
-              "wall_s": round(wall, 1), "machine": machine()}
-    with open(args.out / f"morewild_{mode}.md", "w") as fh:
-        fh.write(f"# python -m benchmarks.morewild{' --quick' if args.quick else ''}\n\n"
-                 f"Evaluations to tau = 1e-1 / 1e-3 / 1e-5 / 1e-7 / until the method "
-                 f"stopped (budget 100 (n + 1)); {wall:.0f} s.\n\n{text}\n\n```json\n"
-                 f"{json.dumps(result, indent=1, default=str)}\n```\n")
-    print(json.dumps(result, default=str))
-    return result
+    return prof.report("morewild", args, runs, levels, {k: chosen[k].n for k in runs},
+                       {label: f"tau = {tau:g}" for label, tau in TAUS.items()},
+                       alphas=ALPHAS, round_alphas=ROUND_ALPHAS, start=start,
+                       extra=lambda summary, records: {"f0_fL": f_info})
 
 
 if __name__ == "__main__":

@@ -344,6 +344,19 @@ def run_gauss_newton(case, setting, seed, budget, stop_at):
     options = {"num_directions": b, "mode": setting.get("mode", "lean"),
                "radius": float(setting.get("radius", 0.5)),
                "radius_factors": tuple(setting.get("radius_factors", (1.0,)))}
+    # Never start an iteration that could overrun the budget (final solve included).
+    return _gauss_newton_trace(
+        case, _describe(setting), seed, stop_at,
+        estimator=fz.FG2UZO(step=FD_STEP, scheme="forward"), optimizer_options=options,
+        steps=budget, max_nfev=budget - (b + 1) - 1, backend="sequential")
+
+
+def _gauss_newton_trace(case, setting_text, seed, stop_at, *, estimator, **options):
+    """Run ``fz.minimize(..., optimizer="gauss-newton", **options)`` on the case and
+    log one group per step (from the history records' nfev), then the final solve.
+    ``own_time``: the stepper's own linear algebra (the history's ``model_time``)."""
+    import fg2u_zo as fz
+
     log, own = [], [0.0]
 
     def callback(record):
@@ -353,20 +366,16 @@ def run_gauss_newton(case, setting, seed, budget, stop_at):
 
     start = time.perf_counter()
     try:
-        # Never start an iteration that could overrun the budget (final solve included).
-        res = fz.minimize(case.problem, case.phi0,
-                          fz.FG2UZO(step=FD_STEP, scheme="forward"),
-                          optimizer="gauss-newton", optimizer_options=options,
-                          steps=budget, bounds=case.bounds, callback=callback,
-                          max_nfev=budget - (b + 1) - 1, rng=seed, backend="sequential",
-                          progress=False)
+        res = fz.minimize(case.problem, case.phi0, estimator, optimizer="gauss-newton",
+                          bounds=case.bounds, callback=callback, rng=seed, progress=False,
+                          **options)
     except _Stop:
         groups, best, status = [n for n, _ in log], [v for _, v in log], "wall-clock cap"
     else:
         groups = [n for n, _ in log] + [res.nfev - sum(n for n, _ in log)]
         best, status = [v for _, v in log] + [res.value], res.status
     wall = time.perf_counter() - start
-    return Trace("", _describe(setting), seed, np.asarray(groups, dtype=np.int64),
+    return Trace("", setting_text, seed, np.asarray(groups, dtype=np.int64),
                  np.asarray(best, dtype=np.float64), wall, status, own_time=own[0])
 
 
@@ -387,28 +396,10 @@ def run_gauss_newton_defaults(case, setting, seed, budget, stop_at):
 
     if setting:
         raise ValueError(f"GN (defaults) takes no settings, got {setting!r}")
-    log, own = [], [0.0]
-
-    def callback(record):
-        log.append((record.nfev, record.value))
-        own[0] += float((record.info or {}).get("model_time", 0.0))
-        return record.value <= stop_at
-
-    start = time.perf_counter()
-    try:
-        res = fz.minimize(case.problem, case.phi0, fz.FG2UZO(scheme="forward"),
-                          optimizer="gauss-newton", steps=budget, bounds=case.bounds,
-                          callback=callback, max_nfev=budget - DEFAULTS_WORKERS - 1,
-                          rng=seed, backend="threading", n_jobs=DEFAULTS_WORKERS,
-                          progress=False)
-    except _Stop:
-        groups, best, status = [n for n, _ in log], [v for _, v in log], "wall-clock cap"
-    else:
-        groups = [n for n, _ in log] + [res.nfev - sum(n for n, _ in log)]
-        best, status = [v for _, v in log] + [res.value], res.status
-    wall = time.perf_counter() - start
-    return Trace("", "defaults", seed, np.asarray(groups, dtype=np.int64),
-                 np.asarray(best, dtype=np.float64), wall, status, own_time=own[0])
+    return _gauss_newton_trace(
+        case, "defaults", seed, stop_at, estimator=fz.FG2UZO(scheme="forward"),
+        steps=budget, max_nfev=budget - DEFAULTS_WORKERS - 1, backend="threading",
+        n_jobs=DEFAULTS_WORKERS)
 
 
 def _peer_runner(name):

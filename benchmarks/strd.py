@@ -35,25 +35,16 @@ solves and ours does not), the profiles at a few alphas and the per-pair figures
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import pathlib
 import sys
 import time
 
-import numpy as np
-
 from benchmarks import _profiles as prof
 from benchmarks._strd_problems import NAMES, load
-from benchmarks.peers import machine
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 QUICK = ("Misra1a", "Chwirut2", "DanWood", "Kirby2", "MGH17", "BoxBOD", "Rat42", "Eckerle4")
 LEVELS = {"lre4": 4.0, "lre6": 6.0}
 ALPHAS = (5, 10, 20, 50, 100)             # evaluations / (n + 1), for the JSON line
 ROUND_ALPHAS = (10, 20, 50, 100, 300)     # rounds at W = 8
-PLOT_ALPHAS = np.arange(1, 101, dtype=float)
-PLOT_ROUNDS = np.unique(np.geomspace(1, 1000, 61).round())
 
 
 def pairs(names, starts):
@@ -79,76 +70,31 @@ def levels_of(problem):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{len(QUICK)} problems, first start only (< 2 min)")
-    parser.add_argument("--plot", action="store_true",
-                        help="write results/strd_<mode>_profiles.png (needs matplotlib)")
+    prof.add_arguments(parser, f"{len(QUICK)} problems, first start only (< 2 min)")
     parser.add_argument("--only", nargs="+", default=None, choices=NAMES, metavar="NAME",
                         help="data sets to run (both starts unless --quick)")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        choices=[m.name for m in prof.METHODS], metavar="METHOD")
-    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
     start = time.perf_counter()
-    names = args.only or (QUICK if args.quick else NAMES)
-    todo, problems = pairs(names, (0,) if args.quick else (0, 1))
-    methods = [m for m in prof.METHODS if args.methods is None or m.name in args.methods]
-    with threadpool_limits(1):  # BLAS threads would only fight over the cores
-        runs = prof.run_pairs(todo, methods, log=lambda s: print(s, flush=True))
-    records = prof.measure(runs, {k: levels_of(problems[k]) for k in runs})
-    n_of = {k: problems[k].num_params for k in runs}
-    names_m = [m.name for m in methods]
-    summary, cost = prof.summarize(records, n_of, names_m, list(LEVELS), ALPHAS,
-                                   ROUND_ALPHAS)
-    if f"rounds_ratio_W{prof.WIDTH}_lre4" in summary:
-        summary[f"rounds_ratio_W{prof.WIDTH}"] = summary[f"rounds_ratio_W{prof.WIDTH}_lre4"]
-    final_lre = {k: {m: round(prof.lre(_best_point(run), problems[k].certified), 2)
-                     for m, run in per.items()} for k, per in runs.items()}
-    wall = time.perf_counter() - start
-    mode = "quick" if args.quick else "full"
-    text = prof.markdown_table(records, n_of, names_m, list(LEVELS))
-    print()
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    figure = None
-    if args.plot:
-        panels = [(f"LRE >= {t:g}", xlabel, alphas,
-                   {m: prof.data_profile(cost[(m, kind, label)], alphas) for m in names_m})
-                  for kind, alphas, xlabel in (
-                      ("evals", PLOT_ALPHAS, "evaluations / (n + 1)"),
-                      ("rounds", PLOT_ROUNDS, f"rounds at W = {prof.WIDTH}"))
-                  for label, t in LEVELS.items()]
-        figure = prof.plot_profiles(panels, args.out / f"strd_{mode}_profiles.png",
-                                    f"NIST StRD, {len(records)} pairs, defaults only")
-    result = {"benchmark": "strd", "mode": mode, "pairs": len(records),
-              "budget": "100 (n + 1) evaluations", "width": prof.WIDTH,
-              "groups": {m.name: m.groups for m in methods}, **summary,
-              "final_lre": final_lre, "per_pair": prof.per_pair(records, list(LEVELS)),
-              "figure": None if figure is None else figure.name,
-              "wall_s": round(wall, 1), "machine": machine()}
-    with open(args.out / f"strd_{mode}.md", "w") as fh:
-        fh.write(f"# python -m benchmarks.strd{' --quick' if args.quick else ''}\n\n"
-                 f"Evaluations to LRE >= 4 / LRE >= 6 / until the method stopped "
-                 f"(budget 100 (n + 1)); {wall:.0f} s.\n\n{text}\n\n```json\n"
-                 f"{json.dumps(result, indent=1, default=_json_default)}\n```\n")
-    print(json.dumps(result, default=_json_default))
-    return result
+    todo, problems = pairs(args.only or (QUICK if args.quick else NAMES),
+                           (0,) if args.quick else (0, 1))
+    runs = prof.run_pairs(todo, prof.selected_methods(args.methods),
+                          log=lambda s: print(s, flush=True))
 
+    def extra(summary, records):
+        best = {k: {m: run.log.points[run.log.improvements()[-1]]
+                    if run.log.improvements() else None for m, run in per.items()}
+                for k, per in runs.items()}
+        return {f"rounds_ratio_W{prof.WIDTH}": summary.get(
+                    f"rounds_ratio_W{prof.WIDTH}_lre4"),
+                "final_lre": {k: {m: 0.0 if b is None else
+                                  round(prof.lre(b, problems[k].certified), 2)
+                                  for m, b in per.items()} for k, per in best.items()}}
 
-def _best_point(run):
-    imp = run.log.improvements()
-    return run.log.points[imp[-1]] if imp else np.full(1, np.nan)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
+    return prof.report("strd", args, runs, {k: levels_of(problems[k]) for k in runs},
+                       {k: problems[k].num_params for k in runs},
+                       {label: f"LRE >= {t:g}" for label, t in LEVELS.items()},
+                       alphas=ALPHAS, round_alphas=ROUND_ALPHAS, start=start, extra=extra)
 
 
 if __name__ == "__main__":

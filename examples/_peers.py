@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PeerResult", "CountingObjective", "BudgetExhausted", "run_cma", "run_optuna_tpe",
-           "run_dfols", "run_dfbgn", "run_nevergrad", "run_lbfgsb_fd", "run_spsa"]
+__all__ = ["PeerResult", "CountingObjective", "BudgetExhausted", "quiet", "run_cma",
+           "run_optuna_tpe", "run_dfols", "run_dfbgn", "run_nevergrad", "run_lbfgsb_fd",
+           "run_spsa"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -163,8 +164,8 @@ def _start(x0, sigma0, budget):
 
 
 @contextlib.contextmanager
-def _quiet(*loggers):
-    """Silence the peers' loggers and warnings for the duration of a run."""
+def quiet(*loggers):
+    """Silence these loggers (below ERROR) and all warnings for the duration of a run."""
     saved = []
     for name in loggers:
         lg = logging.getLogger(name)
@@ -200,7 +201,7 @@ def run_cma(f, x0, sigma0, budget, seed=0, *, bounds=None, batch=None, **options
         opts["bounds"] = [lo.tolist(), hi.tolist()]
     opts.update(options)
     message = "budget spent"
-    with _quiet("cma"):
+    with quiet("cma"):
         es = cma.CMAEvolutionStrategy(x0, sigma0, opts)
         try:
             while True:
@@ -247,7 +248,7 @@ def run_optuna_tpe(f, x0, sigma0, budget, seed=0, *, bounds=None, batch=None, ba
     sampler_opts = {"seed": int(seed), "multivariate": multivariate,
                     "constant_liar": batch_size > 1}
     sampler_opts.update(options)
-    with _quiet("optuna"):
+    with quiet("optuna"):
         sampler = optuna.samplers.TPESampler(**sampler_opts)
         study = optuna.create_study(sampler=sampler, direction="minimize")
         study.enqueue_trial({n: float(np.clip(v, a, b))
@@ -289,7 +290,7 @@ def run_dfols(residuals, x0, sigma0, budget, seed=0, *, bounds=None, batch=None,
     kwargs.update(options)
     message = "budget spent"
     try:
-        with _quiet("dfols"), _numpy_global_seed(seed):
+        with quiet("dfols"), _numpy_global_seed(seed):
             out = dfols.solve(objfun, x0, **kwargs)
         message = str(getattr(out, "msg", "")) or message
     except BudgetExhausted:
@@ -364,7 +365,7 @@ def run_dfbgn(residuals, x0, sigma0, budget, seed=0, *, bounds=None, batch=None,
     kwargs.update(options)
     message = "budget spent"
     try:
-        with _quiet("dfbgn"), _numpy_aliases(), _numpy_global_seed(seed):
+        with quiet("dfbgn"), _numpy_aliases(), _numpy_global_seed(seed):
             out = dfbgn.solve(objfun, x0, **kwargs)
         message = str(getattr(out, "msg", "")) or message
     except BudgetExhausted:
@@ -403,7 +404,7 @@ def run_nevergrad(f, x0, sigma0, budget, seed=0, *, bounds=None, batch=None,
     except KeyError:
         raise ValueError(f"unknown nevergrad optimizer {optimizer!r}; "
                          f"{_NGOPT_MESSAGE}") from None
-    with _quiet("nevergrad"):
+    with quiet("nevergrad"):
         opt = cls(parametrization=param, budget=budget, num_workers=num_workers)
         try:
             while obj.remaining > 0:

@@ -78,7 +78,7 @@ def test_quick_run_of_one_problem_prints_the_json_line(tmp_path, capsys):
     for tau in ("1e-1", "1e-3", "1e-5", "1e-7"):
         assert f"evals_ratio_tau{tau}" in summary
         assert f"rounds_ratio_W8_tau{tau}" in summary
-    assert summary["problems"] == 1
+    assert summary["pairs"] == 1
     # f_L is the best value found: whoever found it solves every tau
     assert max(s["tau1e-7"] for s in summary["solved"].values()) == 1
     pair = summary["per_pair"]["07-rosenbrock-n2"]

@@ -68,11 +68,16 @@ class LockedCountingSolver(CountingSolver):
         return self.solver(phi)
 
 
-def test_gn_defaults_row_runs_the_library_untuned_and_counts_every_call():
+def reweight_counted(counter_class):
+    """reweight-10 with its inner solver counted by ``counter_class``."""
     case = build_case("reweight", 10)
-    counter = LockedCountingSolver(case.problem.inner)
-    case = dataclasses.replace(case, problem=fz.BilevelProblem(
-        inner=counter, outer=case.problem.outer, num_params=case.size))
+    counter = counter_class(case.problem.inner)
+    return dataclasses.replace(case, problem=fz.BilevelProblem(
+        inner=counter, outer=case.problem.outer, num_params=case.size)), counter
+
+
+def test_gn_defaults_row_runs_the_library_untuned_and_counts_every_call():
+    case, counter = reweight_counted(LockedCountingSolver)
     method = peers.METHODS_BY_NAME["GN (defaults)"]
     assert peers.GRIDS[method.name](case.family, case.size) == [{}]
     with pytest.raises(ValueError, match="takes no settings"):
@@ -88,10 +93,7 @@ def test_gn_defaults_row_runs_the_library_untuned_and_counts_every_call():
 
 
 def test_dfbgn_row_is_counted_exactly_and_runs_without_bounds():
-    case = build_case("reweight", 10)
-    counter = CountingSolver(case.problem.inner)
-    case = dataclasses.replace(case, problem=fz.BilevelProblem(
-        inner=counter, outer=case.problem.outer, num_params=case.size))
+    case, counter = reweight_counted(CountingSolver)
     method = peers.METHODS_BY_NAME["DFBGN"]
     trace = method.run(case, {"sigma0": 0.5}, seed=0, budget=80, stop_at=-math.inf)
     assert trace.status == "budget", trace.status   # ran (no error about bounds)
