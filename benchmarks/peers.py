@@ -10,8 +10,10 @@ sum to it), per-sample weights of a ridge fit (N = 10, 100, 1000), and Burgers' 
 coefficients from the shipped data (N = 2).
 
 Ours: the Gauss–Newton trust-region stepper on FG2U-ZO's forward differences
-(``optimizer="gauss-newton"``, "GN lean" and "GN refresh") and the first-order FG2UZO
-variants of the paper (Adam/Rprop on random-direction estimates).
+(``optimizer="gauss-newton"``): "GN (defaults)", the library with nothing tuned
+(``n_jobs = 64`` its only argument), and "GN lean" and "GN refresh", tuned per case
+(below); and the first-order FG2UZO variants of the paper (Adam/Rprop on
+random-direction estimates).
 
 Measured per problem and method, over several seeds (medians):
 
@@ -25,6 +27,8 @@ Measured per problem and method, over several seeds (medians):
   and a group of ``g`` calls costs ``ceil(g / W)`` rounds:
 
   =====================  =========================================================
+  GN (defaults)          one group per iteration, as the library sizes it from
+                         its 64 workers
   GN lean / refresh      one group per iteration: the trial point(s) and the b new
                          (or re-measured) directions around the trial
   FG2UZO                 one group per step: the ``b + 1`` solves of a forward-
@@ -37,6 +41,9 @@ Measured per problem and method, over several seeds (medians):
                          evaluations, line-search trials included, are sequential
   DFO-LS                 the N + 1 initial points (x0 and x0 + rhobeg e_i) together,
                          then one call per iteration
+  DFBGN                  x0 and its first direction together, then one call per
+                         group (its adaptive subspace grows a point at a time,
+                         each after a test on the values); it runs without bounds
   =====================  =========================================================
 
   A result counts once its whole group has finished (for calls to the target too), so
@@ -44,9 +51,9 @@ Measured per problem and method, over several seeds (medians):
 - the wall time of each method's own work (``own s/run``: outside the solver calls; for
   the GN rows the stepper's model, subproblem and Broyden updates).
 
-Settings: each method has a small grid (``GRIDS``: b, mode and initial trust radius for
-GN; learning rate, directions b, schedule and optimizer for FG2UZO; sigma0 and diagonal
-covariance for CMA-ES; the optimizer for nevergrad; rhobeg for DFO-LS; the FD step for
+Settings: each method but "GN (defaults)" has a small grid (``GRIDS``: b, mode and
+initial trust radius for GN; learning rate, directions b, schedule and optimizer for FG2UZO; sigma0 and diagonal
+covariance for CMA-ES; the optimizer for nevergrad; rhobeg for DFO-LS and DFBGN; the FD step for
 L-BFGS-B; sigma0 for SPSA). ``--tune`` runs every setting once on a tuning seed (1000,
 not a measured seed) with the full budgets and records the best (fewest calls to the
 target; rounds at W = 64 for the variants sized for 64 workers) in
@@ -67,7 +74,8 @@ table, then one JSON line. Ratios are best peer / best of ours (the best of our 
 each figure), each the worst case over the problems with N >= 16:
 ``rounds_ratio_W64`` (target >= 1.3), ``calls_ratio`` (>= 0.95), ``calls_ratio_general``
 (>= 1.5: against the peers that do not need a least-squares objective, i.e. all but
-DFO-LS), and on the problems whose loss is not a sum of squares ``nonls_calls_ratio``
+DFO-LS and DFBGN), ``defaults_rounds_ratio_W64`` and ``defaults_calls_ratio`` (the
+first two with "GN (defaults)" alone as ours: >= 1.3 and >= 0.95), and on the problems whose loss is not a sum of squares ``nonls_calls_ratio``
 (>= 3) and ``nonls_rounds_ratio_W64`` (>= 5), against every peer; ``met`` says which
 targets hold, ``own_linear_algebra_s`` gives the GN rows' and DFO-LS's own seconds per
 run, ``problems`` the per-problem details. A peer that missed the target counts with its
@@ -98,7 +106,11 @@ FD_STEP = 1e-6
 LARGE_N = 16           # the JSON ratios are taken over problems with N >= LARGE_N
 #: Targets of the JSON line's ratios (best peer / ours; see ``main``).
 TARGETS = {"rounds_ratio_W64": 1.3, "calls_ratio": 0.95, "calls_ratio_general": 1.5,
-           "nonls_calls_ratio": 3.0, "nonls_rounds_ratio_W64": 5.0}
+           "nonls_calls_ratio": 3.0, "nonls_rounds_ratio_W64": 5.0,
+           # the same two as the first, for the library with nothing tuned
+           "defaults_rounds_ratio_W64": 1.3, "defaults_calls_ratio": 0.95}
+#: The row of the library's defaults (the ``defaults_*`` ratios are about it alone).
+DEFAULTS_ROW = "GN (defaults)"
 
 
 # -- the record of one run -------------------------------------------------------------------
@@ -332,6 +344,19 @@ def run_gauss_newton(case, setting, seed, budget, stop_at):
     options = {"num_directions": b, "mode": setting.get("mode", "lean"),
                "radius": float(setting.get("radius", 0.5)),
                "radius_factors": tuple(setting.get("radius_factors", (1.0,)))}
+    # Never start an iteration that could overrun the budget (final solve included).
+    return _gauss_newton_trace(
+        case, _describe(setting), seed, stop_at,
+        estimator=fz.FG2UZO(step=FD_STEP, scheme="forward"), optimizer_options=options,
+        steps=budget, max_nfev=budget - (b + 1) - 1, backend="sequential")
+
+
+def _gauss_newton_trace(case, setting_text, seed, stop_at, *, estimator, **options):
+    """Run ``fz.minimize(..., optimizer="gauss-newton", **options)`` on the case and
+    log one group per step (from the history records' nfev), then the final solve.
+    ``own_time``: the stepper's own linear algebra (the history's ``model_time``)."""
+    import fg2u_zo as fz
+
     log, own = [], [0.0]
 
     def callback(record):
@@ -341,21 +366,40 @@ def run_gauss_newton(case, setting, seed, budget, stop_at):
 
     start = time.perf_counter()
     try:
-        # Never start an iteration that could overrun the budget (final solve included).
-        res = fz.minimize(case.problem, case.phi0,
-                          fz.FG2UZO(step=FD_STEP, scheme="forward"),
-                          optimizer="gauss-newton", optimizer_options=options,
-                          steps=budget, bounds=case.bounds, callback=callback,
-                          max_nfev=budget - (b + 1) - 1, rng=seed, backend="sequential",
-                          progress=False)
+        res = fz.minimize(case.problem, case.phi0, estimator, optimizer="gauss-newton",
+                          bounds=case.bounds, callback=callback, rng=seed, progress=False,
+                          **options)
     except _Stop:
         groups, best, status = [n for n, _ in log], [v for _, v in log], "wall-clock cap"
     else:
         groups = [n for n, _ in log] + [res.nfev - sum(n for n, _ in log)]
         best, status = [v for _, v in log] + [res.value], res.status
     wall = time.perf_counter() - start
-    return Trace("", _describe(setting), seed, np.asarray(groups, dtype=np.int64),
+    return Trace("", setting_text, seed, np.asarray(groups, dtype=np.int64),
                  np.asarray(best, dtype=np.float64), wall, status, own_time=own[0])
+
+
+#: Workers the "GN (defaults)" row is given (``n_jobs``; its only setting): the W of
+#: the rounds the JSON ratios are about.
+DEFAULTS_WORKERS = 64
+
+
+def run_gauss_newton_defaults(case, setting, seed, budget, stop_at):
+    """``fz.minimize`` as a new user calls it on a calibration, with nothing tuned:
+    ``FG2UZO(scheme="forward")`` (its default step, "auto") and ``optimizer=
+    "gauss-newton"`` with no options, ``n_jobs=DEFAULTS_WORKERS`` threads (the library
+    sizes its groups from the workers). ``steps`` never binds; ``max_nfev`` is the
+    budget less one group, so that the run never overruns it. Once the library's
+    defaults land this becomes ``fz.minimize(case.problem, case.phi0, ...)`` without an
+    estimator or optimizer. Grouping as for the tuned GN rows: one group per step."""
+    import fg2u_zo as fz
+
+    if setting:
+        raise ValueError(f"GN (defaults) takes no settings, got {setting!r}")
+    return _gauss_newton_trace(
+        case, "defaults", seed, stop_at, estimator=fz.FG2UZO(scheme="forward"),
+        steps=budget, max_nfev=budget - DEFAULTS_WORKERS - 1, backend="threading",
+        n_jobs=DEFAULTS_WORKERS)
 
 
 def _peer_runner(name):
@@ -365,9 +409,11 @@ def _peer_runner(name):
 
 
 def run_peer(runner, case, setting, seed, budget, stop_at, *, least_squares=False,
-             merge_init=False):
+             merge_init=False, init_points=0, bounded=True):
     """One peer run through :class:`CallLog`; ``setting`` holds ``sigma0`` (default:
-    the case's) and the runner's own options."""
+    the case's) and the runner's own options. ``merge_init``: the first N + 1 calls are
+    one group; else the first ``init_points`` (when > 1). ``bounded=False``: the peer
+    runs without the case's box (it takes none)."""
     opts = dict(setting)
     sigma0 = float(opts.pop("sigma0", case.sigma0))
     log = CallLog(case, budget, stop_at)
@@ -376,8 +422,8 @@ def run_peer(runner, case, setting, seed, budget, stop_at, *, least_squares=Fals
     status = "budget"
     start = time.perf_counter()
     try:
-        _peer_runner(runner)(fn, case.phi0, sigma0, budget, seed, bounds=case.bounds,
-                             batch=batch, **opts)
+        _peer_runner(runner)(fn, case.phi0, sigma0, budget, seed,
+                             bounds=case.bounds if bounded else None, batch=batch, **opts)
     except _Stop:
         status = "wall-clock cap"
     except Exception as exc:  # a peer crashing is a result too; keep what it did
@@ -386,7 +432,7 @@ def run_peer(runner, case, setting, seed, budget, stop_at, *, least_squares=Fals
     if status == "budget" and log.best <= stop_at:
         status = "stopped past target"
     return log.trace("", _describe(setting), seed, wall, status,
-                     merge_first=case.size + 1 if merge_init else 0)
+                     merge_first=case.size + 1 if merge_init else init_points)
 
 
 @dataclass(frozen=True)
@@ -398,6 +444,8 @@ class Method:
     deterministic: bool = False   # one run stands for every seed
     least_squares: bool = False
     merge_init: bool = False
+    init_points: int = 0          # the first calls that run together (without merge_init)
+    bounded: bool = True          # False: the peer takes no bounds and runs without them
     peer: bool = True
     structure: str = ""
     tune_metric: str = "calls"    # what --tune minimizes: "calls" or "rounds_W64"
@@ -409,14 +457,20 @@ class Method:
                 trace = run_fg2uzo(case, setting, seed, budget, stop_at)
             elif self.kind == "gauss-newton":
                 trace = run_gauss_newton(case, setting, seed, budget, stop_at)
+            elif self.kind == "gauss-newton-defaults":
+                trace = run_gauss_newton_defaults(case, setting, seed, budget, stop_at)
             else:
                 trace = run_peer(self.kind, case, setting, seed, budget, stop_at,
-                                 least_squares=self.least_squares, merge_init=self.merge_init)
+                                 least_squares=self.least_squares, merge_init=self.merge_init,
+                                 init_points=self.init_points, bounded=self.bounded)
         trace.method = self.name
         return trace
 
 
 METHODS = [
+    # The library with nothing tuned (the rows below it are tuned per case by --tune).
+    Method("GN (defaults)", "gauss-newton-defaults", peer=False,
+           structure="one group per iteration, sized by the library from n_jobs = 64"),
     Method("GN lean", "gauss-newton", peer=False,
            structure="one group per iteration: the trial and b new directions around it; "
                      "once they span all N, the trial alone"),
@@ -440,6 +494,12 @@ METHODS = [
     # the cap, so that its calls, not its overhead, decide.
     Method("DFO-LS", "run_dfols", least_squares=True, merge_init=True, deterministic=True,
            cap_scale=10.0, structure="N + 1 initial points together, then 1 per iteration"),
+    # DFBGN's default grows its subspace from one direction, one point at a time, each
+    # after a test on the values so far: x0 and its first direction run together, then
+    # one call per group. It takes no bounds (every case is defined on all of R^N).
+    Method("DFBGN", "run_dfbgn", least_squares=True, init_points=2, bounded=False,
+           cap_scale=10.0, structure="x0 and its first direction together, then 1 per "
+                                     "call (adaptive subspace; no bounds)"),
     Method("L-BFGS-B (FD)", "run_lbfgsb_fd", deterministic=True,
            structure="N + 1 per evaluation (value + forward differences), sequential"),
     Method("SPSA", "run_spsa", structure="2 per iteration"),
@@ -505,6 +565,7 @@ def _two_phase_grid(family, size):
 
 #: Settings tried by ``--tune`` for each method, per family and size.
 GRIDS = {
+    "GN (defaults)": lambda family, size: [{}],   # nothing to tune: that is the point
     "GN lean": _gn_lean_grid,
     "GN refresh": _gn_refresh_grid,
     "FG2UZO": _fg2uzo_grid,
@@ -520,6 +581,7 @@ GRIDS = {
     "nevergrad": lambda family, size: [{"optimizer": o, "sigma0": 0.3}
                                        for o in ("CMA", "TwoPointsDE", "TBPSA")],
     "DFO-LS": lambda family, size: [{"sigma0": s} for s in (0.1, 0.5, 1.0)],
+    "DFBGN": lambda family, size: [{"sigma0": s} for s in (0.1, 0.5, 1.0)],
     "L-BFGS-B (FD)": lambda family, size: [{"step": 1e-6}, {"step": 1e-8}],
     "SPSA": lambda family, size: [{"sigma0": s} for s in (0.1, 0.3, 1.0)],
 }
@@ -675,10 +737,12 @@ def _versus(ours, peers, key):
             "ratio": round(ratio, 3), "lower_bound": lower}
 
 
-def compare(case, rows):
-    """FG2UZO (best variant) against the best peer, per metric; ``general``: peers that
-    do not need a least-squares objective (all but DFO-LS)."""
-    ours = [r for r in rows if not r["peer"]]
+def compare(case, rows, ours_names=None):
+    """FG2UZO (best variant; only the rows ``ours_names`` when given) against the best
+    peer, per metric; ``general``: peers that do not need a least-squares objective
+    (all but DFO-LS and DFBGN)."""
+    ours = [r for r in rows if not r["peer"]
+            and (ours_names is None or r["method"] in ours_names)]
     peers = [r for r in rows if r["peer"]]
     general = [r for r in peers if not METHODS_BY_NAME[r["method"]].least_squares]
     out = {"N": case.size, "target": case.target, "f0": case.f0, "f_star": case.f_star,
@@ -851,7 +915,7 @@ def main(argv=None):
     plan = make_plan(args.quick, args.seeds, args.sklearn)
     methods = [m for m in METHODS if args.methods is None or m.name in args.methods]
     tuning = load_tuning()
-    case_rows, case_traces, comparisons = [], [], {}
+    case_rows, case_traces, comparisons, defaults_comparisons = [], [], {}, {}
     args.out.mkdir(parents=True, exist_ok=True)
     with threadpool_limits(1):  # BLAS threads only fight over 2 shared cores
         for family, size in plan.cases:
@@ -874,6 +938,7 @@ def main(argv=None):
             case_rows.append((case, rows))
             case_traces.append((case, traces))
             comparisons[case.name] = compare(case, rows)
+            defaults_comparisons[case.name] = compare(case, rows, (DEFAULTS_ROW,))
     wall = time.perf_counter() - start
 
     if args.tune:
@@ -910,9 +975,13 @@ def main(argv=None):
     gc, gc_case = worst("calls", general=True)
     n64, _ = worst("rounds_W64", cases=nonls)
     nc, _ = worst("calls", cases=nonls)
+    large_defaults = {k: v for k, v in defaults_comparisons.items() if v["N"] >= LARGE_N}
+    d64, d64_case = worst("rounds_W64", cases=large_defaults)
+    dc, dc_case = worst("calls", cases=large_defaults)
     mode = "quick" if args.quick else "full"
     figures = {"rounds_ratio_W64": r64, "calls_ratio": rc, "calls_ratio_general": gc,
-               "nonls_calls_ratio": nc, "nonls_rounds_ratio_W64": n64}
+               "nonls_calls_ratio": nc, "nonls_rounds_ratio_W64": n64,
+               "defaults_rounds_ratio_W64": d64, "defaults_calls_ratio": dc}
     summary = {
         "benchmark": "peers", "mode": mode, "seeds": plan.seeds,
         "rounds_ratio_W64": r64, "rounds_ratio_W64_case": r64_case,
@@ -921,6 +990,8 @@ def main(argv=None):
         "rounds_ratio_W64_general_peers": g64, "calls_ratio_general_peers": gc,
         "nonls_calls_ratio": nc, "nonls_rounds_ratio_W64": n64,
         "nonls_cases": sorted(nonls),
+        "defaults_rounds_ratio_W64": d64, "defaults_rounds_ratio_W64_case": d64_case,
+        "defaults_calls_ratio": dc, "defaults_calls_ratio_case": dc_case,
         "targets": dict(TARGETS),
         "met": {k: v is not None and v >= TARGETS[k] for k, v in figures.items()},
         "own_linear_algebra_s": _own_times(case_rows),

@@ -4,14 +4,14 @@ Every runner is called as::
 
     run_X(f, x0, sigma0, budget, seed=0, *, bounds=None, batch=None, **options) -> PeerResult
 
-``f(x) -> float`` is the objective (``run_dfols`` takes ``residuals(x) -> array`` and
-minimizes their sum of squares). Each call of ``f`` is one solver call: a counting
+``f(x) -> float`` is the objective (``run_dfols`` and ``run_dfbgn`` take
+``residuals(x) -> array`` and minimize their sum of squares). Each call of ``f`` is one solver call: a counting
 wrapper counts them in this process, records the best value so far after every call and
 stops the peer when ``budget`` calls are spent (a peer never gets call ``budget + 1``).
 ``batch(list_of_x) -> list_of_values``, when given, evaluates several points at once
 (in parallel: the examples pass an :class:`fg2u_zo.Evaluator` map); the population
 methods (CMA-ES, TPE asked in batches, nevergrad, SPSA's pairs, the finite-difference
-gradient of L-BFGS-B) use it, DFO-LS is sequential by nature. ``sigma0`` is the
+gradient of L-BFGS-B) use it, DFO-LS and DFBGN are sequential by nature. ``sigma0`` is the
 initial spread in x: CMA-ES's and nevergrad's step size, DFO-LS's trust-region radius,
 TPE's search box ``x0 +- 3 sigma0`` when there are no bounds, SPSA's first step; it is
 unused by L-BFGS-B. ``seed`` (an int) seeds the peer; the same seed gives the same run.
@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PeerResult", "CountingObjective", "BudgetExhausted", "run_cma", "run_optuna_tpe",
-           "run_dfols", "run_nevergrad", "run_lbfgsb_fd", "run_spsa"]
+__all__ = ["PeerResult", "CountingObjective", "BudgetExhausted", "quiet", "run_cma",
+           "run_optuna_tpe", "run_dfols", "run_dfbgn", "run_nevergrad", "run_lbfgsb_fd",
+           "run_spsa"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -163,8 +164,8 @@ def _start(x0, sigma0, budget):
 
 
 @contextlib.contextmanager
-def _quiet(*loggers):
-    """Silence the peers' loggers and warnings for the duration of a run."""
+def quiet(*loggers):
+    """Silence these loggers (below ERROR) and all warnings for the duration of a run."""
     saved = []
     for name in loggers:
         lg = logging.getLogger(name)
@@ -200,7 +201,7 @@ def run_cma(f, x0, sigma0, budget, seed=0, *, bounds=None, batch=None, **options
         opts["bounds"] = [lo.tolist(), hi.tolist()]
     opts.update(options)
     message = "budget spent"
-    with _quiet("cma"):
+    with quiet("cma"):
         es = cma.CMAEvolutionStrategy(x0, sigma0, opts)
         try:
             while True:
@@ -247,7 +248,7 @@ def run_optuna_tpe(f, x0, sigma0, budget, seed=0, *, bounds=None, batch=None, ba
     sampler_opts = {"seed": int(seed), "multivariate": multivariate,
                     "constant_liar": batch_size > 1}
     sampler_opts.update(options)
-    with _quiet("optuna"):
+    with quiet("optuna"):
         sampler = optuna.samplers.TPESampler(**sampler_opts)
         study = optuna.create_study(sampler=sampler, direction="minimize")
         study.enqueue_trial({n: float(np.clip(v, a, b))
@@ -281,6 +282,25 @@ def run_dfols(residuals, x0, sigma0, budget, seed=0, *, bounds=None, batch=None,
 
     x0, sigma0, start = _start(x0, sigma0, budget)
     lo, hi = _bounds_arrays(bounds, x0.size)
+    obj, objfun = _sumsq_objective(residuals, budget)
+    kwargs = {"rhobeg": sigma0, "maxfun": budget, "do_logging": False,
+              "print_progress": False}
+    if lo is not None:
+        kwargs["bounds"] = (lo, hi)
+    kwargs.update(options)
+    message = "budget spent"
+    try:
+        with quiet("dfols"), _numpy_global_seed(seed):
+            out = dfols.solve(objfun, x0, **kwargs)
+        message = str(getattr(out, "msg", "")) or message
+    except BudgetExhausted:
+        pass
+    return obj.result("DFO-LS", start, message)
+
+
+def _sumsq_objective(residuals, budget):
+    """The residuals as the least-squares peers see them, counted: a non-finite vector
+    is passed as ``1e150`` everywhere (a huge but finite sum of squares)."""
     last = {}
 
     def sumsq(x):
@@ -294,23 +314,63 @@ def run_dfols(residuals, x0, sigma0, budget, seed=0, *, bounds=None, batch=None,
         value = obj(x)
         return last["r"] if math.isfinite(value) else np.full_like(last["r"], 1e150)
 
-    kwargs = {"rhobeg": sigma0, "maxfun": budget, "do_logging": False,
-              "print_progress": False}
-    if lo is not None:
-        kwargs["bounds"] = (lo, hi)
-    kwargs.update(options)
+    return obj, objfun
+
+
+@contextlib.contextmanager
+def _numpy_global_seed(seed):
+    """Seed numpy's global generator (the one DFO-LS and DFBGN draw their directions
+    from) for a run, and give the caller's state back afterwards."""
     state = np.random.get_state()
     np.random.seed(int(seed))
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+# -- DFBGN ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _numpy_aliases():
+    """DFBGN 0.1 spells dtypes ``np.int`` and ``np.float``, aliases numpy 1.24 removed:
+    lend them (the builtins they always meant) for the run only."""
+    added = [name for name, alias in (("int", int), ("float", float))
+             if name not in np.__dict__]
+    for name in added:
+        setattr(np, name, {"int": int, "float": float}[name])
+    try:
+        yield
+    finally:
+        for name in added:
+            delattr(np, name)
+
+
+def run_dfbgn(residuals, x0, sigma0, budget, seed=0, *, bounds=None, batch=None, **options):
+    """DFBGN (Cartis and Roberts): derivative-free Gauss-Newton in random subspaces, on
+    ``sum(residuals(x)**2)``.
+
+    ``sigma0`` is the initial trust-region radius ``rhobeg``; ``options`` go to
+    ``dfbgn.solve`` (``fixed_block``, ``rhoend``, ``user_params``...; without
+    ``fixed_block`` the subspace grows adaptively, DFBGN's default). DFBGN has no bounds
+    (``bounds`` must be None) and is sequential (``batch`` is ignored). Its directions
+    are random (numpy's global generator, seeded here and restored afterwards).
+    """
+    if bounds is not None:
+        raise ValueError("DFBGN does not take bounds; pass bounds=None")
+    import dfbgn
+
+    x0, sigma0, start = _start(x0, sigma0, budget)
+    obj, objfun = _sumsq_objective(residuals, budget)
+    kwargs = {"rhobeg": sigma0, "maxfun": budget}
+    kwargs.update(options)
     message = "budget spent"
     try:
-        with _quiet("dfols"):
-            out = dfols.solve(objfun, x0, **kwargs)
+        with quiet("dfbgn"), _numpy_aliases(), _numpy_global_seed(seed):
+            out = dfbgn.solve(objfun, x0, **kwargs)
         message = str(getattr(out, "msg", "")) or message
     except BudgetExhausted:
         pass
-    finally:
-        np.random.set_state(state)
-    return obj.result("DFO-LS", start, message)
+    return obj.result("DFBGN", start, message)
 
 
 # -- nevergrad -----------------------------------------------------------------------------
@@ -344,7 +404,7 @@ def run_nevergrad(f, x0, sigma0, budget, seed=0, *, bounds=None, batch=None,
     except KeyError:
         raise ValueError(f"unknown nevergrad optimizer {optimizer!r}; "
                          f"{_NGOPT_MESSAGE}") from None
-    with _quiet("nevergrad"):
+    with quiet("nevergrad"):
         opt = cls(parametrization=param, budget=budget, num_workers=num_workers)
         try:
             while obj.remaining > 0:

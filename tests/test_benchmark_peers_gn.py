@@ -4,6 +4,7 @@ two implementations agreeing."""
 
 import dataclasses
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -52,3 +53,50 @@ def test_robust_case_residuals_square_sum_to_the_cauchy_loss_and_the_adjoint_is_
     # Outliers: 5 % of the 256 sensors; the loss is not a sum of squares of the misfits.
     assert case.info["outliers"] == round(0.05 * 256)
     assert case.family not in peers.LEAST_SQUARES_FAMILIES
+
+
+class LockedCountingSolver(CountingSolver):
+    """CountingSolver for a solver called from several threads at once."""
+
+    def __init__(self, solver):
+        super().__init__(solver)
+        self._lock = threading.Lock()
+
+    def __call__(self, phi, *, warm_start=None, seed=None):
+        with self._lock:
+            self.calls += 1
+        return self.solver(phi)
+
+
+def reweight_counted(counter_class):
+    """reweight-10 with its inner solver counted by ``counter_class``."""
+    case = build_case("reweight", 10)
+    counter = counter_class(case.problem.inner)
+    return dataclasses.replace(case, problem=fz.BilevelProblem(
+        inner=counter, outer=case.problem.outer, num_params=case.size)), counter
+
+
+def test_gn_defaults_row_runs_the_library_untuned_and_counts_every_call():
+    case, counter = reweight_counted(LockedCountingSolver)
+    method = peers.METHODS_BY_NAME["GN (defaults)"]
+    assert peers.GRIDS[method.name](case.family, case.size) == [{}]
+    with pytest.raises(ValueError, match="takes no settings"):
+        method.run(case, {"radius": 1.0}, seed=0, budget=200, stop_at=-math.inf)
+    budget = 200
+    trace = method.run(case, {}, seed=0, budget=budget, stop_at=-math.inf)
+    assert trace.setting == "defaults"
+    # every solve is counted, the run never overruns the budget, and its groups add up
+    assert trace.nfev == counter.calls == int(trace.groups.sum()) <= budget
+    if trace.status == "max_nfev":               # it used what it was given
+        assert trace.nfev >= budget - peers.DEFAULTS_WORKERS - 1
+    assert trace.groups[-1] == 1                  # the final value solve
+
+
+def test_dfbgn_row_is_counted_exactly_and_runs_without_bounds():
+    case, counter = reweight_counted(CountingSolver)
+    method = peers.METHODS_BY_NAME["DFBGN"]
+    trace = method.run(case, {"sigma0": 0.5}, seed=0, budget=80, stop_at=-math.inf)
+    assert trace.status == "budget", trace.status   # ran (no error about bounds)
+    assert trace.nfev == counter.calls <= 80
+    assert trace.groups[0] == 2 and set(trace.groups[1:].tolist()) == {1}
+    assert method.least_squares and not method.bounded
