@@ -49,6 +49,7 @@ pairs solved within ``alpha (n + 1)`` evaluations (or ``alpha`` rounds), against
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -257,40 +258,44 @@ class Run:
 
 # -- ours --------------------------------------------------------------------------------------
 class CountingEvaluator(fz.Evaluator):
-    """An :class:`fg2u_zo.Evaluator` that records each ``solve`` and each ``map`` call as
+    """An :class:`fg2u_zo.Evaluator` that records each parallel group it answers
+    (:meth:`~fg2u_zo.Evaluator.evaluate`, which ``solve`` and ``map`` go through too) as
     one group of concurrent evaluations in ``log``, with every point and its residual
     sum of squares (computed from the output, in this process, as it arrives).
 
-    The run is the only caller of the Evaluator and every solve of the library goes
-    through ``solve`` or ``map``: the groups are the library's own parallel groups, in
-    the order it asked for them. A failed evaluation is recorded with the value ``inf``.
+    The run is the only caller of the Evaluator and every solve of the library is one
+    of its requests: the groups are the library's own parallel groups, in the order it
+    asked for them. A failed evaluation is recorded with the value ``inf``.
     """
 
     def __init__(self, fit, log, **options):
         super().__init__(**options)
         self._fit, self._record = fit, log
 
-    def solve(self, solver, phi, **options):
-        value = [math.inf]
+    def evaluate(self, requests, **options):
+        points, values, counted = [], [], []
+        for request in requests:
+            start = len(points)
+            points += [request.points[k] for k in range(len(request))]
+            values += [math.inf] * len(request)
+            if request.on_result is not None:
+                def keep(index, theta, start=start, reduce=request.on_result):
+                    values[start + index] = self._fit.rss_of_output(theta)
+                    reduce(index, theta)
+
+                request = dataclasses.replace(request, on_result=keep)
+            counted.append((request, start))
         try:
-            theta, stats = super().solve(solver, phi, **options)
-            value[0] = self._fit.rss_of_output(theta)
-            return theta, stats
+            replies = super().evaluate([r for r, _ in counted], **options)
+            for (request, start), reply in zip(counted, replies):
+                if request.on_result is None:
+                    for k, theta in enumerate(reply.thetas):
+                        if theta is not None:
+                            values[start + k] = self._fit.rss_of_output(theta)
+            return replies
         finally:
-            self._record.add_group([phi], value)
-
-    def map(self, solver, points, on_result, **options):
-        values = [math.inf] * len(points)
-
-        def keep(index, theta):
-            values[index] = self._fit.rss_of_output(theta)
-            on_result(index, theta)
-
-        try:
-            return super().map(solver, points, keep, **options)
-        finally:
-            if len(points):
-                self._record.add_group([points[k] for k in range(len(points))], values)
+            if points:
+                self._record.add_group(points, values)
 
 
 def ours(fit, budget, *, width=WIDTH):
