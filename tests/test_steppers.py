@@ -218,3 +218,39 @@ def test_options_errors_name_the_fix():
         TorchOptimizer(torch.optim.Adam, {"lr": 0.1})
     with pytest.raises(fz.FG2UTypeError, match="momentum_typo"):
         make_stepper("sgd", {"momentum_typo": 0.9})
+
+
+@dataclass(frozen=True)
+class _StopsAfter(fz.Stepper):
+    """A stepper that moves z by -0.1 g and says it converged after ``after`` steps of a
+    phase."""
+
+    after: int = 3
+
+    name: ClassVar[str] = "stops-after"
+    extras: ClassVar[frozenset] = frozenset({"estimate", "transform"})
+    uses_lr: ClassVar[bool] = False
+
+    def init(self, z0, **extra):
+        return fz.StepperState(data={"count": 0})
+
+    def update(self, state, *, z, lr, estimate, transform):
+        count = state.data["count"] + 1
+        return fz.StepUpdate(z=z - 0.1 * transform.chain(z, estimate.grad),
+                             state=fz.StepperState(data={"count": count}),
+                             phi=transform.forward(z), value=estimate.value,
+                             converged="counted enough" if count >= self.after else None)
+
+
+def test_a_stepper_that_converges_ends_its_phase_and_the_run():
+    problem = RidgeHyperproblem().problem()
+    est = fz.FG2UZO(num_directions=2, step=1e-6)
+    res = fz.minimize(problem, np.zeros(5), est, optimizer=_StopsAfter(3), steps=50, rng=0,
+                      progress=False)
+    assert res.nit == 3 and res.status == "converged" and res.success
+    assert "counted enough" in res.message
+    # Each phase restarts the stepper, so each ends after its own 3 steps.
+    phases = [fz.Phase(steps=50, restart=True), fz.Phase(steps=50, restart=True)]
+    res = fz.minimize(problem, np.zeros(5), est, optimizer=_StopsAfter(3), phases=phases,
+                      rng=0, progress=False)
+    assert [p.steps for p in res.phases] == [3, 3] and res.status == "converged"

@@ -238,7 +238,9 @@ class LocalRun:
         while not self.done and self.waiting is None:
             where = self._advance_phase()
             if where in ("steps", "converged"):
-                self.stop(where, STOP_MESSAGES[where].format(nit=self.state.step))
+                message = self.state.message or STOP_MESSAGES[where].format(
+                    nit=self.state.step)
+                self.stop(where, message)
                 return
             if where == "parked":
                 return
@@ -269,12 +271,16 @@ class LocalRun:
         s = self.state
         while True:
             plan = self.plans[s.phase]
-            converged = plan.until is not None and bool(s.window) and plan.until.check(
-                *_window_columns(s.window))
+            converged = s.converged is not None or (
+                plan.until is not None and bool(s.window)
+                and plan.until.check(*_window_columns(s.window)))
             if s.step_in_phase < plan.steps and not converged:
                 return "running"
             if s.phase + 1 == len(self.plans):
-                return "converged" if converged and s.step_in_phase < plan.steps else "steps"
+                if converged and s.converged is not None:
+                    s.message = (f"converged after {s.step} steps: {s.converged}")
+                return "converged" if converged and (s.step_in_phase < plan.steps or
+                                                     s.converged is not None) else "steps"
             if self.rung_phases:
                 s.parked = s.phase
                 return "parked"
@@ -285,6 +291,7 @@ class LocalRun:
         prev = self.plans[s.phase]
         s.phase_log = s.phase_log + [(s.step_in_phase, s.value if s.step_in_phase
                                       else math.nan)]
+        s.converged = None
         s.phase = phase
         s.step_in_phase = 0
         s.noise, s.noise_age = None, 0  # a new solver/estimator: re-measure
@@ -375,7 +382,8 @@ class LocalRun:
         self.state = dataclasses.replace(
             s, z=z_new, stepper_state=update.state, rng=self._rng, step=s.step + 1,
             step_in_phase=s.step_in_phase + 1, noise=noise, noise_age=age, totals=totals,
-            window=window, value=float(update.value), final_value=None)
+            window=window, value=float(update.value), final_value=None,
+            converged=update.converged)
         self.meta_gradient = g
         self._spend, self._rng = None, None
         self._report_failures(record.step, spend.failures)

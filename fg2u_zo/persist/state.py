@@ -92,7 +92,8 @@ class RunState:
     ``parked`` the rung of a multi-start the run waits at, ``stopped_at`` the rung at
     which successive halving stopped it; ``final_value`` is F at the run's end on the
     run's problem, once solved; ``error`` the message of the error that ended it;
-    ``phase_log`` holds ``(steps, value)`` of each phase it finished.
+    ``phase_log`` holds ``(steps, value)`` of each phase it finished; ``converged``
+    the stepper's verdict that the current phase has converged (why), if it gave one.
     """
 
     z: np.ndarray
@@ -114,6 +115,7 @@ class RunState:
     final_value: float | None = None
     error: str | None = None
     phase_log: list = field(default_factory=list)
+    converged: str | None = None
 
 
 @dataclass
@@ -165,6 +167,7 @@ def _encode_run(i, run: RunState, arrays: dict) -> dict:
         "final_value": None if run.final_value is None else float_json(run.final_value),
         "error": run.error,
         "phase_log": [[int(n), float_json(v)] for n, v in run.phase_log],
+        "converged": run.converged,
     }
 
 
@@ -259,7 +262,8 @@ def _decode_run(i, data, arrays, num_params) -> RunState:
         message=r.string("message"), value=r.number("value", finite=False),
         parked=_optional_int(r, "parked"), stopped_at=_optional_int(r, "stopped_at"),
         final_value=None if final is None else r.number("final_value", finite=False),
-        error=error, phase_log=phase_log)
+        error=error, phase_log=phase_log,
+        converged=r.string("converged", optional=True))
 
 
 def decode_search(data, arrays, num_params) -> SearchState:

@@ -83,6 +83,11 @@ class StepUpdate:
         Solves the stepper ran itself, in this process, beyond those it asked for with
         requests (which the run counts): e.g. forward-mode passes through a torch inner
         solver, one per direction as ``FG2U`` counts them. Added to the run's ``nfev``.
+    converged : str or None
+        The stepper's own verdict that the phase has converged, in words (e.g. "the
+        trust radius fell below xtol"): the run then ends the phase as its ``until``
+        rule would (the run itself, with status ``"converged"``, on the last phase).
+        None: go on.
     """
 
     z: np.ndarray
@@ -93,6 +98,7 @@ class StepUpdate:
     meta_gradient: object = None
     info: dict = field(default_factory=dict)
     nfev: int = 0
+    converged: str | None = None
 
 
 class Stepper(abc.ABC):
