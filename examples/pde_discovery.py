@@ -238,6 +238,9 @@ def main(argv=None):
                         help="parallel multi-start (default: on)")
     parser.add_argument("--starts", type=int, default=None,
                         help="design points of the multi-start (default 8 per coefficient)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file: the search (continuation and multi-start "
+                             "included) is saved as it goes and continued when it exists")
     parser.add_argument("--local", type=int, default=4,
                         help="local runs from the best design points (default 4)")
     parser.add_argument("--bound-factor", type=float, default=10.0,
@@ -310,7 +313,8 @@ def main(argv=None):
         result = fz.multistart(at_horizon(horizons[-1]), bounds, estimator, phi0=phi0,
                                phases=phases, num_starts=num_starts,
                                num_local=args.local, rng=args.seed, evaluator=ev,
-                               optimizer=args.optimizer, lr=args.lr, schedule="linear")
+                               optimizer=args.optimizer, lr=args.lr, schedule="linear",
+                               checkpoint=args.checkpoint, resume="auto")
     wall = time.perf_counter() - start
     estimates = dict(zip(learn, np.exp(result.phi).tolist()))
     rel_err = {k: abs(v - args.truth[k]) / abs(args.truth[k])

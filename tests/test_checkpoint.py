@@ -550,3 +550,25 @@ def test_cli_resume_of_a_malformed_checkpoint_exits_2(run_dir, capsys):
     _rewrite(run_dir / "run.ckpt", _set(R + "step", "forty"))
     assert main(["resume", str(run_dir / "run.ckpt")]) == 2
     assert "`runs[0].step` must be an integer" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_answers_from_the_checkpoint(tmp_path):
+    # Issue 21, item 10: each fz.resume of a finished checkpoint solved the final point
+    # again (nfev 61 -> 62 -> 63).
+    ridge = RidgeHyperproblem()
+    calls = []
+
+    def counted(phi):
+        calls.append(1)
+        return ridge.inner(phi)
+
+    problem = fz.BilevelProblem(inner=counted, outer=ridge.outer, num_params=5)
+    est = fz.FG2UZO(num_directions=2, step=1e-6)
+    first = fz.minimize(problem, np.zeros(5), est, steps=3, rng=0, progress=False,
+                        checkpoint=tmp_path / "f.ckpt")
+    assert len(calls) == first.nfev
+    for _ in range(2):
+        again = fz.resume(tmp_path / "f.ckpt", problem, progress=False)
+        assert again.nfev == first.nfev and again.value == first.value
+        assert again.phi.tobytes() == first.phi.tobytes() and again.status == "steps"
+    assert len(calls) == first.nfev  # not one solve more

@@ -119,6 +119,8 @@ def test_run_then_resume_an_external_simulator(case, tmp_path, monkeypatch, caps
     assert [r.step for r in records] == list(range(10))
     first, after10 = records[0].value, _value(out)
     assert after10 < first / 10, (first, after10)
+    # Issue 21, item 19: the summary names the parameters.
+    assert re.search(r"phi\s+amplitude=\S+, rate=\S+, offset=\S+", out), out
     assert os.listdir(elsewhere) == []  # nothing written where the command was run
 
     assert main(["resume", str(ckpt), "--config", str(case / "config.toml"), "--steps", "15",

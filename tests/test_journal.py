@@ -396,3 +396,47 @@ def test_sigkill_mid_step_then_resume_solves_nothing_twice(tmp_path, references,
             ] == [r.nfev_replayed for r in res.history]
     assert read_checkpoint(ckpt).status == "finished"
     assert not os.path.exists(journal_path(ckpt))
+
+
+class Outage:
+    """The ridge solver of journal_child, failing once it has been called ``at`` times
+    (a lost cluster) until ``back()``: the same object and code before and after, so the
+    journal's fingerprint matches on resume."""
+
+    def __init__(self, at):
+        self.problem = child.make_problem()
+        self.at, self.calls, self.restored = at, 0, False
+
+    def __call__(self, phi, *, warm_start=None, seed=None):
+        self.calls += 1
+        if self.calls > self.at and not self.restored:
+            raise RuntimeError("scheduler connection lost")
+        return self.problem.inner(phi, warm_start=warm_start, seed=seed)
+
+    def back(self):
+        self.restored = True
+
+
+def test_a_run_stopped_by_an_error_keeps_its_journal(tmp_path):
+    # Issue 21, item 13: after the lost-scheduler error, resume replayed 0 records: the
+    # interrupted step's finished solves ran again.
+    kwargs = {**child.kwargs("fixed"), "backend": None}
+    reference = fz.minimize(child.make_problem(), np.zeros(5), child.estimator("fixed"),
+                            **kwargs)
+    before = sum(r.nfev for r in reference.history[:2])
+    solver = Outage(at=before + 3)   # step 2: the base point and 2 directions, then down
+    problem = fz.BilevelProblem(inner=solver, outer=solver.problem.outer, num_params=5)
+    with fz.Evaluator("sequential", max_retries=0, max_failure_fraction=0.2) as ev:
+        with pytest.raises(fz.InnerSolverError, match="connection lost"):
+            fz.minimize(problem, np.zeros(5), child.estimator("fixed"), evaluator=ev,
+                        checkpoint=tmp_path / "o.ckpt", **kwargs)
+    assert read_checkpoint(tmp_path / "o.ckpt").status == "failed"
+    assert read_checkpoint(tmp_path / "o.ckpt").step == 2
+    assert os.path.exists(journal_path(tmp_path / "o.ckpt"))
+    solver.back()
+    calls = solver.calls
+    res = fz.resume(tmp_path / "o.ckpt", problem, backend="sequential", progress=False)
+    redone = res.history[0]
+    assert redone.step == 2 and redone.nfev_replayed == 3
+    assert solver.calls - calls == reference.nfev - before - 3
+    assert res.phi.tobytes() == reference.phi.tobytes()

@@ -389,9 +389,14 @@ def test_coordinate_fd_and_blackbox_take_noise(ridge):
 
 def test_warning_names_the_fix(ridge):
     problem = fz.BilevelProblem(inner=Printed(ridge.inner, 4), outer=ridge.outer)
-    with pytest.warns(fz.NoiseWarning, match="4 significant digits.*scheme='central'"):
+    with pytest.warns(fz.NoiseWarning, match="4 significant digits.*print more significant "
+                                             "digits") as caught:
         g = fz.FG2UZO(num_directions=2, scheme="forward").estimate(problem, PHI, rng=0)
     assert g.noise.relative_error("forward") > WARNING_THRESHOLD
+    # With 4 digits central differences are predicted worse than forward ones (their
+    # noise-optimal step is smaller against the same rounding): not recommended.
+    assert g.noise.relative_error("central") > g.noise.relative_error("forward")
+    assert "scheme='central'" not in str(caught[0].message)
     # 6 digits, central: printed short, but the predicted error (~1e-3) does not matter
     # against the Monte-Carlo spread of the estimate: no warning
     problem = fz.BilevelProblem(inner=Printed(ridge.inner, 6), outer=ridge.outer)

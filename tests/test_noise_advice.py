@@ -87,3 +87,43 @@ def test_warned_must_be_a_set():
         fz.FG2UZO(num_directions=2).estimate(problem(6), PHI, warned=[])
     with pytest.raises(TypeError, match="warned"):
         fz.estimate_noise(problem(6), PHI, warned="once")
+
+
+def test_a_piecewise_constant_response_is_named_as_such():
+    # Issue 21, item 17: on a pipeline whose response is piecewise constant in a
+    # hyperparameter (a tree model's feature fraction) the warning spoke of printed
+    # digits; full-precision outputs with exact ties are a non-smooth response.
+    def tree(phi):
+        return np.exp(np.floor(phi * 20) / 20) + 0.1 * np.floor(phi * 7) / 7
+
+    prob = fz.BilevelProblem(inner=tree, outer=lambda t, ph: 0.5 * (t ** 2).sum())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = fz.estimate_noise(prob, np.array([0.31, -0.22, 0.55]), rng=0)
+    assert est.flat_fraction >= 0.25
+    (message,) = [str(w.message) for w in noise_warnings(caught)]
+    assert "not smooth" in message and "BlackBoxES" in message
+    assert "digits" not in message.split("significant")[0]
+
+
+def test_the_advice_recommends_only_what_its_prediction_supports():
+    # Issue 21, item 17: it recommended scheme='central' while predicting central to be
+    # worse (forward 1.7e-2, central 1.1e-1).
+    from dataclasses import replace
+
+    from fg2u_zo.noise.advice import warn_about_noise
+
+    est = fz.estimate_noise(problem(6), PHI, rng=0, warn=False)
+    worse = replace(est, status="ok", slope=1.0, predicted_error_forward=1.7e-2,
+                    predicted_error_central=1.1e-1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_about_noise(worse, "forward")
+    (message,) = [str(w.message) for w in noise_warnings(caught)]
+    assert "central" not in message and "1.7e-02" in message
+    better = replace(worse, predicted_error_central=1e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_about_noise(better, "forward")
+    (message,) = [str(w.message) for w in noise_warnings(caught)]
+    assert "use scheme='central' (predicted 1.0e-03)" in message

@@ -704,3 +704,17 @@ def test_a_numpy_outer_loss_gets_an_error_naming_the_fix_and_leaves_no_checkpoin
     with pytest.raises(fz.FG2UTypeError, match="must be written in torch"):
         fz.minimize(problem, np.ones(2), fz.FG2UZO(num_directions=2), steps=3, progress=False)
     assert glob.glob(str(tmp_path / "fg2u-zo-*")) == []
+
+
+def test_each_step_is_logged_for_batch_jobs(ridge, caplog):
+    # Issue 21, item 18: with stderr not a terminal a cluster job's log said nothing
+    # until the end.
+    with caplog.at_level("INFO", logger="fg2u_zo.outer.progress"):
+        res = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=2,
+                          step=1e-6), optimizer="gauss-newton", steps=4, rng=0,
+                          progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fg2u_zo.outer.progress"]
+    assert len(lines) == res.nit == 4
+    assert all("F=" in line and "nfev=" in line and "rounds=" in line and "radius=" in line
+               for line in lines)
+    assert lines[-1].startswith("step 3 (run 0, phase 0)")

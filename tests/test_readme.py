@@ -42,3 +42,30 @@ def test_readme_config_loads(tmp_path, monkeypatch):
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+def _python_blocks():
+    text = open(README, encoding="utf-8").read()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys):
+    """The quickstart, the minimize section (which continues it) and the continuation and
+    multi-start snippet run as printed, and say what the README says they do."""
+    monkeypatch.chdir(tmp_path)
+    blocks = _python_blocks()
+    quickstart = next(b for b in blocks if "fz.BilevelProblem(inner=inner" in b)
+    outer = next(b for b in blocks if "fz.resume(\"ridge.ckpt\"" in b)
+    rugged = next(b for b in blocks if "fz.horizon_phases(" in b)
+    namespace = {}
+    exec(compile(quickstart, "README quickstart", "exec"), namespace)
+    exec(compile(outer, "README minimize", "exec"), namespace)
+    assert namespace["res"].nit == 100 and (tmp_path / "ridge.ckpt").exists()
+    namespace = {}
+    exec(compile(rugged, "README continuation", "exec"), namespace)
+    res = namespace["res"]
+    assert abs(res.phi[0] - 1.3) < 1e-6 and len(res.runs) == 4
+    out = capsys.readouterr().out
+    assert "converged" in out and "horizon 1.2" in out

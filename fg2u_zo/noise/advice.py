@@ -22,7 +22,8 @@ import warnings
 
 from ..errors import FG2UTypeError, NoiseWarning, ZeroDifferenceWarning, user_stacklevel
 
-__all__ = ["WARNING_THRESHOLD", "WARNING_DIGITS", "NOISE_PRECISION", "NOISE_NO_CHANGE",
+__all__ = ["WARNING_THRESHOLD", "WARNING_DIGITS", "FLAT_FRACTION", "NOISE_PRECISION",
+           "NOISE_NO_CHANGE",
            "ZERO_DIFFERENCES", "check_warned", "warn_once", "warn_about_noise",
            "warn_zero_differences", "printed_short", "user_stacklevel"]
 
@@ -71,8 +72,32 @@ def printed_short(est) -> bool:
             or (est.method == "bits" and est.output_precision <= 24))
 
 
+#: A probe line on which at least this fraction of neighbouring points gave exactly the
+#: same scalar (and the others not) is read as a piecewise-constant response: a smooth
+#: response with full-precision outputs gives no exact tie at all.
+FLAT_FRACTION = 0.25
+
+
 def warn_about_noise(est, scheme, warned=None) -> bool:
-    """The probe's NoiseWarning for ``est`` (a NoiseEstimate), if it calls for one."""
+    """The probe's NoiseWarning for ``est`` (a NoiseEstimate), if it calls for one.
+
+    The advice follows the estimate's own predictions: another scheme is recommended
+    only when it is predicted to do better; a response that is piecewise constant in phi
+    (exact ties between neighbouring probe points with full-precision outputs) is named
+    as such, with what works there, rather than blamed on printed digits.
+    """
+    if est.flat_fraction >= FLAT_FRACTION and not printed_short(est):
+        return warn_once(
+            f"the solver's response is not smooth at the scale of the probe "
+            f"(spacing {est.spacing:.1e}): between {est.flat_fraction:.0%} of neighbouring "
+            "points along the probe line its output did not change at all, and between "
+            "the others it jumped (a piecewise-constant response, as of a tree model's "
+            "split thresholds or an integer setting). Finite differences then see jumps, "
+            "not a gradient. What works: an estimator that smooths over the jumps' scale "
+            "(fz.BlackBoxES with a step of that size or larger), or, for a handful of such "
+            "parameters, a Bayesian optimizer; this library's estimates pay off for many "
+            "continuous parameters of a smooth response.", NoiseWarning, NOISE_PRECISION,
+            warned)
     if est.status == "too_small":
         return warn_once(
             f"the inner solver's output did not change along the noise probe line even at "
@@ -94,8 +119,9 @@ def warn_about_noise(est, scheme, warned=None) -> bool:
     advice = ["print more significant digits in the solver's output (17 is exact)"
               if short else "print more significant digits in the solver's output",
               "tighten its convergence tolerance"]
-    if scheme == "forward":
-        advice.append(f"use scheme='central' (predicted {est.relative_error('central'):.1e})")
+    other = "central" if scheme == "forward" else "forward"
+    if est.relative_error(other) < rel:  # only what the prediction supports
+        advice.append(f"use scheme={other!r} (predicted {est.relative_error(other):.1e})")
     return warn_once(
         f"{what}, which limits the finite-difference gradient: the differenced quantity "
         f"carries ~{est.digits:.1f} significant digits (noise {est.noise:.1e}, relative "

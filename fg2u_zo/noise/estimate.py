@@ -244,7 +244,12 @@ def probe_noise(problem, phi, U, *, theta0, g_theta=None, quantity="inner", seed
         errors[sch] = (predicted_fd_error(h, sigma, mu, sch)
                        if np.isfinite(sigma) and np.isfinite(mu) else np.nan)
 
+    # Exact ties between neighbouring points of the first line (ties everywhere is the
+    # "too_small" case): a piecewise-constant response, whatever the table concluded.
+    jumps = np.diff([line.values[t] for t in sorted(line.values)])
+    flat = float(np.mean(jumps == 0)) if jumps.size and np.any(jumps != 0) else 0.0
     est = NoiseEstimate(
+        flat_fraction=flat,
         noise=float(sigma), relative_noise=float(sigma / scale) if scale > 0 else np.nan,
         scale=float(scale), curvature=float(curvature), third_derivative=float(third),
         slope=float(slope), spacing=float(spacing), status=status,

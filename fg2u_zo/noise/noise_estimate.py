@@ -101,6 +101,11 @@ class NoiseEstimate:
         taken at the estimate's own outer gradient when the per-output noise is known.
         Near 1 the differences are drowned in noise. ``None`` straight out of
         :func:`estimate_noise`.
+    flat_fraction : float
+        Fraction of the neighbouring points on the first probe line between which the
+        examined scalar did not change at all, while it did between others: near 1 with
+        full-precision outputs, the response is piecewise constant (a tree model's split
+        thresholds, an integer setting), not smooth at the probe's scale.
     """
 
     noise: float
@@ -128,6 +133,7 @@ class NoiseEstimate:
     output_precision: int = 0
     solver_time: float = 0.0
     difference_to_noise: float | None = None
+    flat_fraction: float = 0.0
 
     def step(self, scheme: str) -> float:
         """The step chosen for ``scheme`` ("forward" or "central")."""
