@@ -231,3 +231,17 @@ def test_multistart_starts_no_thread_and_warns_once(monkeypatch):
     assert len(noise) == 1
     # ... and it points at this file, the user's call, not at a library line.
     assert noise[0].filename == __file__
+
+
+def test_multistart_takes_scipy_bounds_like_minimize():
+    # The copies that disagreed: multistart refused scipy.optimize.Bounds, minimize took
+    # them; both go through one bounds parser now.
+    from scipy.optimize import Bounds
+
+    a = fz.multistart(rastrigin(), Bounds([-2.0, -2.0], [2.0, 2.0]), EST, num_starts=8,
+                      num_local=2, steps=5, halving=1, optimizer="Rprop", lr=0.05, rng=0)
+    b = fz.multistart(rastrigin(), BOX, EST, num_starts=8, num_local=2, steps=5, halving=1,
+                      optimizer="Rprop", lr=0.05, rng=0)
+    assert a.phi.tobytes() == b.phi.tobytes()
+    with pytest.raises(fz.FG2UTypeError, match="fz.MultiStart"):
+        fz.minimize(rastrigin(), np.zeros(2), EST, bounds=BOX, multistart={"num_starts": 8})

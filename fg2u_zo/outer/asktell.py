@@ -34,7 +34,7 @@ from ..evaluation.requests import Reply
 from ..evaluation.solver_memory import accepted_keywords
 from ..evaluation.worker import check_output, describe_error
 from ..result import Failure
-from .driver import _checkpoint_round
+from .driver import checkpoint_round, save_on_error
 from .minimize import finish
 from .setup import prepare
 
@@ -316,12 +316,10 @@ class AskTell:
         p = self._prepared
         try:
             p.search.tell(replies)
-            _checkpoint_round(p.search, p.store, p.checkpoint_every)
+            checkpoint_round(p.search, p.store, p.checkpoint_every)
         except Exception as exc:
-            from .driver import _save_on_error
-
             p.search.abandon()
-            _save_on_error(p.search, p.store, exc)
+            save_on_error(p.search, p.store, exc)
             p.release()
             raise
 

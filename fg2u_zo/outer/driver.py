@@ -25,7 +25,7 @@ import signal
 
 from .signals import Abandon, SignalGuard, annotate
 
-__all__ = ["drive_search"]
+__all__ = ["drive_search", "checkpoint_round", "save_on_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +65,14 @@ def drive_search(search, evaluator, store, *, checkpoint_every=1, fresh=True):
                 finally:
                     guard.abandonable = False
                 search.tell(replies)
-                _checkpoint_round(search, store, checkpoint_every)
+                checkpoint_round(search, store, checkpoint_every)
         except (Abandon, KeyboardInterrupt) as exc:
             signum = exc.args[0] if isinstance(exc, Abandon) else signal.SIGINT
             search.abandon()
             return _stop_on_signal(search, store, signum, abandoned=True)
         except Exception as exc:
             search.abandon()
-            _save_on_error(search, store, exc)
+            save_on_error(search, store, exc)
             raise
         finally:
             search.close()
@@ -82,9 +82,9 @@ def drive_search(search, evaluator, store, *, checkpoint_every=1, fresh=True):
     return "done"
 
 
-def _checkpoint_round(search, store, every):
+def checkpoint_round(search, store, every):
     """A checkpoint after a round that committed a step due (every ``every`` steps of a
-    run) or passed a stage."""
+    run) or passed a stage (also what :class:`~fg2u_zo.AskTell` does after a round)."""
     commits = search.take_commits()
     if store.path is None or not commits:
         return
@@ -111,7 +111,8 @@ def _stop_on_signal(search, store, signum, abandoned):
     return "sigterm"
 
 
-def _save_on_error(search, store, exc):
+def save_on_error(search, store, exc):
+    """Checkpoint the committed state before ``exc`` is raised; name it in the error."""
     if getattr(exc, "checkpoint", None) is not None:
         return
     steps = sum(run.state.step for run in search.runs)

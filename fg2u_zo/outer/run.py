@@ -132,6 +132,7 @@ class LocalRun:
         self.error = None         # the exception that ended the run
         self._plan = None
         self._pending = None
+        self._warned_kinds = set()
         self._estimating = False
         self._spend = None
         self._rng = None
@@ -429,12 +430,8 @@ class LocalRun:
             return None, age
         return g.noise, age
 
-    _warned_kinds = None
-
     def _report_failures(self, step, failures):
         """Log at WARNING the first failure of each kind (the totals come at the end)."""
-        if self._warned_kinds is None:
-            self._warned_kinds = set()
         for f in failures:
             if f.kind not in self._warned_kinds:
                 self._warned_kinds.add(f.kind)

@@ -64,15 +64,18 @@ class Search:
         for one local run.
     isolate_failures : bool
         A local run that raises stops alone (multi-start); else the error ends the run.
+    progress : bool or None
+        The progress bar (None: when stderr is a terminal).
+    total_steps : int
+        The most steps the run can take (the bar's length).
     """
 
     def __init__(self, problem, make_run, *, strategy=None, isolate_failures=False,
-                 bounds=None, progress=None, total_steps=0):
+                 progress=None, total_steps=0):
         self.problem = problem
         self.make_run = make_run
         self.strategy = strategy
         self.isolate_failures = isolate_failures
-        self.bounds = bounds
         self.state = None
         self.runs = []
         self.records = []

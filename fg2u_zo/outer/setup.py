@@ -145,6 +145,9 @@ def _prepare(problem, phi0, estimator, *, lock, optimizer, optimizer_options, lr
     history = None if history is None else os.path.abspath(os.fspath(history))
     strategy = None
     if multistart is not None:
+        if not callable(getattr(multistart, "bind", None)):
+            raise FG2UTypeError(f"`multistart` must be a fz.MultiStart(...), got "
+                                f"{type(multistart).__name__}")
         strategy = multistart.bind(problem=problem, plans=plans, bounds=bounds_, phi0=phi0,
                                    num_params=num_params)
     if ck is not None:
@@ -184,8 +187,7 @@ def _prepare(problem, phi0, estimator, *, lock, optimizer, optimizer_options, lr
                         rung_phases=strategy is not None and strategy.rung_phases)
 
     search = Search(problem, make_run, strategy=strategy,
-                    isolate_failures=strategy is not None, bounds=bounds_,
-                    progress=progress, total_steps=sum(p.steps for p in plans) * (
+                    isolate_failures=strategy is not None, progress=progress, total_steps=sum(p.steps for p in plans) * (
                         1 if strategy is None else strategy.num_local))
     store = RunStore(checkpoint, config=config, metadata=metadata, lower=bounds_.lower,
                      upper=bounds_.upper, history=history, fingerprint=fingerprint)
