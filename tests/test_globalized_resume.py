@@ -39,7 +39,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_the_uninterrupted_run(
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         try:
-            stdout, stderr = proc.communicate(timeout=float(rng.uniform(3.0, 8.0)))
+            stdout, stderr = proc.communicate(timeout=float(rng.uniform(3.0, 6.0)))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=60)

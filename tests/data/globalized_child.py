@@ -28,15 +28,14 @@ DATA = np.sin(1.3 * T)
 
 
 class Sine:
-    """sin(w t) up to a horizon, slow enough (25 ms) that each solve is its own task
-    (the Evaluator batches solves into tasks of 20 ms at least)."""
+    """sin(w t) up to a horizon, in 15 ms (a kill finds solves in flight)."""
 
     def __init__(self, horizon, markers):
         self.times = T[T <= horizon]
         self.markers = markers
 
     def __call__(self, phi):
-        time.sleep(0.025)
+        time.sleep(0.015)
         theta = np.sin(phi[0] * self.times)
         if self.markers is not None:
             fd, _ = _marker(self.markers)
@@ -63,10 +62,13 @@ def run(checkpoint=None, markers=None, backend="loky"):
     at = build(markers)
     horizons = fz.horizon_schedule(T[1:])
     phases = fz.horizon_phases(at, horizons, steps=40, stop=fz.Converged(xtol=1e-6))
-    return fz.multistart(at(horizons[-1]), (0.2, 3.0), fz.FG2UZO(num_directions=1, step=1e-6),
-                         phases=phases, num_starts=8, num_local=3, optimizer="Rprop",
-                         lr=0.05, rng=5, backend=backend, n_jobs=2, checkpoint=checkpoint,
-                         resume="auto", progress=False)
+    # One solve per task: at most one solve per worker is in flight when a kill comes.
+    with fz.Evaluator(backend, n_jobs=2, batch_size=1) as ev:
+        return fz.multistart(at(horizons[-1]), (0.2, 3.0),
+                             fz.FG2UZO(num_directions=1, step=1e-6), phases=phases,
+                             num_starts=8, num_local=3, optimizer="Rprop", lr=0.05, rng=5,
+                             evaluator=ev, checkpoint=checkpoint, resume="auto",
+                             progress=False)
 
 
 if __name__ == "__main__":
