@@ -14,8 +14,9 @@ import importlib
 
 from ._version import __version__
 from .errors import (CheckpointError, ConfigError, FG2UError, FG2UTypeError, FG2UValueError,
-                     FG2UWarning, InnerSolverError, InvalidSolverOutputError, NoiseWarning,
-                     SolverOutputTypeError, ZeroDifferenceWarning)
+                     FG2UWarning, IdentifiabilityWarning, InnerSolverError,
+                     InvalidSolverOutputError, NoiseWarning, SolverOutputTypeError,
+                     ZeroDifferenceWarning)
 
 _EXPORTS = {
     # problem and estimators
@@ -49,6 +50,10 @@ _EXPORTS = {
     "check_meta_gradient": "checks",
     # outer losses
     "LeastSquares": "losses",
+    # uncertainty of a calibration (a package not named "uncertainty": importing it
+    # would bind the submodule over the function fz.uncertainty)
+    "uncertainty": "confidence", "Uncertainty": "confidence",
+    "PredictionBand": "confidence", "Profile": "confidence",
     # noise and step selection
     "NoiseEstimate": "noise", "estimate_noise": "noise", "noise_needs_refresh": "noise",
     # directions
@@ -61,6 +66,7 @@ __all__ = [
     "FG2UError", "FG2UValueError", "FG2UTypeError", "InnerSolverError",
     "InvalidSolverOutputError", "SolverOutputTypeError", "ConfigError",
     "CheckpointError", "FG2UWarning", "NoiseWarning", "ZeroDifferenceWarning",
+    "IdentifiabilityWarning",
 ]
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "FG2UWarning",
     "NoiseWarning",
     "ZeroDifferenceWarning",
+    "IdentifiabilityWarning",
 ]
 
 
@@ -110,3 +111,9 @@ class NoiseWarning(FG2UWarning):
 class ZeroDifferenceWarning(NoiseWarning):
     """Every finite difference of an estimate was zero or below the output resolution:
     the step is too small for the solver's precision."""
+
+
+class IdentifiabilityWarning(FG2UWarning):
+    """The data leave a combination of parameters unconstrained, or constrained so
+    loosely that its confidence interval spans more than a decade
+    (:func:`fg2u_zo.uncertainty`); the message names the parameters and the combination."""

@@ -261,7 +261,7 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
         history=run.records, message=message, success=STATUSES[status], status=status,
         meta_gradient=run.meta_gradient, z=run.state.z.copy(), phase=run.state.phase,
         checkpoint=run.last_checkpoint, failures=dict(totals.failures),
-        nfev_replayed=totals.nfev_replayed)
+        nfev_replayed=totals.nfev_replayed, transform=T)
 
 
 def check_start(phi0, num_params):

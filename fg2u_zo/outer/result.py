@@ -62,6 +62,9 @@ class OptimizeResult:
         Evaluations that failed for good since the run began, by kind
         (``"exception"``, ``"nonfinite"``, ``"timeout"``, ...; see
         :class:`~fg2u_zo.Failure`). Empty when none failed.
+    transform : ParameterTransform or None
+        The run's ``phi = T(z)`` with its bounds (:mod:`fg2u_zo.outer.transforms`);
+        :func:`fg2u_zo.uncertainty` computes intervals in ``z`` through it.
     """
 
     phi: np.ndarray
@@ -80,6 +83,7 @@ class OptimizeResult:
     checkpoint: str | None = None
     failures: dict = field(default_factory=dict)
     nfev_replayed: int = 0
+    transform: object = None
 
     def __repr__(self) -> str:
         return (f"OptimizeResult(success={self.success}, status={self.status!r}, "
