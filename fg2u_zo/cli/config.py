@@ -124,6 +124,12 @@ The schema, with every key::
                                    # [continuation], which has its own stop)
     # [optimizer] steps: most steps of a local run; with [continuation] each local run
     # is the whole continuation.
+
+    [uncertainty]                  # optional; on by default when [outer] is least squares
+    confidence = 0.95              # (see fg2u_zo.cli.uncertainty): after the run, the
+    method = "linear"              # parameters' standard errors, intervals, strong
+    sigma = 0.01                   # correlations and what the data leave unconstrained
+    output = "run.uncertainty.json"   # default: next to [output] history
 """
 
 from __future__ import annotations
@@ -140,6 +146,7 @@ from .build import (build_bounds_and_transform, build_estimator, build_evaluator
                     build_parameters, build_phases, build_solver)
 from .schema import OPTIMIZER_KEYS, REQUIRED_SECTIONS, SECTIONS, TableChecker
 from .strategies import build_continuation, build_multistart
+from .uncertainty import build_uncertainty
 
 __all__ = ["RunConfig", "load_config", "file_sha256"]
 
@@ -165,6 +172,11 @@ class RunConfig:
         From ``[continuation]``: run instead of ``problem``.
     multistart_options : dict or None
         From ``[multistart]``: keyword arguments of :func:`fg2u_zo.multistart`.
+    names : list of str or None
+        ``[parameters] names``.
+    uncertainty : dict or None
+        From ``[uncertainty]`` (None when off): keyword arguments of
+        :func:`fg2u_zo.uncertainty` and the ``output`` path.
     minimize_options : dict
         Keyword arguments of :func:`fg2u_zo.minimize` (optimizer, lr, steps, schedule,
         bounds, transform, stopping rules, checkpoint, history, rng ...).
@@ -183,6 +195,8 @@ class RunConfig:
     evaluator_options: dict = field(default_factory=dict)
     continuation: object = None
     multistart_options: dict | None = None
+    names: list | None = None
+    uncertainty: dict | None = None
 
     @property
     def mode(self) -> str:
@@ -300,7 +314,11 @@ def load_config(path) -> RunConfig:
                 raise c.error(f"[output] {key}", f"does not apply to a {section} run (it is "
                               "several minimize runs, with no checkpoint to resume from); "
                               "remove it")
+    from ..losses import LeastSquares
+    uncertainty = build_uncertainty(c, raw.get("uncertainty"),
+                                    isinstance(problem.outer, LeastSquares), options.get("history"))
     return RunConfig(path=os.path.abspath(path), sha256=file_sha256(path), raw=raw,
                      problem=problem, phi0=phi0, estimator=estimator, phases=phases,
                      minimize_options=options, evaluator_options=evaluator_options,
-                     continuation=plan, multistart_options=multistart)
+                     continuation=plan, multistart_options=multistart, names=names,
+                     uncertainty=uncertainty)
