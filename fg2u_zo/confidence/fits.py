@@ -156,12 +156,15 @@ def _task(fit, settings, seed):
     if np.isfinite(radius):
         options["radius"] = float(radius)
     h = settings.step * step_scale(z[free])
+    # The trust radius never falls below the difference step h (the model resolves
+    # nothing shorter): steps of that length are converged, whatever step_tol says.
+    step_tol = max(float(settings.step_tol[j]), 1.5 * h)
 
     def fit_free(ev, rung):
         res = minimize(reduced, start, FG2UZO(step=h, scheme="forward"),
                        optimizer="gauss-newton", optimizer_options=options,
                        steps=MAX_FIT_STEPS, transform=kinds, bounds=(lower, upper),
-                       callback=_stop_rule(settings.value_tol, settings.step_tol[j]),
+                       callback=_stop_rule(settings.value_tol, step_tol),
                        rng=seed, evaluator=ev, progress=False)
         out = z.copy()
         out[free] = res.z
