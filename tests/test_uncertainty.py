@@ -70,9 +70,19 @@ class GaussianNLL:
         return 0.5 * (((theta - self.y) / self.sigma) ** 2).sum()
 
 
-def design(m=20, seed=0):
+TRUTH = np.array([1.0, -2.0, 0.5])
+
+
+def design(m=20):
     t = np.linspace(0.0, 1.0, m)
     return np.column_stack([np.ones(m), t, np.sin(3.0 * t)])
+
+
+def linear_data(seed, sigma=0.3, m=20):
+    """(A, y, least-squares fit) of the linear model with Gaussian noise."""
+    A = design(m)
+    y = A @ TRUTH + sigma * np.random.default_rng(seed).standard_normal(m)
+    return A, y, np.linalg.lstsq(A, y, rcond=None)[0]
 
 
 def linear_problem(A, y, **loss):
@@ -87,10 +97,8 @@ def quiet_uncertainty(*args, **kwargs):
 
 # -- linear Gaussian model: closed forms ------------------------------------------------------
 def test_linear_known_sigma_stderr_is_analytic():
-    A = design()
     sigma = 0.3
-    y = A @ np.array([1.0, -2.0, 0.5]) + sigma * np.random.default_rng(1).standard_normal(20)
-    fit = np.linalg.lstsq(A, y, rcond=None)[0]
+    A, y, fit = linear_data(1, sigma)
     unc = quiet_uncertainty(fit, linear_problem(A, y), sigma=sigma, rng=0)
     analytic = sigma * np.sqrt(np.diag(np.linalg.inv(A.T @ A)))
     np.testing.assert_allclose(unc.stderr, analytic, rtol=1e-6)
@@ -103,7 +111,7 @@ def test_linear_known_sigma_stderr_is_analytic():
 
 def test_linear_known_sigma_coverage_over_1000_replicates():
     A = design()
-    sigma, truth = 0.3, np.array([1.0, -2.0, 0.5])
+    sigma, truth = 0.3, TRUTH
     reps = 1000
     rng = np.random.default_rng(2024)
     covered = np.zeros(3)
@@ -121,9 +129,7 @@ def test_linear_known_sigma_coverage_over_1000_replicates():
 
 
 def test_linear_estimated_sigma_uses_t_and_residuals():
-    A = design(m=12)
-    y = A @ np.array([0.5, 1.0, -1.0]) + 0.2 * np.random.default_rng(3).standard_normal(12)
-    fit = np.linalg.lstsq(A, y, rcond=None)[0]
+    A, y, fit = linear_data(3, sigma=0.2, m=12)
     unc = quiet_uncertainty(fit, linear_problem(A, y), rng=0)
     r = y - A @ fit
     s2 = r @ r / (12 - 3)
@@ -137,9 +143,8 @@ def test_linear_estimated_sigma_uses_t_and_residuals():
 
 
 def test_regularization_is_a_gaussian_prior():
-    A = design()
     sigma, lam = 0.3, 5.0
-    y = A @ np.array([1.0, -2.0, 0.5]) + sigma * np.random.default_rng(4).standard_normal(20)
+    A, y, _ = linear_data(4, sigma)
     # f = 0.5 sum(((A phi - y) / sigma)**2) + lam/2 ||phi||^2 is the negative log-posterior
     # of a N(0, 1/lam) prior: its covariance is (A^T A / sigma^2 + lam I)^-1.
     fit = np.linalg.solve(A.T @ A / sigma ** 2 + lam * np.eye(3), A.T @ y / sigma ** 2)
@@ -170,6 +175,14 @@ def fd_tolerance(t, p, jac):
     column = t.max() * h / 2 + np.max(EPS * np.abs(f[ok]) / (h * fprime[ok]))
     cond = np.linalg.cond(jac)
     return 10 * 2 * cond ** 2 * column
+
+
+def decay_fit(seed):
+    """(problem with the loss weighted by sigma, curve_fit's fit) of decay_data(seed)."""
+    t, y, sigma = decay_data(seed)
+    popt = optimize.curve_fit(lambda t, a, k: a * np.exp(-k * t), t, y, p0=[1.0, 1.0],
+                              sigma=sigma)[0]
+    return fz.BilevelProblem(inner=Decay(t), outer=fz.LeastSquares(y, sigma=sigma)), popt
 
 
 @pytest.mark.parametrize("absolute", [False, True])
@@ -212,10 +225,50 @@ def test_product_only_warns_with_both_names_and_open_profiles():
         unc.sample(10, rng=0)
 
 
+class WeakSlope:
+    """a exp(-t) + 1e-3 b t: b is barely seen by the data."""
+
+    def __init__(self, t):
+        self.t = np.asarray(t, dtype=np.float64)
+
+    def __call__(self, phi):
+        return phi[0] * np.exp(-self.t) + 1e-3 * phi[1] * self.t
+
+
+def weak_slope_fit(b):
+    t = np.linspace(0.0, 4.0, 30)
+    model = WeakSlope(t)
+    y = model(np.array([2.0, b])) + 0.05 * np.random.default_rng(16).standard_normal(30)
+    A = np.column_stack([np.exp(-t), 1e-3 * t])
+    return fz.BilevelProblem(inner=model, outer=fz.LeastSquares(y)), np.linalg.lstsq(
+        A, y, rcond=None)[0]
+
+
+def test_a_log_parameter_spanning_a_decade_is_named():
+    problem, fit = weak_slope_fit(b=5.0)
+    assert fit[1] > 0
+    with pytest.warns(fz.IdentifiabilityWarning) as record:
+        unc = fz.uncertainty(fit, problem, names=["amp", "slope"], transform="log", rng=0)
+    lo, hi = unc.interval[1]
+    assert hi > 10 * lo   # the finding is true
+    message = [str(w.message) for w in record
+               if issubclass(w.category, fz.IdentifiabilityWarning)][0]
+    assert "barely constrain slope" in message and "log slope" in message
+    assert "amp in" not in message   # the well-determined amplitude is not blamed
+
+
+def test_a_profile_that_reaches_a_bound_is_open_there():
+    problem, fit = weak_slope_fit(b=0.5)
+    unc = fz.uncertainty(fit, problem, names=["amp", "slope"], method="profile",
+                         bounds=([0.0, fit[1] - 2.0], [10.0, 20.0]), rng=0, warn=False)
+    assert unc.linear_interval[1, 0] < fit[1] - 2.0    # the data do not reach the bound
+    assert unc.interval[1, 0] == fit[1] - 2.0 and unc.open[1].tolist() == [True, False]
+    assert not unc.open[0].any()
+    assert "slope in" in unc.identifiability[0] and "open" in unc.identifiability[0]
+
+
 def test_profile_equals_linear_on_a_linear_model():
-    A = design(m=15)
-    y = A @ np.array([0.5, 1.0, -1.0]) + 0.2 * np.random.default_rng(7).standard_normal(15)
-    fit = np.linalg.lstsq(A, y, rcond=None)[0]
+    A, y, fit = linear_data(7, sigma=0.2, m=15)
     unc = quiet_uncertainty(fit, linear_problem(A, y), method="profile", rng=0)
     half = unc.linear_interval[:, 1] - unc.phi
     np.testing.assert_allclose(unc.interval, unc.linear_interval, rtol=0,
@@ -227,10 +280,7 @@ def test_profile_equals_linear_on_a_linear_model():
 
 
 def test_profile_of_one_parameter_and_parallel_equals_sequential():
-    t, y, sigma = decay_data(seed=8)
-    popt = optimize.curve_fit(lambda t, a, k: a * np.exp(-k * t), t, y, p0=[1.0, 1.0],
-                              sigma=sigma)[0]
-    problem = fz.BilevelProblem(inner=Decay(t), outer=fz.LeastSquares(y, sigma=sigma))
+    problem, popt = decay_fit(8)
     seq = quiet_uncertainty(popt, problem, method="profile", rng=1)
     par = quiet_uncertainty(popt, problem, method="profile", rng=1, backend="threading",
                             n_jobs=2)
@@ -244,10 +294,7 @@ def test_profile_of_one_parameter_and_parallel_equals_sequential():
 
 # -- transforms -------------------------------------------------------------------------------
 def test_log_transform_maps_the_z_interval():
-    t, y, sigma = decay_data(seed=9)
-    popt = optimize.curve_fit(lambda t, a, k: a * np.exp(-k * t), t, y, p0=[1.0, 1.0],
-                              sigma=sigma)[0]
-    problem = fz.BilevelProblem(inner=Decay(t), outer=fz.LeastSquares(y, sigma=sigma))
+    problem, popt = decay_fit(9)
     unc = quiet_uncertainty(popt, problem, transform="log", rng=0)
     plain = quiet_uncertainty(popt, problem, rng=0)
     se_z = np.sqrt(np.diag(unc.cov_z))
@@ -291,9 +338,7 @@ def test_laplace_covariance_of_a_poisson_regression_is_the_inverse_fisher_inform
 
 
 def test_a_gaussian_likelihood_gives_the_least_squares_covariance():
-    A = design()
-    y = A @ np.array([1.0, -2.0, 0.5]) + 0.3 * np.random.default_rng(12).standard_normal(20)
-    fit = np.linalg.lstsq(A, y, rcond=None)[0]
+    A, y, fit = linear_data(12)
     nll = quiet_uncertainty(fit, fz.BilevelProblem(inner=Linear(A), outer=GaussianNLL(y, 0.3)),
                             rng=0)
     ls = quiet_uncertainty(fit, linear_problem(A, y), sigma=0.3, rng=0)
@@ -303,10 +348,8 @@ def test_a_gaussian_likelihood_gives_the_least_squares_covariance():
 
 # -- predictions and samples ------------------------------------------------------------------
 def test_prediction_band_of_a_linear_prediction_is_analytic():
-    A = design()
     sigma = 0.3
-    y = A @ np.array([1.0, -2.0, 0.5]) + sigma * np.random.default_rng(13).standard_normal(20)
-    fit = np.linalg.lstsq(A, y, rcond=None)[0]
+    A, y, fit = linear_data(13, sigma)
     unc = quiet_uncertainty(fit, linear_problem(A, y), sigma=sigma, rng=0)
     B = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 1.0]])
     band = unc.predict(Linear(B))
@@ -319,10 +362,7 @@ def test_prediction_band_of_a_linear_prediction_is_analytic():
 
 
 def test_samples_follow_the_covariance_in_z():
-    t, y, sigma = decay_data(seed=14)
-    popt = optimize.curve_fit(lambda t, a, k: a * np.exp(-k * t), t, y, p0=[1.0, 1.0],
-                              sigma=sigma)[0]
-    problem = fz.BilevelProblem(inner=Decay(t), outer=fz.LeastSquares(y, sigma=sigma))
+    problem, popt = decay_fit(14)
     unc = quiet_uncertainty(popt, problem, transform="log", rng=0)
     k = 4000
     draws = unc.sample(k, rng=0)

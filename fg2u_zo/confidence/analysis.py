@@ -89,19 +89,9 @@ def _sigma(sigma, loss):
         raise FG2UValueError(
             "`sigma` applies to a fz.LeastSquares outer loss; a likelihood outer loss "
             "already holds the noise level (pass sigma=None)")
-    from ..validation import check_finite_vector
-    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
-        arr = np.full(loss.data.size, float(sigma))
-    else:
-        arr = check_finite_vector(sigma, "sigma", allow_scalar=True)
-        if arr.size == 1:
-            arr = np.full(loss.data.size, float(arr[0]))
-    if arr.size != loss.data.size:
-        raise FG2UValueError(f"`sigma` has {arr.size} values for {loss.data.size} data")
-    if not np.all(arr > 0) or not np.all(np.isfinite(arr)):
-        raise FG2UValueError("`sigma` must be > 0 and finite: the standard deviations of "
-                             "the data")
-    return arr
+    from ..losses import check_per_datum
+    k = loss.data.size
+    return np.broadcast_to(check_per_datum(sigma, "sigma", k, positive=True), (k,)).copy()
 
 
 def _default_rcond(differences):

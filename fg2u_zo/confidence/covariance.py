@@ -87,7 +87,7 @@ class LeastSquaresModel:
     num_data: int
 
 
-def _per_datum(value, k):
+def _broadcast(value, k):
     if value is None:
         return np.ones(k)
     return np.broadcast_to(np.asarray(value, dtype=np.float64), (k,)).copy()
@@ -111,8 +111,8 @@ def least_squares_model(loss, jacobian_z, theta, phi, dphi, sigma) -> LeastSquar
     n = jacobian_z.shape[1]
     k = loss.data.size
     factor = 0.5 / k if loss.scale == "mean" else 0.5
-    w = _per_datum(loss.weights, k)
-    sigma_loss = _per_datum(loss.sigma, k)
+    w = _broadcast(loss.weights, k)
+    sigma_loss = _broadcast(loss.sigma, k)
     rows = jacobian_z if loss.selection is None else jacobian_z[loss.selection]
     used = w > 0
     m = int(used.sum())
@@ -138,7 +138,7 @@ def least_squares_model(loss, jacobian_z, theta, phi, dphi, sigma) -> LeastSquar
         scale = np.full(k, 1.0 / math.sqrt(unit))
         dof = m - n
     else:
-        sigma = _per_datum(sigma, k)
+        sigma = _broadcast(sigma, k)
         ratio2 = sigma[used] ** 2 * w[used] / sigma_loss[used] ** 2
         s2 = float(np.mean(ratio2)) if m else 1.0
         if m and np.ptp(ratio2) > 1e-6 * s2:

@@ -102,11 +102,11 @@ def findings(spectrum, interval, is_open, names, kinds, confidence, rcond) -> li
         cond = spectrum.condition_number
         ends = "; ".join(
             f"{names[i]} in [{interval[i, 0]:.3g}, {interval[i, 1]:.3g}]"
-            + (" (open)" if is_open[i].any() else "") for i in loose)
+            + (" (open: the data do not bound it)" if is_open[i].any()
+               else " (more than a decade)") for i in loose)
         out.append(
-            f"the {100 * confidence:g}% interval of {_and(names[i] for i in loose)} "
-            f"{'is' if len(loose) == 1 else 'are'} open or span more than a decade "
-            f"({ends}); the least constrained combination is "
+            f"the data barely constrain {_and(names[i] for i in loose)}: {ends} "
+            f"({100 * confidence:g}% intervals); the least constrained combination is "
             f"{combination(weakest, names, kinds)} (singular value {s[-1]:.3g} against "
             f"{s[0]:.3g}, condition number {cond:.3g})")
     return out
