@@ -188,8 +188,9 @@ def uncertainty(result, problem, *, confidence=0.95, method="linear", sigma=None
     rng : None, int or numpy.random.Generator
         Seeds the noise probe's lines and the profile fits' directions.
     evaluator : Evaluator, optional
-        Run the solves on it; else ``backend``, ``n_jobs`` and ``**evaluator_options``
-        configure a temporary one.
+        Run the solves on it (the profile fits of one round share its parallel groups).
+    backend, n_jobs, **evaluator_options
+        Otherwise, options of a temporary :class:`~fg2u_zo.Evaluator`.
 
     Returns
     -------
@@ -242,7 +243,8 @@ def uncertainty(result, problem, *, confidence=0.95, method="linear", sigma=None
     if noise is not None and not isinstance(noise, NoiseEstimate):
         raise FG2UTypeError(f"`noise` must be a NoiseEstimate (Uncertainty.noise) or None, "
                             f"got {type(noise).__name__}")
-    if rcond is not None and not (isinstance(rcond, (int, float)) and 0 < rcond < 1):
+    if rcond is not None and (isinstance(rcond, bool) or not isinstance(rcond, (int, float))
+                              or not 0 < rcond < 1):
         raise FG2UValueError(f"`rcond` must be a number in (0, 1), got {rcond!r}")
     names = _names(names, n)
     T = _resolve_transform(transform, bounds, result, n)
