@@ -446,3 +446,32 @@ def test_inconsistent_sigma_warns():
     sigma = np.linspace(0.1, 1.0, y.size)
     with pytest.warns(fz.FG2UWarning, match="not proportional"):
         fz.uncertainty(fit, problem, sigma=sigma, rng=0)
+
+
+# -- the README's example ----------------------------------------------------------------------
+def test_readme_example_runs_and_prints_what_the_readme_shows(capsys):
+    import os
+    import re
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "README.md"), encoding="utf-8").read()
+    section = readme.split("## Uncertainty of a calibration", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    shown = re.search(r"```text\n(.*?)```", section, flags=re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+
+    def rows(text):
+        return {m.group(1): [float(m.group(k)) for k in range(2, 6)] for m in re.finditer(
+            r"^\s+(\w+) \(log\)\s+(\S+)\s+(\S+)\s+\[(\S+), (\S+)\]", text, re.MULTILINE)}
+
+    assert rows(printed).keys() == rows(shown).keys() == {"a", "k"}
+    for name, numbers in rows(shown).items():
+        # Six printed digits of a fit converged far below them.
+        np.testing.assert_allclose(rows(printed)[name], numbers, rtol=1e-5)
+    truth = np.array([2.0, 0.7])
+    for unc in (namespace["unc"], namespace["prof"]):
+        assert np.all((unc.interval[:, 0] < truth) & (truth < unc.interval[:, 1]))
+    assert namespace["draws"].shape == (1000, 2)
+    assert namespace["band"].value.shape == (20,)
