@@ -48,7 +48,10 @@ target is ``F <= F_best + 0.01 (F0 - F_best)``, ``F_best`` the lowest final ``F`
 methods (the peers' benchmark's measure: 1 % of the initial gap left).
 The relative field error is ``||log k - log k_true|| / ||log k_true||``: 1 at the
 start (k = 1, the truth's geometric mean). Solves made only to report results are not
-counted in the budgets.
+counted in the budgets. Then FG2U-ZO's fit gets its 95 % intervals of log k
+(``fz.uncertainty``, the known noise level, the smoothness penalty as a Gaussian prior):
+the JSON line adds ``interval_coverage`` (the fraction of patches whose true value lies
+inside), ``interval_half_width_median`` and ``uncertainty_nfev``.
 """
 
 from __future__ import annotations
@@ -168,6 +171,28 @@ def build(K=8, mesh=None, field="smooth", noise=0.01, alpha=0.1, seed=0):
     problem = fz.BilevelProblem(inner=solver, outer=loss, num_params=K * K,
                                 name=f"freefem-diffusion-K{K}")
     return Setup(problem, solver, loss, phi_true, np.zeros(K * K), K, mesh)
+
+
+def least_squares_loss(setup):
+    """``setup.loss`` as a ``fz.LeastSquares``: the same value, with its residual
+    structure and its absolute noise level known to ``fz.uncertainty``."""
+    loss = setup.loss
+    pairs = np.column_stack([loss.p.numpy(), loss.q.numpy()])
+    D = np.zeros((len(pairs), setup.phi0.size))
+    D[np.arange(len(pairs)), pairs[:, 0]] = 1.0
+    D[np.arange(len(pairs)), pairs[:, 1]] = -1.0
+    return fz.LeastSquares(loss.u_obs.numpy(), sigma=loss.sigma, regularization=loss.alpha,
+                           penalty=D)
+
+
+def field_intervals(setup, result, *, step, evaluator, seed):
+    """95 % intervals of log k per patch at the fit (``fz.uncertainty``): the noise level
+    is the known sigma, the smoothness penalty a Gaussian prior (it constrains the
+    patches the sensors barely see); one group of N + 1 forward differences."""
+    problem = fz.BilevelProblem(inner=setup.solver, outer=least_squares_loss(setup),
+                                num_params=setup.phi0.size, name=setup.problem.name)
+    return fz.uncertainty(result, problem, sigma=setup.loss.sigma, step=step, rng=seed,
+                          evaluator=evaluator, warn=False)
 
 
 def field_rel_err(phi, phi_true):
@@ -373,6 +398,8 @@ def main(argv=None):
                             evaluator=ev)
         rows["FG2U-ZO"] = (res.phi, res.value, res.nfev, time.perf_counter() - t)
         peer_results = run_peers(setup, args.peers, res.nfev, ev, seed=args.seed)
+        # The budgets above do not include these solves (they only report the result).
+        unc = field_intervals(setup, res, step=args.step, evaluator=ev, seed=args.seed)
     # Best F so far after each solve (a group's values count once it has finished).
     histories = {"FG2U-ZO": _history_per_solve(res)}
     for name, pr in peer_results.items():
@@ -405,6 +432,13 @@ def main(argv=None):
         to = "-" if r["calls_to_target"] is None else str(r["calls_to_target"])
         print(f"{name:<12} {r['F']:>10.4g} {r['misfit_ratio']:>13.3e} "
               f"{r['field_rel_err']:>14.3f} {r['nfev']:>7d} {to:>10} {r['seconds']:>8.1f}")
+    inside = (unc.interval[:, 0] <= setup.phi_true) & (setup.phi_true <= unc.interval[:, 1])
+    half = 0.5 * (unc.interval[:, 1] - unc.interval[:, 0])
+    worst = int(np.argmax(half))
+    print(f"FG2U-ZO's {100 * unc.confidence:g}% intervals of log k (known noise, smoothness "
+          f"prior; {unc.nfev} more solves): the true value inside for {int(inside.sum())} of "
+          f"{inside.size} patches; half-width median {np.median(half):.3f}, largest "
+          f"{half[worst]:.3f} (patch {worst}); condition number {unc.condition_number:.3g}")
     if args.plot is not None:
         plot_fields(args.plot, setup, {name: rows[name][0] for name in rows})
         print(f"wrote {args.plot}")
@@ -428,6 +462,9 @@ def main(argv=None):
         "alpha": args.alpha, "budget": args.budget, "directions": args.directions,
         "backend": ev.backend, "n_jobs": None if args.scheduler else ev.n_jobs,
         "scheduler": args.scheduler, "wall_s": round(wall, 1),
+        "interval_coverage": round(float(inside.mean()), 4),
+        "interval_half_width_median": round(float(np.median(half)), 4),
+        "uncertainty_nfev": unc.nfev,
     }
     print(json.dumps(summary))
     return summary

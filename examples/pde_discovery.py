@@ -39,8 +39,11 @@ groups and rounds at the worker count used), then one JSON line with ``equation`
 ``estimates``, ``rel_err`` (with ``--truth``), ``max_rel_err``, ``nfev``, ``wall_s``,
 ``points``, ``noise``, ``steps``, ``final_misfit``, and the cost: ``groups``,
 ``workers``, ``rounds`` (at that worker count), ``rounds_W8``, ``rounds_W64``,
-``horizons``, ``starts``, and ``at_bound`` (coefficients that ended on the edge of the
-search box).
+``horizons``, ``starts``, ``at_bound`` (coefficients that ended on the edge of the
+search box), and ``intervals``: the 95 % confidence interval of each coefficient at the
+fit (``fz.uncertainty`` on the observations, linear in log-coefficients, the noise level
+estimated from the residuals; ``--no-uncertainty`` skips it) with ``uncertainty_nfev``,
+the solves it took.
 """
 
 from __future__ import annotations
@@ -106,6 +109,33 @@ class ObservationMisfit:
 
     def __call__(self, theta, phi):
         return ((self.predict(theta) - self.u_obs) ** 2).mean()
+
+
+class ObservedField:
+    """The simulated field at the observation points (numpy): the inner solver of the
+    calibration's uncertainty, whose outer loss is then a plain ``fz.LeastSquares``."""
+
+    def __init__(self, inner, misfit):
+        self.inner = inner
+        self.index = misfit.index.numpy()
+        self.weight = misfit.weight.numpy()
+
+    def __call__(self, phi, *, warm_start=None, seed=None):
+        flat = np.ravel(self.inner(phi))
+        return (flat[self.index] * self.weight).sum(axis=0)
+
+
+def coefficient_intervals(problem, phi, learn, evaluator, seed):
+    """95 % intervals of the coefficients at the fit (``fz.uncertainty``): linear in
+    ``log c`` (the meta-parameters), so asymmetric in ``c``; the noise level is estimated
+    from the residuals (Student's t with M - N degrees of freedom)."""
+    misfit = problem.outer
+    observed = fz.BilevelProblem(inner=ObservedField(problem.inner, misfit),
+                                 outer=fz.LeastSquares(misfit.u_obs.numpy()),
+                                 num_params=len(learn), name=problem.name)
+    # The simulators are smooth to ~1e-14: central differences at the step of the fit.
+    return fz.uncertainty(phi, observed, names=[f"log {n}" for n in learn],
+                          scheme="central", step=1e-5, rng=seed, evaluator=evaluator)
 
 
 def parse_assignments(text, what):
@@ -255,6 +285,8 @@ def main(argv=None):
                         help="simulator's time step (default: the solver's)")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--n-jobs", type=int, default=None)
+    parser.add_argument("--uncertainty", action=argparse.BooleanOptionalAction, default=True,
+                        help="95%% intervals of the coefficients at the fit (default: on)")
     parser.add_argument("--quick", action="store_true", help="short run for a smoke check")
     args = parser.parse_args(argv)
     if not 4 <= args.points <= 100:
@@ -315,7 +347,9 @@ def main(argv=None):
                                num_local=args.local, rng=args.seed, evaluator=ev,
                                optimizer=args.optimizer, lr=args.lr, schedule="linear",
                                checkpoint=args.checkpoint, resume="auto")
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
+        unc = (coefficient_intervals(at_horizon(horizons[-1]), result.phi, learn, ev,
+                                     args.seed) if args.uncertainty else None)
     estimates = dict(zip(learn, np.exp(result.phi).tolist()))
     rel_err = {k: abs(v - args.truth[k]) / abs(args.truth[k])
                for k, v in estimates.items() if k in args.truth}
@@ -335,6 +369,18 @@ def main(argv=None):
               f"{'' if truth is None else format(truth, '.8g'):>14} "
               f"{'' if name not in rel_err else format(rel_err[name], '.2e'):>11}")
     print(f"final misfit {result.value:.3e}")
+    intervals = {}
+    if unc is not None:
+        intervals = {name: np.exp(unc.interval[i]).tolist() for i, name in enumerate(learn)}
+        print(f"{100 * unc.confidence:g}% intervals (linear in log c, Student's t with "
+              f"{unc.dof} dof, noise sd {unc.noise_sd:.3g}; {unc.nfev} more solves):")
+        for i, name in enumerate(learn):
+            lo, hi = intervals[name]
+            truth = args.truth.get(name)
+            inside = "" if truth is None else ("  truth inside" if lo <= truth <= hi
+                                               else "  truth outside")
+            print(f"{name:>12} [{lo:.8g}, {hi:.8g}]  relative half-width "
+                  f"{unc.stderr[i] * unc.quantile:.2e}{inside}")
     edge = np.isclose(result.phi, bounds[0], rtol=0, atol=1e-9) | np.isclose(
         result.phi, bounds[1], rtol=0, atol=1e-9)
     at_bound = [name for name, e in zip(learn, edge) if e]
@@ -366,6 +412,8 @@ def main(argv=None):
         "horizons": [float(h) for h in horizons],
         "starts": int(len(result.design)),
         "at_bound": at_bound,
+        "intervals": intervals,
+        "uncertainty_nfev": None if unc is None else unc.nfev,
     }
     print(json.dumps(summary))
     return summary

@@ -14,8 +14,9 @@ import importlib
 
 from ._version import __version__
 from .errors import (CheckpointError, ConfigError, FG2UError, FG2UTypeError, FG2UValueError,
-                     FG2UWarning, InnerSolverError, InvalidSolverOutputError,
-                     NonFiniteStepError, NoiseWarning, SolverOutputTypeError,
+                     FG2UWarning, IdentifiabilityWarning, InnerSolverError,
+                     InvalidSolverOutputError, NonFiniteStepError, NoiseWarning,
+                     SolverOutputTypeError,
                      ZeroDifferenceWarning)
 
 _EXPORTS = {
@@ -52,6 +53,10 @@ _EXPORTS = {
     "check_meta_gradient": "checks",
     # outer losses
     "LeastSquares": "losses",
+    # uncertainty of a calibration (a package not named "uncertainty": importing it
+    # would bind the submodule over the function fz.uncertainty)
+    "uncertainty": "confidence", "Uncertainty": "confidence",
+    "PredictionBand": "confidence", "Profile": "confidence",
     # noise and step selection
     "NoiseEstimate": "noise", "estimate_noise": "noise", "noise_needs_refresh": "noise",
     # directions
@@ -64,7 +69,7 @@ __all__ = [
     "FG2UError", "FG2UValueError", "FG2UTypeError", "InnerSolverError",
     "InvalidSolverOutputError", "SolverOutputTypeError", "ConfigError",
     "CheckpointError", "NonFiniteStepError", "FG2UWarning", "NoiseWarning",
-    "ZeroDifferenceWarning",
+    "ZeroDifferenceWarning", "IdentifiabilityWarning",
 ]
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "NoiseWarning",
     "ZeroDifferenceWarning",
     "user_stacklevel",
+    "IdentifiabilityWarning",
 ]
 
 
@@ -119,6 +120,12 @@ class NoiseWarning(FG2UWarning):
 class ZeroDifferenceWarning(NoiseWarning):
     """Every finite difference of an estimate was zero or below the output resolution:
     the step is too small for the solver's precision."""
+
+
+class IdentifiabilityWarning(FG2UWarning):
+    """The data leave a combination of parameters unconstrained, or constrained so
+    loosely that its confidence interval spans more than a decade
+    (:func:`fg2u_zo.uncertainty`); the message names the parameters and the combination."""
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

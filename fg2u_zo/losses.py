@@ -18,7 +18,7 @@ import numpy as np
 from .errors import FG2UTypeError, FG2UValueError
 from .validation import check_choice, check_finite_vector, check_positive_float
 
-__all__ = ["LeastSquares"]
+__all__ = ["LeastSquares", "check_per_datum"]
 
 SCALES = ("mean", "sum")
 
@@ -74,9 +74,9 @@ class LeastSquares:
                  *, sigma=None, penalty=None):
         self.data = check_finite_vector(data, "data")
         n = self.data.size
-        self.weights = None if weights is None else _per_datum(weights, "weights", n,
+        self.weights = None if weights is None else check_per_datum(weights, "weights", n,
                                                                positive=False)
-        self.sigma = None if sigma is None else _per_datum(sigma, "sigma", n, positive=True)
+        self.sigma = None if sigma is None else check_per_datum(sigma, "sigma", n, positive=True)
         self.selection = None if selection is None else _selection(selection, n)
         self.scale = check_choice(scale, "scale", SCALES)
         self.regularization = check_positive_float(regularization, "regularization",
@@ -182,8 +182,10 @@ class LeastSquares:
         return torch.as_tensor(self.penalty)
 
 
-def _per_datum(value, name, n, *, positive):
-    """A scalar (kept a float) or an array of ``n`` finite values, ``> 0`` or ``>= 0``."""
+def check_per_datum(value, name, n, *, positive):
+    """A scalar (kept a float) or an array of ``n`` finite values, ``> 0`` or ``>= 0``:
+    the per-datum ``weights`` and ``sigma`` of :class:`LeastSquares` (and the ``sigma``
+    of :func:`fg2u_zo.uncertainty`)."""
     if isinstance(value, numbers.Real):  # bool too: refused there with a clear message
         return check_positive_float(value, name, allow_zero=not positive)
     arr = check_finite_vector(value, name)

@@ -126,6 +126,12 @@ The schema, with every key::
     # `fg2u-zo resume` continues it.
     # [optimizer] steps: most steps of a local run; with [continuation] each local run
     # is the whole continuation.
+
+    [uncertainty]                  # optional; on by default when [outer] is least squares
+    confidence = 0.95              # (see fg2u_zo.cli.uncertainty): after the run, the
+    method = "linear"              # parameters' standard errors, intervals, strong
+    sigma = 0.01                   # correlations and what the data leave unconstrained
+    output = "run.uncertainty.json"   # default: next to [output] history
 """
 
 from __future__ import annotations
@@ -142,6 +148,7 @@ from .build import (build_bounds_and_transform, build_estimator, build_evaluator
                     build_parameters, build_phases, build_solver)
 from .schema import OPTIMIZER_KEYS, REQUIRED_SECTIONS, SECTIONS, TableChecker
 from .strategies import build_continuation, build_multistart
+from .uncertainty import build_uncertainty
 
 __all__ = ["RunConfig", "load_config", "file_sha256"]
 
@@ -168,6 +175,9 @@ class RunConfig:
         From ``[multistart]``.
     names : list of str or None
         The parameters' names (``[parameters] names``).
+    uncertainty : dict or None
+        From ``[uncertainty]`` (None when off): keyword arguments of
+        :func:`fg2u_zo.uncertainty` and the ``output`` path.
     minimize_options : dict
         Keyword arguments of :func:`fg2u_zo.minimize` (optimizer, lr, steps, schedule,
         bounds, transform, stopping rules, checkpoint, history, rng ...).
@@ -187,6 +197,7 @@ class RunConfig:
     multistart: object = None
     names: list | None = None
     continuation: bool = False
+    uncertainty: dict | None = None
 
     @property
     def checkpoint(self):
@@ -294,8 +305,12 @@ def load_config(path) -> RunConfig:
             from ..outer.phases import Phase
             phases = [Phase(steps=options.pop("steps", 100), estimator=estimator,
                             until=stop)]
+    from ..losses import LeastSquares
+    uncertainty = build_uncertainty(c, raw.get("uncertainty"),
+                                    isinstance(problem.outer, LeastSquares),
+                                    options.get("history"))
     return RunConfig(path=os.path.abspath(path), sha256=file_sha256(path), raw=raw,
                      problem=problem, phi0=phi0, estimator=estimator, phases=phases,
                      minimize_options=options, evaluator_options=evaluator_options,
                      multistart=multistart, names=names,
-                     continuation=horizon_phases is not None)
+                     continuation=horizon_phases is not None, uncertainty=uncertainty)

@@ -66,10 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(its settings are still checked against the checkpoint)")
     _progress_flags(resume)
 
-    plot = sub.add_parser("plot", help="plot a run's JSONL history to a PNG",
+    plot = sub.add_parser("plot", help="plot a run's JSONL history (or its uncertainty) to "
+                                       "a PNG",
                           description="Plot the outer loss against step, nfev and wall "
-                                      "time, and the gradient SNR (1200 x 800 px).")
-    plot.add_argument("history", help="the .jsonl history")
+                                      "time, and the gradient SNR (1200 x 800 px); or, for a "
+                                      ".json uncertainty written by `fg2u-zo run`, the "
+                                      "correlation matrix, confidence ellipses and profiles.")
+    plot.add_argument("history", help="the .jsonl history, or a .uncertainty.json")
     plot.add_argument("-o", "--output", help="PNG file (default: HISTORY with .png)")
     plot.add_argument("--title", help="figure title (default: the file name)")
 
@@ -238,6 +241,7 @@ def _cmd_run(args):
     code = _report(res, cfg, res.history[0].value if res.history else None)
     if cfg.history:
         print(f"  history     {cfg.history}")
+    _report_uncertainty(cfg, res)
     return code
 
 
@@ -292,16 +296,24 @@ def _cmd_resume(args):
     code = _report(res, cfg)
     if options.get("history"):
         print(f"  history     {options['history']}")
+    _report_uncertainty(cfg, res)
     return code
+
+
+def _report_uncertainty(cfg, res):
+    from .uncertainty import report_uncertainty
+    report_uncertainty(cfg, res)
 
 
 def _cmd_plot(args):
     from .plotting import plot_history
+    from .uncertainty import is_uncertainty_file, plot_uncertainty_file
 
     if not os.path.isfile(args.history):
         raise _UsageError(f"history file {args.history} not found")
+    plot = plot_uncertainty_file if is_uncertainty_file(args.history) else plot_history
     try:
-        out = plot_history(args.history, args.output, title=args.title)
+        out = plot(args.history, args.output, title=args.title)
     except ImportError as exc:
         raise _UsageError(str(exc)) from None
     except ValueError as exc:

@@ -26,10 +26,11 @@ from ..errors import ConfigError
 
 __all__ = ["SECTIONS", "REQUIRED_SECTIONS", "SOLVER_KEYS", "OUTER_KEYS", "PARAMETER_KEYS",
            "OPTIMIZER_KEYS", "PHASE_KEYS", "PARALLEL_KEYS", "OUTPUT_KEYS", "CONTINUATION_KEYS",
-           "MULTISTART_KEYS", "CONVERGED_KEYS", "FREEFEM_MODELS", "TableChecker", "show"]
+           "MULTISTART_KEYS", "CONVERGED_KEYS", "UNCERTAINTY_KEYS", "FREEFEM_MODELS",
+           "TableChecker", "show"]
 
 SECTIONS = ("solver", "outer", "parameters", "estimator", "optimizer", "parallel", "output",
-            "continuation", "multistart")
+            "continuation", "multistart", "uncertainty")
 REQUIRED_SECTIONS = ("solver", "outer", "parameters", "estimator", "optimizer")
 SOLVER_KEYS = {
     "subprocess": ("kind", "argv", "template", "input_name", "output", "reader", "skiprows",
@@ -55,6 +56,7 @@ CONTINUATION_KEYS = ("times", "horizons", "growth", "min_points", "num_phases", 
 MULTISTART_KEYS = ("num_starts", "num_local", "design", "halving", "rungs", "tie_rtol",
                    "tie_xtol", "stop")
 CONVERGED_KEYS = ("xtol", "snr", "patience", "min_steps")   # fz.Converged
+UNCERTAINTY_KEYS = ("enabled", "confidence", "method", "sigma", "scheme", "output")
 FREEFEM_MODELS = ("diffusion",)
 
 # A library message names its argument first, in backquotes, then says what is wrong:

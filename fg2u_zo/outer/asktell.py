@@ -36,7 +36,7 @@ from ..evaluation.worker import check_output, describe_error
 from ..result import Failure
 from .driver import checkpoint_round, save_on_error
 from .minimize import finish
-from .setup import prepare
+from .setup import RUN_DEFAULTS, prepare
 
 __all__ = ["AskTell", "Evaluation"]
 
@@ -140,11 +140,7 @@ class AskTell:
             raise FG2UValueError(f"`max_failure_fraction` must be in [0, 1), got "
                                  f"{max_failure_fraction!r}")
         self.max_failure_fraction = float(max_failure_fraction)
-        kwargs = dict(optimizer="adam", optimizer_options=None, lr=1e-2, steps=100,
-                      schedule="constant", bounds=None, transform=None, phases=None,
-                      multistart=None, callback=None, target=None, gtol=None, max_nfev=None,
-                      max_time=None, checkpoint=None, checkpoint_every=1, history=None,
-                      resume=False, rng=None, progress=False, metadata=None)
+        kwargs = dict(RUN_DEFAULTS, progress=False)
         unknown = sorted(set(options) - set(kwargs))
         if unknown:
             raise FG2UTypeError(f"AskTell got unexpected keyword(s) {unknown}; it takes "

@@ -1,5 +1,5 @@
 """When a phase of the outer loop has converged: the rule that moves a continuation on
-(:class:`~fg2u_zo.Continuation`) or ends a local run (:func:`~fg2u_zo.multistart`)."""
+(a ``Phase(until=...)`` of :func:`~fg2u_zo.horizon_phases`) or ends a local run."""
 
 from __future__ import annotations
 

@@ -31,12 +31,21 @@ from .search import Search
 from .steppers import make_stepper
 from .transforms import ParameterTransform, as_bounds
 
-__all__ = ["prepare", "Prepared", "check_start", "as_callbacks", "MAX_ABS_PHI"]
+__all__ = ["prepare", "Prepared", "check_start", "as_callbacks", "MAX_ABS_PHI",
+           "RUN_DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
 #: Largest ``|phi0|`` accepted: perturbations of phi, and its square, stay finite.
 MAX_ABS_PHI = 1e150
+
+#: The run's keywords and their defaults, as :func:`fg2u_zo.minimize` has them (but
+#: ``workers`` and ``progress``, which each entry point sets itself).
+RUN_DEFAULTS = dict(optimizer="adam", optimizer_options=None, lr=1e-2, steps=100,
+                    schedule="constant", bounds=None, transform=None, phases=None,
+                    multistart=None, callback=None, target=None, gtol=None, max_nfev=None,
+                    max_time=None, checkpoint=None, checkpoint_every=1, history=None,
+                    resume=False, rng=None, metadata=None)
 
 #: Statuses of local runs that a resumption may continue (with more steps, a larger
 #: budget): the run re-checks them before its next step.
