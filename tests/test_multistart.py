@@ -245,3 +245,17 @@ def test_multistart_takes_scipy_bounds_like_minimize():
     assert a.phi.tobytes() == b.phi.tobytes()
     with pytest.raises(fz.FG2UTypeError, match="fz.MultiStart"):
         fz.minimize(rastrigin(), np.zeros(2), EST, bounds=BOX, multistart={"num_starts": 8})
+
+
+def test_nothing_given_to_multistart_is_silently_ignored():
+    # steps=, rungs= and stop= were ignored when the local runs were a continuation.
+    phases = [fz.Phase(steps=5), fz.Phase(steps=5)]
+    with pytest.raises(FG2UValueError, match="`steps`.*or `phases`"):
+        fz.multistart(rastrigin(), BOX, EST, phases=phases, steps=40)
+    with pytest.raises(FG2UValueError, match="rungs"):
+        fz.multistart(rastrigin(), BOX, EST, phases=phases, rungs=[2])
+    res = fz.multistart(rastrigin(), BOX, EST, phases=phases, num_starts=8, num_local=2,
+                        halving=1, stop=fz.Converged(xtol=1.0, patience=1),
+                        optimizer="Rprop", lr=0.05, rng=0)
+    # stop= became the last phase's rule: every run converged early in it.
+    assert all(r.status == "converged" and r.phases[-1].steps < 5 for r in res.runs)

@@ -180,6 +180,10 @@ class _Strategy:
         self.screens = spec.num_starts > 0
         self.screen_problem = plans[0].problem
         self.num_local = spec.num_local if self.screens else 1
+        if spec.rungs is not None and len(plans) > 1:
+            raise FG2UValueError(
+                "`rungs` are step counts of a run of one phase; with several phases the "
+                "runs are halved at the end of each phase: leave rungs out")
         self.rung_phases = len(plans) > 1 and spec.halving > 1
         if self.rung_phases or spec.halving <= 1:
             self.rung_steps = ()
@@ -246,7 +250,7 @@ class _Strategy:
 
 
 def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num_local=4,
-               design="sobol", halving=2, steps=100, rungs=None, stop=None, phases=None,
+               design="sobol", halving=2, steps=None, rungs=None, stop=None, phases=None,
                tie_rtol=1e-2, tie_xtol=1e-2, **options):
     """Minimize from the best points of a space-filling design, in parallel: one call
     of :func:`~fg2u_zo.minimize` with ``multistart=MultiStart(...)``.
@@ -262,8 +266,9 @@ def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num
         A start of the user's, screened with the design.
     num_starts, num_local, design, halving, rungs, tie_rtol, tie_xtol
         See :class:`MultiStart`.
-    steps : int
-        Most steps of a local run (one phase; with ``phases`` their steps).
+    steps : int, optional
+        Most steps of a local run of one phase (default 100); with ``phases``, each
+        phase has its own (giving both is an error).
     stop : Converged, optional
         Ends a local run once converged (set as the last phase's ``until``).
     phases : list of Phase, optional
@@ -290,6 +295,10 @@ def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num
 
     if stop is not None and not isinstance(stop, Converged):
         raise FG2UTypeError(f"`stop` must be a fz.Converged or None, got {type(stop).__name__}")
+    if phases is not None and steps is not None:
+        raise FG2UValueError("pass `steps` (a run of one phase) or `phases` (each with its "
+                             "steps), not both")
+    steps = 100 if steps is None else steps
     spec = MultiStart(num_starts=num_starts, num_local=num_local, design=design,
                       halving=halving, rungs=rungs, tie_rtol=tie_rtol, tie_xtol=tie_xtol)
     if stop is not None:
