@@ -263,8 +263,8 @@ class Subprocess:
         self.names = _check_names(names)
         template = _read_template(template, template_file)
         if template is not None and writer is not None:
-            raise FG2UValueError("pass either `template` (or `template_file`) or `writer`, "
-                                 "not both")
+            raise FG2UValueError("pass either `template` or `writer`, not both (a "
+                                 "`template_file` is a template too)")
         self.template = template
         self._fields = parse_template(template, self.names) if template is not None else None
         self.input_name = _check_relative_name(input_name, "input_name")

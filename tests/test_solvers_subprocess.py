@@ -496,7 +496,7 @@ def test_template_from_a_file(tmp_path):
         sim("ok", template="{phi}", template_file=deck)
     with pytest.raises(FG2UValueError, match="`template_file`.*is not a file"):
         sim("ok", template_file=tmp_path / "missing.tmpl")
-    with pytest.raises(FG2UValueError, match="or `writer`, not both"):
+    with pytest.raises(FG2UValueError, match="either `template` or `writer`, not both"):
         sim("ok", template_file=deck, writer=write_plain)
 
 
