@@ -54,8 +54,14 @@ class MapStats:
     failure_counts : dict
         ``kind -> number`` of the dropped points (the totals of ``failures``).
     resubmitted : int
-        Evaluations lost with a worker that another point crashed and run again; not
-        in ``nfev`` (whether they had started is unknown).
+        Evaluations lost through no fault of their own and run again: with a worker
+        that another point crashed, killed or that left the cluster, or with the
+        connection to a dask scheduler; not in ``nfev`` (whether they had started is
+        unknown). The total of ``lost_counts``.
+    lost_counts : dict
+        ``kind -> number`` of those evaluations: ``"crash"`` (their worker died),
+        ``"timeout"`` (their worker was killed for another point's overrun),
+        ``"scheduler"`` (the connection to the scheduler was lost).
     tasks : int
         Tasks (batches of points) submitted to the backend.
     wall_time : float
@@ -77,6 +83,7 @@ class MapStats:
     wall_time: float = 0.0
     nfev_replayed: int = 0
     solver_time_replayed: float = 0.0
+    lost_counts: dict = field(default_factory=dict)
 
     @property
     def failed(self) -> set:
@@ -87,6 +94,12 @@ class MapStats:
         """Record a dropped point."""
         self.failures.append(failure)
         self.failure_counts[failure.kind] = self.failure_counts.get(failure.kind, 0) + 1
+
+    def add_lost(self, kind: str, count: int = 1):
+        """Record ``count`` evaluations lost through no fault of their own, run again."""
+        if count > 0:
+            self.lost_counts[kind] = self.lost_counts.get(kind, 0) + count
+            self.resubmitted += count
 
 
 class BatchSizer:
@@ -257,6 +270,7 @@ class MapRun:
         if isinstance(event, ItemDone):
             self._item(event.task_id, event.outcome)
         elif isinstance(event, TaskDone):
+            self.stats.add_lost("crash", event.rerun)
             indices = self.in_flight.pop(event.task_id)
             for index in indices:  # defensive: a task that ended without these outcomes
                 self._release(index, event.task_id)
@@ -268,8 +282,16 @@ class MapRun:
             lost = [i for i in indices if self.owner.get(i) == event.task_id]
             for index in lost:
                 del self.owner[index]
+            self.stats.add_lost("crash", event.rerun)
+            if event.blameless:
+                # Lost with the scheduler, not with a point: run again as before.
+                for index in reversed(lost):
+                    (self.suspects if index in self.suspected else self.retry).appendleft(index)
+                self.stats.add_lost(event.kind, len(lost))
+                return
             culprit = event.culprit if event.culprit in lost else None
-            self._lost(lost, culprit, event.kind, event.message, event.seconds)
+            self._lost(lost, culprit, event.kind, event.message, event.seconds,
+                       event.attempts)
         else:
             raise FG2UTypeError(f"backend {self.backend.name!r} reported {event!r}, which is "
                                 "not an ItemDone, TaskDone or TaskLost event")
@@ -297,7 +319,7 @@ class MapRun:
         if self.owner.get(index) == task_id:
             del self.owner[index]
 
-    def _lost(self, lost, culprit, kind, message, seconds):
+    def _lost(self, lost, culprit, kind, message, seconds, attempts=1):
         if not lost:
             return
         if culprit is None and len(lost) == 1 and (
@@ -306,22 +328,22 @@ class MapRun:
             culprit = lost[0]
         for index in lost:
             if index == culprit:
-                self.stats.nfev += 1
+                self.stats.nfev += attempts
                 self.stats.solver_time += seconds
-                self._charge(index, kind, message)
+                self._charge(index, kind, message, attempts=attempts)
             elif culprit is None:
                 # Cannot tell who crashed the worker: rerun each alone, free of charge;
                 # the one that crashes again alone is the culprit.
                 self.suspected.add(index)
                 self.suspects.append(index)
-                self.stats.resubmitted += 1
+                self.stats.add_lost(kind)
             else:
                 self.retry.appendleft(index)  # innocent bystander
-                self.stats.resubmitted += 1
+                self.stats.add_lost(kind)
 
-    def _charge(self, index, kind, message, retryable=True):
-        """One failed attempt of ``index``: retry it or drop it."""
-        self.attempts[index] += 1
+    def _charge(self, index, kind, message, retryable=True, attempts=1):
+        """``attempts`` failed attempts of ``index``: retry it or drop it."""
+        self.attempts[index] += attempts
         attempts = self.attempts[index]
         if retryable and attempts <= self.max_retries:
             logger.debug("point %d failed (%s), retrying", index, kind)
