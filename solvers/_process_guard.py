@@ -290,13 +290,18 @@ def _sweep(token, since):
     process's session, since every command starts a session of its own -- and started
     after ``since``; a zombie cannot say which call it belonged to. Descendants of
     calls still running in other threads are left to them.
+
+    A killed child is waited for until it is reaped, and every reap is followed by
+    another look at the children: a process's children come to this one when it
+    exits, and one that is exiting no longer shows its environment.
     """
     me, my_session = os.getpid(), os.getsid(0)
     prefix = f"{me}-"
     deadline = time.monotonic() + SWEEP_SECONDS
     delay = 0.001
+    killed = set()
     while True:
-        pending = False
+        again = False
         with _CALLS.lock:
             others = _CALLS.tokens - {token}
             for pid in _children(me):
@@ -307,8 +312,13 @@ def _sweep(token, since):
                     continue  # gone, or not from a command: not ours to touch
                 state, pgid, _, start = info
                 if state in (b"Z", b"X"):
-                    if since is None or start >= since:
+                    if pid in killed or since is None or start >= since:
                         _reap(pid)
+                        killed.discard(pid)
+                        again = True
+                    continue
+                if pid in killed:
+                    again = True  # still exiting
                     continue
                 owner = _token_of(pid)
                 if owner is None or not owner.startswith(prefix) or owner in others:
@@ -316,8 +326,9 @@ def _sweep(token, since):
                 # Its own group first (its children that stayed with it), then itself.
                 killpg(pgid, signal.SIGKILL)
                 _kill(pid)
-                pending = True
-        if not pending or time.monotonic() > deadline:
+                killed.add(pid)
+                again = True
+        if not again or time.monotonic() > deadline:
             return
         # The killed ones take a moment to exit; their children, re-parented here on
         # their exit, are seen by the next pass.
