@@ -220,7 +220,8 @@ def _clean(proc):
         # this process's children now (subreaper), and the sweep can see them.
         _wait_unreaped(proc, None)
         if token is not None and _CALLS.subreaper:
-            _sweep(token, _start_time(pgid))
+            info = _stat(pgid)  # the command, a zombie until reaped below
+            _sweep(token, None if info is None else info[3])
     finally:
         with _CALLS.lock:
             proc.wait()
@@ -415,16 +416,6 @@ def _read(path):
             return fh.read()
     except OSError:
         return None
-
-
-def _start_time(pid):
-    data = _read(f"/proc/{pid}/stat")
-    if data is None:
-        return None
-    fields = data.rpartition(b")")[2].split()
-    if len(fields) < 20:
-        return None
-    return int(fields[19])
 
 
 def _running_since(pid):

@@ -93,10 +93,9 @@ def test_timeout_interrupts_a_stuck_base_solve_in_process(ridge, mode):
     assert ev.failure_counts == {"timeout": 1}
 
 
-class SharedFate(fz.Backend):
-    """dask's failure mode, simulated in this process: one worker holds two tasks, and
-    when a point kills it (``Faulty(crash_mode="raise")`` stands for that), every task
-    it holds is lost and nobody says which point did it."""
+class Simulated(fz.Backend):
+    """An engine simulated in this process, like dask: it cannot say which of a
+    worker's tasks killed it; ``poll`` runs the tasks and says what became of them."""
 
     isolates_tasks = False
     process_isolated = True
@@ -113,6 +112,18 @@ class SharedFate(fz.Backend):
     def submit(self, task_id, items, timeout):
         self.pending.append((task_id, items, timeout))
 
+    def cancel(self, task_ids):
+        self.pending = [t for t in self.pending if t[0] not in set(task_ids)]
+
+    def close(self):
+        self.pending = []
+
+
+class SharedFate(Simulated):
+    """dask's failure mode: one worker holds two tasks, and when a point kills it
+    (``Faulty(crash_mode="raise")`` stands for that), every task it holds is lost and
+    nobody says which point did it."""
+
     def poll(self, timeout):
         held, self.pending = self.pending[:2], self.pending[2:]
         events = []
@@ -123,12 +134,6 @@ class SharedFate(fz.Backend):
                                           "the worker died") for t, its, _ in held[n:]]
             events += [ItemDone(task_id, o) for o in outcomes] + [TaskDone(task_id, 0.0)]
         return events
-
-    def cancel(self, task_ids):
-        self.pending = [t for t in self.pending if t[0] not in set(task_ids)]
-
-    def close(self):
-        self.pending = []
 
 
 @pytest.mark.timeout(60)
@@ -148,7 +153,7 @@ def test_a_crash_that_names_no_culprit_is_pinned_on_the_right_point(ridge):
     assert stats.resubmitted >= 1  # point 5 was lost with point 4 and run again, free
 
 
-class Unreliable(fz.Backend):
+class Unreliable(Simulated):
     """An engine that loses tasks through no fault of their points, the ways dask does:
     the first ``lose`` tasks are lost with the scheduler connection
     (``TaskLost(blameless=True)``); every later task reports that the engine ran it
@@ -156,22 +161,10 @@ class Unreliable(fz.Backend):
     ``killer`` is reported the way dask reports a one-point task that killed
     ``1 + allowed_failures`` workers (a culprit and that many attempts)."""
 
-    isolates_tasks = False
-    process_isolated = True
-
     def __init__(self, config, lose=2, killer=(), allowed_failures=3):
-        self.pending, self.live = [], None
+        super().__init__(config)
         self.lose, self.killer, self.allowed = lose, set(killer), allowed_failures
         self.runs = 0  # solver calls made, the engine's own reruns included
-
-    def capacity(self):
-        return 2
-
-    def begin(self, solver, kwargs, expected_shape):
-        self.live = (solver, kwargs, expected_shape)
-
-    def submit(self, task_id, items, timeout):
-        self.pending.append((task_id, items, timeout))
 
     def poll(self, timeout):
         held, self.pending = self.pending, []
@@ -194,12 +187,6 @@ class Unreliable(fz.Backend):
             events += [ItemDone(task_id, o) for o in outcomes]
             events.append(TaskDone(task_id, 0.0, rerun=len(items)))
         return events
-
-    def cancel(self, task_ids):
-        self.pending = [t for t in self.pending if t[0] not in set(task_ids)]
-
-    def close(self):
-        self.pending = []
 
 
 def test_tasks_lost_through_no_fault_of_their_points_are_counted_and_rerun(ridge, caplog):

@@ -153,20 +153,26 @@ def test_evaluator_timeout_kills_the_command_and_keeps_its_directory(marker, tmp
     assert "interrupted by SolverTimeout" in (kept[0] / "fg2u-failure.txt").read_text()
 
 
-@pytest.mark.timeout(180)
-def test_loky_worker_killed_takes_its_command_along(marker, tmp_path):
-    solver = hang_solver(marker, tmp_path)
+def map_in_thread(ev, solver):
+    """Start ``ev.map`` of one point in a thread; the thread and where its error goes."""
     errors = []
 
-    def run(ev):
+    def run():
         try:
             ev.map(solver, [np.zeros(2)], lambda index, theta: None)
         except InnerSolverError as exc:
             errors.append(exc)
 
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+@pytest.mark.timeout(180)
+def test_loky_worker_killed_takes_its_command_along(marker, tmp_path):
+    solver = hang_solver(marker, tmp_path)
     with fz.Evaluator("loky", n_jobs=1, max_retries=0) as ev:
-        thread = threading.Thread(target=run, args=(ev,), daemon=True)
-        thread.start()
+        thread, errors = map_in_thread(ev, solver)
         pids = command_pids(marker)
         worker = parent_of(pids[0])
         assert worker != os.getpid()
@@ -214,17 +220,8 @@ def test_escaped_descendants_die_with_a_killed_worker(marker, tmp_path):
     # As above, but the simulator hangs afterwards and its loky worker is killed: the
     # worker's watchdog finds the escaped processes by the call's token.
     solver = hang_solver(marker, tmp_path, "escape-hang")
-    errors = []
-
-    def run(ev):
-        try:
-            ev.map(solver, [np.zeros(2)], lambda index, theta: None)
-        except InnerSolverError as exc:
-            errors.append(exc)
-
     with fz.Evaluator("loky", n_jobs=1, max_retries=0) as ev:
-        thread = threading.Thread(target=run, args=(ev,), daemon=True)
-        thread.start()
+        thread, errors = map_in_thread(ev, solver)
         pids = wait_started(marker, 3)
         simulator = [p for p in pids if parent_of(p) not in pids]
         worker = {parent_of(p) for p in simulator} - {1}
