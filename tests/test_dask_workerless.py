@@ -206,15 +206,20 @@ def test_tasks_on_a_worker_that_left_are_counted_as_rerun(caplog):
     assert events[-1].rerun == 2
 
 
-def test_a_handler_the_users_client_had_is_kept():
+def test_backends_sharing_a_client_each_hear_its_events_and_keep_the_users_handler():
     client = _Client({})
     seen = []
     client._event_handlers["all"] = seen.append
-    backend = _backend(client)
-    backend._listen()
-    client._event_handlers["all"]((0.0, {"action": "add-worker"}))
-    assert seen == [(0.0, {"action": "add-worker"})]
-    backend.close()
+    first, second = _backend(client), _backend(client)
+    first._listen()
+    second._listen()
+    event = (0.0, {"action": "add-worker"})
+    client._event_handlers["all"](event)
+    assert seen == [event] and list(first._notices) == list(second._notices) == [event]
+    first.close()  # not in the reverse order of listening: the other still hears
+    client._event_handlers["all"](event)
+    assert len(second._notices) == 2 and len(seen) == 2
+    second.close()
     assert client._event_handlers["all"] == seen.append
 
 

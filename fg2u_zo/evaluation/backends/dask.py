@@ -39,6 +39,7 @@ import threading
 import time
 import traceback
 import uuid
+import weakref
 
 from .base import Backend, pickle_job
 from .events import TaskLost, outcome_events
@@ -99,7 +100,7 @@ class DaskBackend(Backend):
         self._keys = {}  # key of a future in flight -> its task id
         self._reruns = collections.Counter()  # task id -> workers dask lost it with
         self._notices = collections.deque()  # remove-worker events from the scheduler
-        self._subscribed = None  # (client, the handler it had) while we listen
+        self._subscribed = None  # the client whose events we hear
         self._disconnected_since = None
         self._waiting_logged = 0.0
 
@@ -260,40 +261,19 @@ class DaskBackend(Backend):
     # -- what the scheduler says about lost workers -------------------------------------
 
     def _listen(self, again=False):
-        """Subscribe to the scheduler's ``"all"`` topic (once per client)."""
+        """Hear the scheduler's ``"all"`` topic; ``again`` after a reconnection (a new
+        scheduler knows nothing of the subscription)."""
         client = self.client
-        if self._subscribed is not None and self._subscribed[0] is client and not again:
-            return
-        if self._subscribed is None or self._subscribed[0] is not client:
-            # Keep a handler the user's client had, and call it too.
-            previous = getattr(client, "_event_handlers", {}).get("all")
-            self._subscribed = (client, previous)
-        previous = self._subscribed[1]
-        notices = self._notices
-
-        def handler(event, previous=previous):
-            notices.append(event)
-            if previous is not None:
-                return previous(event)
-            return None
-
-        try:
-            client.subscribe_topic("all", handler)
-        except Exception as exc:  # noqa: BLE001 - lost workers are then not counted
-            logger.debug("cannot subscribe to the dask scheduler's events: %r", exc)
+        if self._subscribed is not None and self._subscribed is not client:
+            self._unlisten()
+        if self._subscribed is None or again:
+            _EventFanout.join(client, self, again=again)
+            self._subscribed = client
 
     def _unlisten(self):
-        if self._subscribed is None:
-            return
-        client, previous = self._subscribed
-        self._subscribed = None
-        try:
-            if previous is not None:
-                client.subscribe_topic("all", previous)
-            elif client.status == "running":
-                client.unsubscribe_topic("all")
-        except Exception:  # noqa: BLE001 - best effort on a client going away
-            pass
+        if self._subscribed is not None:
+            _EventFanout.leave(self._subscribed, self)
+            self._subscribed = None
 
     def _read_notices(self):
         """Count this map's tasks on workers that left; say so."""
@@ -459,6 +439,67 @@ class DaskBackend(Backend):
                 if self._cluster is not None:
                     self._cluster.close()
             self.client, self._cluster, self._own_client = None, None, False
+
+
+class _EventFanout:
+    """The one handler of a dask client's ``"all"`` topic, shared by the backends that
+    use the client: each gets every event; a handler the client had before is called
+    too, and put back when the last backend leaves (in whatever order they leave)."""
+
+    _by_client = weakref.WeakKeyDictionary()
+    _guard = threading.Lock()
+
+    def __init__(self, client):
+        self.client = client
+        self.previous = getattr(client, "_event_handlers", {}).get("all")
+        self.backends = weakref.WeakSet()
+        self.lock = threading.Lock()
+
+    def __call__(self, event):
+        with self.lock:
+            backends = list(self.backends)
+        for backend in backends:
+            backend._notices.append(event)
+        if self.previous is not None:
+            return self.previous(event)
+        return None
+
+    def subscribe(self):
+        try:
+            self.client.subscribe_topic("all", self)
+        except Exception as exc:  # noqa: BLE001 - lost workers are then not counted
+            logger.debug("cannot subscribe to the dask scheduler's events: %r", exc)
+
+    @classmethod
+    def join(cls, client, backend, again=False):
+        with cls._guard:
+            fanout = cls._by_client.get(client)
+            if fanout is None:
+                fanout = cls._by_client[client] = cls(client)
+                again = True
+            with fanout.lock:
+                fanout.backends.add(backend)
+        if again:
+            fanout.subscribe()
+
+    @classmethod
+    def leave(cls, client, backend):
+        with cls._guard:
+            fanout = cls._by_client.get(client)
+            if fanout is None:
+                return
+            with fanout.lock:
+                fanout.backends.discard(backend)
+                if len(fanout.backends):
+                    return
+            del cls._by_client[client]
+        try:
+            if fanout.previous is not None:
+                client.subscribe_topic("all", fanout.previous)
+            elif client.status == "running":
+                client.unsubscribe_topic("all")
+        except Exception:  # noqa: BLE001 - best effort on a client going away
+            pass
 
 
 def _reconnect_window():
