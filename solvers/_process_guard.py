@@ -4,21 +4,14 @@ A command runs in a session (and process group) of its own, so that a timeout ki
 it with its children and only them. Left at that, the command would survive the death
 of the process that started it -- a loky or dask worker that is killed, crashes or is
 restarted, a run stopped with SIGTERM -- and keep running with ppid 1; and a
-descendant that starts a session of its own (``setsid()``: a daemon, the helper of an
-MPI launcher) would escape the kill of the group. Four layers prevent that, each for
-the ways a run ends that the others miss:
+descendant that starts a session of its own (``setsid()``) would escape the kill of
+the group. Four layers prevent that, each for the ways a run ends that the others miss:
 
-1. **The call token.** Each command gets a token of its call in its environment
-   (``FG2U_ZO_CALL``), which every descendant inherits unless it replaces its
-   environment: whatever session or group a descendant moves to, the token says
-   which call it belongs to.
-2. **Child subreaper** (Linux): while one of its commands runs, the process that
-   started it is a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``), so that a
-   descendant whose parent exits -- a grandchild that called ``setsid()`` included --
-   is re-parented to it instead of to init. When the command ends, its process group
-   is killed, and then every adopted descendant that carries the call's token is
-   killed with its own process group, until none is left; adopted descendants that
-   have exited are reaped, so that none stays a zombie of the worker.
+1. **The process group**, killed with SIGKILL when the command ends, however it ends.
+2. **The call token and the child subreaper** (:mod:`solvers._subreaper`): every
+   descendant carries its call's token in its environment, and while a command runs
+   its process is a child subreaper (Linux), so that the descendants that left the
+   group come back to it; they are killed when the call ends.
 3. **A watchdog process** (POSIX), one per process that runs commands, started on
    first use (:mod:`solvers._reaper`): it is told the token of each call before its
    command starts, and the command's process group once it runs, through a pipe. When
@@ -38,15 +31,10 @@ the child between ``fork`` and ``exec`` (``preexec_fn``), which rules out the
 the worker, about 2 ms per call more (``benchmarks.adapter_overhead``). The watchdog,
 told the token before the command starts, covers what that signal covered.
 
-What remains possible: a descendant that both leaves the process group and replaces
-its environment (or is setuid, so that its environment cannot be read) is not
-recognized, and one that double-forks after the command and its group were killed is
-raced; processes that ran as another user, or in another pid namespace, cannot be
-killed. On Linux without ``PR_SET_CHILD_SUBREAPER`` (kernels before 3.4, or a seccomp
-filter that forbids it), and elsewhere, the escaped descendants of a worker that keeps
-running are not found until the worker exits. Without ``/proc`` (not Linux) the
-watchdog still kills the process groups of a worker that died; the owner is not
-watched and tokens are not searched.
+What remains possible is listed in :mod:`solvers._subreaper`; in addition, processes
+that run as another user, or in another pid namespace, cannot be killed, and without
+``/proc`` (not Linux) the watchdog still kills the process groups of a worker that
+died, but the owner is not watched and tokens are not searched.
 
 Each command's process group is registered with the watchdog only while the group
 leader is known not to have been reaped, so that its id cannot have been recycled.
@@ -55,8 +43,6 @@ leader is known not to have been reaped, so that its id cannot have been recycle
 from __future__ import annotations
 
 import atexit
-import ctypes
-import itertools
 import json
 import logging
 import math
@@ -68,6 +54,8 @@ import sys
 import threading
 import time
 
+from ._subreaper import CALL_TOKEN_VAR, CALLS, killpg, proc_stat, read_proc, sweep
+
 __all__ = ["FINISHED", "TIMED_OUT", "CANCELLED", "CALL_TOKEN_VAR", "start_command",
            "wait_then_clean_group", "killpg", "process_identity", "owner_to_watch",
            "task_cancellation", "track_workdir", "untrack_workdir"]
@@ -76,76 +64,10 @@ logger = logging.getLogger(__name__)
 
 FINISHED, TIMED_OUT, CANCELLED = "finished", "timeout", "cancelled"
 
-#: The environment variable that carries a call's token to the command and its
-#: descendants.
-CALL_TOKEN_VAR = "FG2U_ZO_CALL"
-
-PR_SET_CHILD_SUBREAPER = 36
 # How often a command started from a dask task checks whether the task was cancelled.
 CANCEL_POLL_SECONDS = 0.25
-# The longest a call waits for the descendants it killed to exit (processes in
-# uninterruptible sleep can take that long; anything longer is left to the watchdog).
-SWEEP_SECONDS = 10.0
 
 REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
-
-
-# -- the child subreaper ---------------------------------------------------------------------
-
-def _load_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-_PRCTL = _load_prctl()
-
-
-class _Calls:
-    """The calls of this process whose commands run, and the subreaper flag.
-
-    ``lock`` is held while a command is started and registered, and while adopted
-    children are examined, so that a command that exits at once is never taken for
-    an adopted child and reaped behind its thread's back.
-    """
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.running = {}  # pid of a command not yet reaped -> its call's token
-        self.tokens = set()  # tokens of the calls whose commands run
-        self.count = itertools.count()
-        self.subreaper = None  # None: not tried yet; else whether prctl works
-
-    def new_token(self):
-        return f"{os.getpid()}-{next(self.count)}-{os.urandom(4).hex()}"
-
-    def enter(self, token):
-        """A call starts (lock held): turn the subreaper flag on for its command."""
-        if not self.tokens and _PRCTL is not None and self.subreaper is not False:
-            self.subreaper = _PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-        self.tokens.add(token)
-
-    def leave(self, token, pid=None):
-        """A call is over (lock held); the flag goes off with the last one, so that a
-        process running no command adopts nothing."""
-        self.tokens.discard(token)
-        if pid is not None:
-            self.running.pop(pid, None)
-        if not self.tokens and self.subreaper:
-            _PRCTL(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-
-    def after_fork_in_child(self):
-        self.__init__()
-
-
-_CALLS = _Calls()
 
 
 # -- starting and waiting ------------------------------------------------------------------
@@ -160,23 +82,23 @@ def start_command(argv, *, cwd, env, stdout, stderr, owner=None) -> subprocess.P
     :func:`wait_then_clean_group`.
     """
     env = dict(os.environ if env is None else env)
-    with _CALLS.lock:
-        token = _CALLS.new_token()
+    with CALLS.lock:
+        token = CALLS.new_token()
         env[CALL_TOKEN_VAR] = token
         # Before the command exists: if this process dies from here on, the watchdog
         # finds the command by its token.
         WATCHDOG.send("call", token, None if owner is None else list(owner))
-        _CALLS.enter(token)
+        CALLS.enter(token)
         try:
             # No preexec_fn: subprocess then starts the command with vfork (see the
             # module docstring).
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=stdout, stderr=stderr, start_new_session=True)
         except BaseException:
-            _CALLS.leave(token)
+            CALLS.leave(token)
             WATCHDOG.send("end", token)
             raise
-        _CALLS.running[proc.pid] = token
+        CALLS.running[proc.pid] = token
     WATCHDOG.send("group", token, proc.pid)
     return proc
 
@@ -213,19 +135,19 @@ def wait_then_clean_group(proc, timeout, grace, cancelled=None) -> str:
 def _clean(proc):
     """Kill the command's group and what escaped it; reap the command."""
     pgid = proc.pid
-    token = _CALLS.running.get(pgid)
+    token = CALLS.running.get(pgid)
     try:
         killpg(pgid, signal.SIGKILL)
         # The leader has exited once this returns: its children that outlived it are
         # this process's children now (subreaper), and the sweep can see them.
         _wait_unreaped(proc, None)
-        if token is not None and _CALLS.subreaper:
-            info = _stat(pgid)  # the command, a zombie until reaped below
-            _sweep(token, None if info is None else info[3])
+        if token is not None and CALLS.subreaper:
+            info = proc_stat(pgid)  # the command, a zombie until reaped below
+            sweep(token, None if info is None else info[3], exclude=(WATCHDOG.pid,))
     finally:
-        with _CALLS.lock:
+        with CALLS.lock:
             proc.wait()
-            _CALLS.leave(token, pgid)
+            CALLS.leave(token, pgid)
         if token is not None:
             WATCHDOG.send("end", token)
 
@@ -273,129 +195,6 @@ def _wait_unreaped(proc, timeout):
         os.close(fd)
 
 
-def killpg(pgid, sig):
-    """``os.killpg`` that ignores a group that is gone."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-# -- the sweep of adopted descendants ---------------------------------------------------------
-
-def _sweep(token, since):
-    """Kill the adopted descendants of call ``token`` until none is left; reap them.
-
-    ``since``: start time of the call's command. An adopted child that has exited
-    (a zombie) is reaped when it descends from a command -- it is not in this
-    process's session, since every command starts a session of its own -- and started
-    after ``since``; a zombie cannot say which call it belonged to. Descendants of
-    calls still running in other threads are left to them.
-
-    A killed child is waited for until it is reaped, and every reap is followed by
-    another look at the children: a process's children come to this one when it
-    exits, and one that is exiting no longer shows its environment.
-    """
-    me, my_session = os.getpid(), os.getsid(0)
-    prefix = f"{me}-"
-    deadline = time.monotonic() + SWEEP_SECONDS
-    delay = 0.001
-    killed = set()
-    while True:
-        again = False
-        with _CALLS.lock:
-            others = _CALLS.tokens - {token}
-            for pid in _children(me):
-                if pid in _CALLS.running or pid == WATCHDOG.pid:
-                    continue
-                info = _stat(pid)
-                if info is None or info[2] == my_session:
-                    continue  # gone, or not from a command: not ours to touch
-                state, pgid, _, start = info
-                if state in (b"Z", b"X"):
-                    if pid in killed or since is None or start >= since:
-                        _reap(pid)
-                        killed.discard(pid)
-                        again = True
-                    continue
-                if pid in killed:
-                    again = True  # still exiting
-                    continue
-                owner = _token_of(pid)
-                if owner is None or not owner.startswith(prefix) or owner in others:
-                    continue
-                # Its own group first (its children that stayed with it), then itself.
-                killpg(pgid, signal.SIGKILL)
-                _kill(pid)
-                killed.add(pid)
-                again = True
-        if not again or time.monotonic() > deadline:
-            return
-        # The killed ones take a moment to exit; their children, re-parented here on
-        # their exit, are seen by the next pass.
-        time.sleep(delay)
-        delay = min(2 * delay, 0.05)
-
-
-def _children(pid):
-    """Pids of this process's children, adopted ones included."""
-    # Adopted children go to the first live thread, the main one unless it has
-    # exited; read every thread only then.
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:
-        pass
-    found = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                found += [int(p) for p in fh.read().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _stat(pid):
-    """``(state, pgid, session, start_time)`` of ``pid``, or None if it is gone."""
-    data = _read(f"/proc/{pid}/stat")
-    if data is None:
-        return None
-    fields = data.rpartition(b")")[2].split()
-    if len(fields) < 20:
-        return None
-    return fields[0], int(fields[2]), int(fields[3]), int(fields[19])
-
-
-def _token_of(pid):
-    data = _read(f"/proc/{pid}/environ")
-    if not data:
-        return None
-    key = CALL_TOKEN_VAR.encode() + b"="
-    for entry in data.split(b"\0"):
-        if entry.startswith(key):
-            return entry[len(key):].decode("ascii", "replace")
-    return None
-
-
-def _kill(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def _reap(pid):
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
 # -- working directories in use -------------------------------------------------------------
 
 def track_workdir(path, *, root, tag, key, keep, max_bytes=None):
@@ -410,17 +209,9 @@ def untrack_workdir(path):
 
 # -- owners ------------------------------------------------------------------------------------
 
-def _read(path):
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
 def _running_since(pid):
     """Start time of ``pid`` if it runs (not a zombie), else None."""
-    info = _stat(pid)
+    info = proc_stat(pid)
     if info is None or info[0] in (b"Z", b"X"):
         return None
     return info[3]
@@ -428,7 +219,7 @@ def _running_since(pid):
 
 def _machine():
     """(boot id, pid namespace): pids compare only between processes that share both."""
-    boot = _read("/proc/sys/kernel/random/boot_id")
+    boot = read_proc("/proc/sys/kernel/random/boot_id")
     try:
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
@@ -608,5 +399,4 @@ class _Watchdog:
 
 WATCHDOG = _Watchdog()
 os.register_at_fork(after_in_child=WATCHDOG.after_fork_in_child)
-os.register_at_fork(after_in_child=_CALLS.after_fork_in_child)
 atexit.register(WATCHDOG.shutdown)
