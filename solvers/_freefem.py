@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError
 
 from ._adapter_common import as_phi, positive_int
+from ._fingerprint import adapter_name
 from ._subprocess import Subprocess
 
 __all__ = ["FreeFem", "diffusion_model", "MODELS_DIR"]
@@ -72,8 +74,9 @@ class FreeFem:
         FreeFem++ options before the script name: headless, no echo, quiet.
     **kwargs
         Passed to :class:`solvers.Subprocess` (``env``, ``workdir_root``,
-        ``keep_workdir``, ``keep_failed``, ``link``, ``kill_grace``, and ``skiprows``,
-        ``usecols``, ``comments`` for an output table with a header or extra columns).
+        ``keep_workdir``, ``keep_failed``, ``keep_failed_bytes``, ``link``,
+        ``kill_grace``, ``version``, and ``skiprows``, ``usecols``, ``comments`` for an
+        output table with a header or extra columns).
 
     Raises
     ------
@@ -126,13 +129,19 @@ class FreeFem:
         self.args = [str(a) for a in args]
         self.n_params = None if n_params is None else positive_int(n_params, "n_params")
         name = os.path.basename(script)
-        staged = {os.path.basename(os.fspath(f)) for f in
+        staged = {os.path.basename(os.fspath(f)): os.fspath(f) for f in
                   ([files] if isinstance(files, (str, os.PathLike)) else files)}
         for written, what in ((name, "the script"), (param_file, "`param_file`")):
             if written in staged:
                 raise FG2UValueError(f"`files` has an entry named {written!r}, the name of "
                                      f"{what}, which is written into each working directory; "
                                      "rename one of them")
+        first = str(param_file).replace(os.sep, "/").split("/")[0]
+        if kwargs.get("link") and first in staged and first != param_file:
+            raise FG2UValueError(
+                f"`param_file` {param_file!r} lies in {first!r}, which `files` links "
+                f"(link=True) to your folder {staged[first]!r}: every call would write it "
+                "there; give it a name outside that folder, or copy it (link=False)")
         writer = _FreeFemInput(param_file, name, source)
         self._run = Subprocess([executable, *flags, name, *self.args], writer=writer,
                                output=output, files=files, timeout=timeout,
@@ -145,6 +154,21 @@ class FreeFem:
     def argv(self):
         """The command line run in each working directory."""
         return list(self._run.argv)
+
+    def fingerprint(self) -> dict:
+        """What identifies this solver's results, as JSON data.
+
+        That of its :class:`~solvers.Subprocess` (the command line, the SHA-256 of the
+        FreeFem++ executable, the staged files' digests, how the output is read,
+        ``version`` ...), with the script's name, the SHA-256 of its text and
+        ``param_file`` instead of the writer.
+        """
+        out = self._run.fingerprint()
+        writer = self._run.writer
+        out.update(adapter=adapter_name(self), writer=None,
+                   script=writer.script_name, param_file=writer.param_file,
+                   script_sha256=hashlib.sha256(writer.script_source.encode()).hexdigest())
+        return out
 
     def __call__(self, phi, *, warm_start=None, seed=None):
         """Run the script once for ``phi``; return its output as a 1-D float64 array."""

@@ -3,29 +3,38 @@
 A command runs in a session (and process group) of its own, so that a timeout kills
 it with its children and only them. Left at that, the command would survive the death
 of the process that started it -- a loky or dask worker that is killed, crashes or is
-restarted, a run stopped with SIGTERM -- and keep running with ppid 1. Three layers
-prevent that, each for the ways a run ends that the others miss:
+restarted, a run stopped with SIGTERM -- and keep running with ppid 1; and a
+descendant that starts a session of its own (``setsid()``) would escape the kill of
+the group. Four layers prevent that, each for the ways a run ends that the others miss:
 
-1. **Parent-death signal** (Linux): the command is started with
-   ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, so the kernel kills it the moment the process
-   that started it dies, whatever killed that process. The signal fires when the
-   *thread* that forked exits; here that thread is always the one that waits for the
-   command until it has ended (:func:`wait_then_clean_group`), so it cannot exit
-   while the command runs unless the whole process does.
-2. **A watchdog process** (POSIX), one per process that runs commands, started on
-   first use (:mod:`solvers._reaper`): it is told the process group of each running
-   command through a pipe; when the pipe closes (the process died) it kills those
-   groups -- the command's own children included, which the parent-death signal does
-   not reach -- and keeps their working directories as failures. It also watches the
-   *owner* of each command, the process that sent the adapter to this worker (the one
-   running the optimization, when it runs on the same machine): when the owner exits,
-   its commands are killed although the worker lives on.
-3. **Cancelled dask tasks**: a command started from a dask task is polled while it
+1. **The process group**, killed with SIGKILL when the command ends, however it ends.
+2. **The call token and the child subreaper** (:mod:`solvers._subreaper`): every
+   descendant carries its call's token in its environment, and while a command runs
+   its process is a child subreaper (Linux), so that the descendants that left the
+   group come back to it; they are killed when the call ends.
+3. **A watchdog process** (POSIX), one per process that runs commands, started on
+   first use (:mod:`solvers._reaper`): it is told the token of each call before its
+   command starts, and the command's process group once it runs, through a pipe. When
+   the pipe closes (the process died, however: SIGKILL, a segfault, the out-of-memory
+   killer) it kills those groups and every process whose environment carries one of
+   those tokens (read from ``/proc``), and keeps the working directories as failures.
+   It also watches the *owner* of each call, the process that sent the adapter to
+   this worker (the one running the optimization, when it runs on the same machine):
+   when the owner exits, its commands are killed although the worker lives on.
+4. **Cancelled dask tasks**: a command started from a dask task is polled while it
    runs and killed when the task is cancelled (the run gave up on it, or its client
    went away), since dask cannot interrupt the thread that runs the task.
 
-Elsewhere (no ``prctl``, no ``/proc``), the watchdog still kills the groups of a worker
-that died; the owner is not watched.
+No parent-death signal (``prctl(PR_SET_PDEATHSIG)``): setting it needs code run in
+the child between ``fork`` and ``exec`` (``preexec_fn``), which rules out the
+``vfork`` path of :mod:`subprocess`; every command would then cost a full ``fork`` of
+the worker, about 2 ms per call more (``benchmarks.adapter_overhead``). The watchdog,
+told the token before the command starts, covers what that signal covered.
+
+What remains possible is listed in :mod:`solvers._subreaper`; in addition, processes
+that run as another user, or in another pid namespace, cannot be killed, and without
+``/proc`` (not Linux) the watchdog still kills the process groups of a worker that
+died, but the owner is not watched and tokens are not searched.
 
 Each command's process group is registered with the watchdog only while the group
 leader is known not to have been reaped, so that its id cannot have been recycled.
@@ -34,7 +43,6 @@ leader is known not to have been reaped, so that its id cannot have been recycle
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import logging
 import math
@@ -46,15 +54,16 @@ import sys
 import threading
 import time
 
-__all__ = ["FINISHED", "TIMED_OUT", "CANCELLED", "start_command", "wait_then_clean_group",
-           "killpg", "process_identity", "owner_to_watch", "task_cancellation",
-           "track_workdir", "untrack_workdir"]
+from ._subreaper import CALL_TOKEN_VAR, CALLS, killpg, proc_stat, read_proc, sweep
+
+__all__ = ["FINISHED", "TIMED_OUT", "CANCELLED", "CALL_TOKEN_VAR", "start_command",
+           "wait_then_clean_group", "killpg", "process_identity", "owner_to_watch",
+           "task_cancellation", "track_workdir", "untrack_workdir"]
 
 logger = logging.getLogger(__name__)
 
 FINISHED, TIMED_OUT, CANCELLED = "finished", "timeout", "cancelled"
 
-PR_SET_PDEATHSIG = 1
 # How often a command started from a dask task checks whether the task was cancelled.
 CANCEL_POLL_SECONDS = 0.25
 
@@ -63,55 +72,45 @@ REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
 
 # -- starting and waiting ------------------------------------------------------------------
 
-def _load_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-_PRCTL = _load_prctl()
-
-
-class _DieWithParent:
-    """``preexec_fn``: SIGKILL this child when the thread that forked it exits."""
-
-    def __init__(self, parent_pid):
-        self.parent_pid = parent_pid
-
-    def __call__(self):
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != self.parent_pid:
-            # The parent died between fork and prctl: the signal will never come.
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def start_command(argv, *, cwd, env, stdout, stderr, owner=None) -> subprocess.Popen:
-    """Start ``argv`` in a new session that dies with this process (see module docs).
+    """Start ``argv`` in a new session that cannot outlive this process (module docs).
 
-    ``owner`` is ``(pid, start_time)`` of a process whose exit must kill the command
-    too (:func:`owner_to_watch`), or None. Raises what :class:`subprocess.Popen` raises.
+    ``env`` is the command's environment (None: this process's); the call's token is
+    added to it. ``owner`` is ``(pid, start_time)`` of a process whose exit must kill
+    the command too (:func:`owner_to_watch`), or None. Raises what
+    :class:`subprocess.Popen` raises. The command must be waited for with
+    :func:`wait_then_clean_group`.
     """
-    preexec = _DieWithParent(os.getpid()) if _PRCTL is not None else None
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
-                            stderr=stderr, start_new_session=True, preexec_fn=preexec)
-    WATCHDOG.send("group", proc.pid, None if owner is None else list(owner))
+    env = dict(os.environ if env is None else env)
+    with CALLS.lock:
+        token = CALLS.new_token()
+        env[CALL_TOKEN_VAR] = token
+        # Before the command exists: if this process dies from here on, the watchdog
+        # finds the command by its token.
+        WATCHDOG.send("call", token, None if owner is None else list(owner))
+        CALLS.enter(token)
+        try:
+            # No preexec_fn: subprocess then starts the command with vfork (see the
+            # module docstring).
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=stdout, stderr=stderr, start_new_session=True)
+        except BaseException:
+            CALLS.leave(token)
+            WATCHDOG.send("end", token)
+            raise
+        CALLS.running[proc.pid] = token
+    WATCHDOG.send("group", token, proc.pid)
     return proc
 
 
 def wait_then_clean_group(proc, timeout, grace, cancelled=None) -> str:
-    """Wait for ``proc``; kill its process group; return how it ended.
+    """Wait for ``proc``; kill its process group and escaped descendants; say how it ended.
 
     Returns :data:`FINISHED`, :data:`TIMED_OUT` (ran past ``timeout`` seconds) or
     :data:`CANCELLED` (``cancelled()`` became true). In the last two cases the group is
     sent SIGTERM, then SIGKILL after ``grace`` seconds. In every case the group is sent
-    SIGKILL at the end, which removes whatever the command left running in it.
+    SIGKILL at the end, which removes whatever the command left running in it, and
+    the descendants that left the group are killed too (see the module docstring).
 
     The child is waited for *without reaping it* (pidfd / waitid WNOWAIT): while it is
     a zombie its pid, which is also the process-group id, cannot be recycled, so the
@@ -127,14 +126,30 @@ def wait_then_clean_group(proc, timeout, grace, cancelled=None) -> str:
     except BaseException:
         # KeyboardInterrupt, SIGTERM turned into an exception, an evaluator's SIGALRM
         # timeout: do not leave the command running.
-        killpg(pgid, signal.SIGKILL)
-        WATCHDOG.send("ungroup", pgid)
-        proc.wait()
+        _clean(proc)
         raise
-    killpg(pgid, signal.SIGKILL)
-    WATCHDOG.send("ungroup", pgid)
-    proc.wait()
+    _clean(proc)
     return outcome
+
+
+def _clean(proc):
+    """Kill the command's group and what escaped it; reap the command."""
+    pgid = proc.pid
+    token = CALLS.running.get(pgid)
+    try:
+        killpg(pgid, signal.SIGKILL)
+        # The leader has exited once this returns: its children that outlived it are
+        # this process's children now (subreaper), and the sweep can see them.
+        _wait_unreaped(proc, None)
+        if token is not None and CALLS.subreaper:
+            info = proc_stat(pgid)  # the command, a zombie until reaped below
+            sweep(token, None if info is None else info[3], exclude=(WATCHDOG.pid,))
+    finally:
+        with CALLS.lock:
+            proc.wait()
+            CALLS.leave(token, pgid)
+        if token is not None:
+            WATCHDOG.send("end", token)
 
 
 def _wait(proc, timeout, cancelled):
@@ -180,19 +195,11 @@ def _wait_unreaped(proc, timeout):
         os.close(fd)
 
 
-def killpg(pgid, sig):
-    """``os.killpg`` that ignores a group that is gone."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 # -- working directories in use -------------------------------------------------------------
 
-def track_workdir(path, *, root, tag, key, keep):
+def track_workdir(path, *, root, tag, key, keep, max_bytes=None):
     """Tell the watchdog that ``path`` is in use: kept as a failure if this process dies."""
-    WATCHDOG.send("dir", path, root, tag, key, keep)
+    WATCHDOG.send("dir", path, root, tag, key, keep, max_bytes)
 
 
 def untrack_workdir(path):
@@ -202,27 +209,17 @@ def untrack_workdir(path):
 
 # -- owners ------------------------------------------------------------------------------------
 
-def _read(path):
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError:
+def _running_since(pid):
+    """Start time of ``pid`` if it runs (not a zombie), else None."""
+    info = proc_stat(pid)
+    if info is None or info[0] in (b"Z", b"X"):
         return None
-
-
-def _start_time(pid):
-    data = _read(f"/proc/{pid}/stat")
-    if data is None:
-        return None
-    fields = data.rpartition(b")")[2].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
+    return info[3]
 
 
 def _machine():
     """(boot id, pid namespace): pids compare only between processes that share both."""
-    boot = _read("/proc/sys/kernel/random/boot_id")
+    boot = read_proc("/proc/sys/kernel/random/boot_id")
     try:
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
@@ -235,7 +232,7 @@ def _machine():
 def process_identity():
     """This process, as the owner of an adapter it sends away; None off Linux."""
     machine = _machine()
-    start = _start_time(os.getpid())
+    start = _running_since(os.getpid())
     if machine is None or start is None:
         return None
     return (*machine, os.getpid(), start)
@@ -252,7 +249,7 @@ def owner_to_watch(identity):
     boot, namespace, pid, start = identity
     if _machine() != (boot, namespace) or pid == os.getpid():
         return None
-    if _start_time(pid) != start:
+    if _running_since(pid) != start:
         return None
     return int(pid), int(start)
 
@@ -300,9 +297,14 @@ class _Watchdog:
         self._fd = None
         self._proc = None
         self._pid = None
-        self._groups = {}
+        self._calls = {}  # token -> [owner, pgid]
         self._dirs = {}
         self._failed = False
+
+    @property
+    def pid(self):
+        """The watchdog's pid, or None."""
+        return None if self._proc is None else self._proc.pid
 
     def after_fork_in_child(self):
         if self._fd is not None:
@@ -315,10 +317,13 @@ class _Watchdog:
 
     def send(self, tag, *args):
         with self._lock:
-            if tag == "group":
-                self._groups[args[0]] = args[1]
-            elif tag == "ungroup":
-                self._groups.pop(args[0], None)
+            if tag == "call":
+                self._calls[args[0]] = [args[1], None]
+            elif tag == "group":
+                if args[0] in self._calls:
+                    self._calls[args[0]][1] = args[1]
+            elif tag == "end":
+                self._calls.pop(args[0], None)
             elif tag == "dir":
                 self._dirs[args[0]] = args[1:]
             elif tag == "undir":
@@ -361,8 +366,10 @@ class _Watchdog:
         return self._replay()
 
     def _replay(self):
-        for pgid, owner in self._groups.items():
-            if not self._write(["group", pgid, owner]):
+        for token, (owner, pgid) in self._calls.items():
+            if not self._write(["call", token, owner]):
+                return False
+            if pgid is not None and not self._write(["group", token, pgid]):
                 return False
         for path, info in self._dirs.items():
             if not self._write(["dir", path, *info]):

@@ -10,6 +10,7 @@ from fg2u_zo.errors import FG2UTypeError, FG2UValueError, FG2UWarning, InnerSolv
 
 from ._adapter_common import (as_phi, as_theta, choice, exception_detail, finite_vector,
                               positive_int, positive_number)
+from ._fingerprint import adapter_name, callable_identity, check_version, jsonable
 
 __all__ = ["SolveIVP", "ScipyMinimize", "SparseLinear"]
 
@@ -58,6 +59,10 @@ class SolveIVP:
         If True, the last ``n`` entries of ``phi`` are the initial state.
     jac : callable, optional
         ``jac(t, y, p) -> (n, n)`` Jacobian of ``rhs`` for the implicit methods.
+    version : str, optional
+        Your name for the version of the code this solver calls, part of
+        :meth:`fingerprint`: change it when that code changes in a way the
+        fingerprint cannot see (a module the callables use).
     **options
         Passed to :func:`solve_ivp` (``max_step``, ``first_step`` ...).
 
@@ -90,7 +95,7 @@ class SolveIVP:
     """
 
     def __init__(self, rhs, y0, t_span, t_eval, *, method="DOP853", rtol=1e-10, atol=1e-12,
-                 learn_y0=False, jac=None, **options):
+                 learn_y0=False, jac=None, version=None, **options):
         self.rhs = _check_callable(rhs, "rhs", "rhs(t, y, phi) -> dy/dt")
         self.y0 = finite_vector(y0, "y0")
         t_span = tuple(float(t) for t in t_span)
@@ -114,10 +119,23 @@ class SolveIVP:
             _check_callable(jac, "jac", "jac(t, y, phi) -> (n, n) array")
         self.jac = jac
         self.options = options
+        self.version = check_version(version)
 
     def __repr__(self):
         return (f"SolveIVP({getattr(self.rhs, '__name__', self.rhs)!r}, method="
                 f"{self.method!r}, rtol={self.rtol:g}, atol={self.atol:g})")
+
+    def fingerprint(self) -> dict:
+        """What identifies this solver's results, as JSON data: ``rhs`` and ``jac``
+        (module, qualified name, source digest), digests of ``y0`` and ``t_eval``,
+        ``t_span``, the method, tolerances, ``learn_y0``, the options and ``version``
+        (see :mod:`solvers._fingerprint`)."""
+        return {"adapter": adapter_name(self), "version": self.version,
+                "rhs": callable_identity(self.rhs), "jac": callable_identity(self.jac),
+                "y0": jsonable(self.y0), "t_span": list(self.t_span),
+                "t_eval": jsonable(self.t_eval), "method": self.method, "rtol": self.rtol,
+                "atol": self.atol, "learn_y0": self.learn_y0,
+                "options": jsonable(self.options)}
 
     def __call__(self, phi, *, warm_start=None, seed=None):
         from scipy.integrate import solve_ivp
@@ -188,6 +206,10 @@ class ScipyMinimize:
         What to do when scipy reports ``success=False``: raise
         ``InnerSolverError(kind="not_converged")`` with scipy's message, or emit a
         :class:`fg2u_zo.FG2UWarning` with it and return the last iterate.
+    version : str, optional
+        Your name for the version of the code this solver calls, part of
+        :meth:`fingerprint`: change it when that code changes in a way the
+        fingerprint cannot see (a module the callables use).
 
     Notes
     -----
@@ -209,7 +231,7 @@ class ScipyMinimize:
     """
 
     def __init__(self, objective, x0, *, method=None, jac=None, bounds=None, tol=1e-10,
-                 options=None, on_failure="raise"):
+                 options=None, on_failure="raise", version=None):
         self.objective = _check_callable(objective, "objective", "objective(theta, phi)")
         self.x0 = finite_vector(x0, "x0")
         if method is not None and not isinstance(method, str):
@@ -226,10 +248,22 @@ class ScipyMinimize:
             raise FG2UTypeError(f"`options` must be a dict, got {type(options).__name__}")
         self.options = dict(options or {})
         self.on_failure = choice(on_failure, "on_failure", ("raise", "warn"))
+        self.version = check_version(version)
 
     def __repr__(self):
         return (f"ScipyMinimize({getattr(self.objective, '__name__', self.objective)!r}, "
                 f"method={self.method!r}, tol={self.tol!r})")
+
+    def fingerprint(self) -> dict:
+        """What identifies this solver's results, as JSON data: ``objective`` and
+        ``jac`` (module, qualified name, source digest), a digest of ``x0``, the
+        method, bounds, ``tol``, options, ``on_failure`` and ``version`` (see
+        :mod:`solvers._fingerprint`)."""
+        return {"adapter": adapter_name(self), "version": self.version,
+                "objective": callable_identity(self.objective), "jac": jsonable(self.jac),
+                "x0": jsonable(self.x0), "method": self.method,
+                "bounds": jsonable(self.bounds), "tol": self.tol,
+                "options": jsonable(self.options), "on_failure": self.on_failure}
 
     def __call__(self, phi, *, warm_start=None, seed=None):
         from scipy.optimize import minimize
@@ -321,6 +355,10 @@ class SparseLinear:
         What is returned: ``None`` for all of ``u``; an integer index array (or a
         boolean mask, or a slice) for ``u[observe]``; a 2-D ``(m, n)`` dense or sparse
         matrix for ``observe @ u``.
+    version : str, optional
+        Your name for the version of the code this solver calls, part of
+        :meth:`fingerprint`: change it when that code changes in a way the
+        fingerprint cannot see (a module the callables use).
 
     Raises
     ------
@@ -348,7 +386,7 @@ class SparseLinear:
     """
 
     def __init__(self, assemble, b, *, method="spsolve", rtol=1e-12, atol=0.0, maxiter=None,
-                 observe=None):
+                 observe=None, version=None):
         self.assemble = _check_callable(assemble, "assemble", "assemble(phi) -> matrix")
         if callable(b):
             self.b = b
@@ -365,10 +403,21 @@ class SparseLinear:
         self.atol = float(atol)
         self.maxiter = None if maxiter is None else positive_int(maxiter, "maxiter")
         self.observe = _check_observe(observe)
+        self.version = check_version(version)
 
     def __repr__(self):
         return (f"SparseLinear({getattr(self.assemble, '__name__', self.assemble)!r}, "
                 f"method={self.method!r}, rtol={self.rtol:g})")
+
+    def fingerprint(self) -> dict:
+        """What identifies this solver's results, as JSON data: ``assemble`` (and
+        ``b`` when it is a callable: module, qualified name, source digest; else a
+        digest of it), the method, tolerances, ``maxiter``, ``observe`` and
+        ``version`` (see :mod:`solvers._fingerprint`)."""
+        return {"adapter": adapter_name(self), "version": self.version,
+                "assemble": callable_identity(self.assemble), "b": jsonable(self.b),
+                "method": self.method, "rtol": self.rtol, "atol": self.atol,
+                "maxiter": self.maxiter, "observe": jsonable(self.observe)}
 
     def __call__(self, phi, *, warm_start=None, seed=None):
         import scipy.sparse as sp

@@ -10,6 +10,7 @@ import numpy as np
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
 
 from ._adapter_common import as_phi, as_theta, choice, exception_detail
+from ._fingerprint import adapter_name, callable_identity, check_version, jsonable
 
 __all__ = ["SklearnFit", "TRANSFORMS"]
 
@@ -100,6 +101,10 @@ class SklearnFit:
         What a :class:`sklearn.exceptions.ConvergenceWarning` during the fit does:
         raise ``InnerSolverError(kind="not_converged")`` with its text, re-emit it, or
         drop it. Other warnings pass through unchanged.
+    version : str, optional
+        Your name for the version of the code this solver calls, part of
+        :meth:`fingerprint`: change it when that code changes in a way the
+        fingerprint cannot see (a module the callables use).
 
     Notes
     -----
@@ -142,7 +147,7 @@ class SklearnFit:
 
     def __init__(self, estimator, X, y, *, params=None, sample_weight=None,
                  sample_weight_param="sample_weight", output="coef", X_val=None,
-                 fit_params=None, on_convergence_warning="raise"):
+                 fit_params=None, on_convergence_warning="raise", version=None):
         sklearn = _import_sklearn()
         if hasattr(estimator, "fit") and hasattr(estimator, "get_params"):
             sklearn.base.clone(estimator)  # fail now, not on a worker, if it cannot clone
@@ -181,10 +186,32 @@ class SklearnFit:
         self.fit_params = dict(fit_params or {})
         self.on_convergence_warning = choice(on_convergence_warning, "on_convergence_warning",
                                              ("raise", "warn", "ignore"))
+        self.version = check_version(version)
 
     def __repr__(self):
         what = self.estimator if self.estimator is not None else self.make_estimator
         return f"SklearnFit({what!r}, output={self.output!r})"
+
+    def fingerprint(self) -> dict:
+        """What identifies this solver's results, as JSON data: the estimator's class
+        and parameters (``get_params(deep=True)``) or the factory, digests of ``X``,
+        ``y`` and ``X_val``, the hyperparameter and sample-weight maps, the output,
+        ``fit_params``, the scikit-learn version and ``version`` (see
+        :mod:`solvers._fingerprint`)."""
+        sklearn = _import_sklearn()
+        if self.estimator is not None:
+            cls = type(self.estimator)
+            estimator = {"class": f"{cls.__module__}:{cls.__qualname__}",
+                         "params": jsonable(self.estimator.get_params(deep=True))}
+        else:
+            estimator = {"factory": callable_identity(self.make_estimator)}
+        return {"adapter": adapter_name(self), "version": self.version,
+                "sklearn": sklearn.__version__, "estimator": estimator,
+                "X": jsonable(self.X), "y": jsonable(self.y), "X_val": jsonable(self.X_val),
+                "params": jsonable(self.params), "sample_weight": jsonable(self.sample_weight),
+                "sample_weight_param": self.sample_weight_param,
+                "output": jsonable(self.output), "fit_params": jsonable(self.fit_params),
+                "on_convergence_warning": self.on_convergence_warning}
 
     def _new_estimator(self):
         sklearn = _import_sklearn()

@@ -5,9 +5,10 @@ on lives next to it: input templates (:mod:`solvers._template`), reading the out
 (:mod:`solvers._text_output`), working directories (:mod:`solvers._workdirs`) and
 starting commands that cannot outlive the run (:mod:`solvers._process_guard`).
 
-The module is about 600 lines because the class docstring, the adapter's user manual
+The module is about 730 lines because the class docstring, the adapter's user manual
 (every argument, every failure kind, what happens to processes and directories), is
-170 of them; the code is under 450.
+200 of them, and the methods' docstrings and the argument checks with their messages
+most of the rest.
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ import signal
 import tempfile
 import time
 import uuid
+import warnings
 
-from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
+from fg2u_zo.errors import FG2UTypeError, FG2UValueError, FG2UWarning, InnerSolverError
 
 from ._adapter_common import (as_phi, as_theta, exception_detail, optional_positive_number,
                               positive_int, positive_number)
+from ._fingerprint import (adapter_name, callable_identity, check_version,
+                           executable_digest, file_digest, jsonable)
 from ._process_guard import (CANCELLED, TIMED_OUT, owner_to_watch, process_identity,
                              start_command, task_cancellation, track_workdir,
                              untrack_workdir, wait_then_clean_group)
 from ._template import parse_template, render_template
 from ._text_output import TAIL_LINES, TextFormat, file_tail, read_output_file
-from ._workdirs import FAILURE_NOTE, forget_failure, keep_failure, new_workdir
+from ._workdirs import (FAILURE_NOTE, LOG_TAIL_BYTES, STDERR_LOG, STDOUT_LOG, forget_failure,
+                        keep_failure, new_workdir)
 
 __all__ = ["Subprocess"]
 
@@ -39,8 +44,8 @@ __all__ = ["Subprocess"]
 THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                      "VECLIB_MAXIMUM_FRAMEWORK_THREADS", "NUMEXPR_NUM_THREADS")
 
-STDOUT_LOG = "fg2u-stdout.log"
-STDERR_LOG = "fg2u-stderr.log"
+#: Default bound on the bytes of the failed calls' directories one adapter keeps.
+KEEP_FAILED_BYTES = 256 * 2**20
 
 
 class Subprocess:
@@ -59,10 +64,13 @@ class Subprocess:
         is refused: no shell is ever used, so there is nothing to split it. Arguments may
         name files of the working directory by relative path (the command runs there).
     template : str or os.PathLike, optional
-        Input deck written to ``input_name`` before the run. A ``pathlib.Path`` (any
-        ``os.PathLike``) is read as a file, once, at construction; a ``str`` is the
-        template text itself. Placeholders use Python's format syntax and are filled
-        with numbers only:
+        Input deck written to ``input_name`` before the run. A ``str`` is the template
+        text itself; a ``pathlib.Path`` (any ``os.PathLike``) is read as a file, once,
+        at construction, as is ``template_file``. A ``str`` that is the name of an
+        existing file (and holds no placeholder) is most likely meant as a file: it
+        is used as text all the same, with an :class:`~fg2u_zo.FG2UWarning` that says
+        to pass ``template_file=`` or a ``pathlib.Path``. Placeholders use Python's
+        format syntax and are filled with numbers only:
 
         - ``{phi[3]}``: one entry of ``phi``;
         - ``{phi}``: the whole vector, space separated;
@@ -75,8 +83,11 @@ class Subprocess:
         A format spec (``{phi[0]:.6e}``) overrides that, for codes with a fixed input
         format -- at the price of rounding ``phi`` before the solver sees it. Literal
         braces are written ``{{`` and ``}}``. An unknown placeholder is an error here.
+    template_file : path-like, optional
+        A file holding the template, read once here (instead of ``template``).
     input_name : str, default "input.txt"
-        File name of the rendered template in the working directory.
+        File name of the rendered template in the working directory (a relative
+        path; its folder may not be a linked entry of ``files``, see ``link``).
     names : sequence of str, optional
         Names of the entries of ``phi``, usable as template placeholders.
     writer : callable, optional
@@ -112,7 +123,10 @@ class Subprocess:
         Symlink ``files`` instead of copying them (faster for large files; the command
         must not modify them). The links are made after ``writer`` has run, and a file
         it wrote under a linked name is an error, so that nothing the adapter writes
-        goes through a link into the original.
+        goes through a link into the original. For the same reason ``input_name`` (with
+        a template) and ``output`` may not lie inside a linked folder
+        (``input_name="data/input.txt"`` with ``files=[".../data"]``): every call would
+        write into your own folder, and parallel calls would read each other's files.
     timeout : float, optional
         Seconds before the command's whole process group is sent SIGTERM, then SIGKILL
         after ``kill_grace`` seconds. ``None`` waits forever.
@@ -135,6 +149,10 @@ class Subprocess:
         of its most recent failures, across every process it runs in. The path of a
         kept directory is in the error message and in
         :attr:`InnerSolverError.workdir`. 0 keeps none.
+    keep_failed_bytes : int, default 256 MiB
+        Most bytes the kept directories hold together (see Notes). In a kept
+        directory the logs of the command's stdout and stderr hold only their last
+        MiB (or a quarter of this bound, if less).
     n_outputs : int, optional
         Expected number of outputs; any other count raises ``InnerSolverError``
         (``kind="shape"``).
@@ -147,6 +165,10 @@ class Subprocess:
     install_hint : str, optional
         Appended to the error raised when the executable is missing (e.g. how to
         install it).
+    version : str, optional
+        Your name for the version of the program (a release, a commit id), part of
+        :meth:`fingerprint`: change it when the program changes in a way the
+        fingerprint cannot see (a library it loads, a file it reads by itself).
 
     Raises
     ------
@@ -176,27 +198,43 @@ class Subprocess:
     ``writer``, raise ``FG2UValueError``: deterministic errors, before anything runs.
 
     **Processes.** No process a call starts outlives the run: processes the command
-    left running in its process group are killed when it exits, and the command is
-    killed with its group when the process that started it dies (a loky or dask
-    worker killed, crashed or restarted, SIGKILL of the run), when the process that
-    sent the solver to a worker on the same machine exits (the run was stopped while
-    the worker waits), and when the dask task running it is cancelled (the run gave
-    up on it; noticed within a quarter of a second, in the task's own thread only --
-    with an Evaluator ``timeout`` the solver runs in a helper thread, and a timed-out
-    one ends at this adapter's ``timeout`` or with its worker). On Linux the kernel's parent-death signal kills the command itself at
-    once; a small watchdog process per worker kills its whole process group
-    (:mod:`solvers._process_guard`). A grandchild that starts a session of its own
-    escapes process groups and is not tracked. Without ``/proc`` (not Linux) the
-    owner is not watched.
+    left running in its process group are killed when it exits; so are its
+    descendants that started a session of their own (``setsid()``: a daemon, a
+    launcher's helper), which come back to the worker -- a child subreaper while the
+    command runs (Linux) -- and are recognized by the token of the call in their
+    environment (``FG2U_ZO_CALL``). The command and all of these are killed when the
+    process that started it dies (a loky or dask worker killed, crashed or
+    restarted, SIGKILL of the run), when the process that sent the solver to a
+    worker on the same machine exits (the run was stopped while the worker waits),
+    and when the dask task running it is cancelled (the run gave up on it; noticed
+    within a quarter of a second, in the task's own thread only -- with an Evaluator
+    ``timeout`` the solver runs in a helper thread, and a timed-out one ends at this
+    adapter's ``timeout`` or with its worker); a small watchdog process per worker
+    does that when the worker itself is gone (:mod:`solvers._process_guard`). What
+    remains possible: a descendant that leaves the process group *and* replaces its
+    environment (or runs as another user) is not recognized; without
+    ``PR_SET_CHILD_SUBREAPER`` (not Linux) escaped descendants are found only when
+    the worker dies; without ``/proc`` the owner is not watched. The token in the
+    environment is the only trace of this in the command.
 
     **Working directories.** Under ``workdir_root``, ``fg2u-<tag>-<key>-<random>``
     while a call runs (``tag`` names this solver, ``key`` the point). A successful
     call removes its directory and that of an earlier failed attempt at the same
     point (a retry that worked). A failed call leaves its directory as
     ``fg2u-<tag>-failed-<key>``, with the error in ``fg2u-failure.txt``, and only the
-    ``keep_failed`` most recent of them are left. So after a run, what remains are
-    the directories of the last failures that no retry repaired. The directory of a
-    call whose worker process died is kept the same way by the watchdog.
+    ``keep_failed`` most recent of them are left, holding at most
+    ``keep_failed_bytes`` together: the logs of the command's output
+    (``fg2u-stdout.log``, ``fg2u-stderr.log``) are cut to their last MiB, with a first
+    line that says how much was cut; older directories are removed first when the
+    kept ones hold more; and when the most recent one alone holds more, its largest
+    files (not the logs or the note) are removed and named in its note. So after a
+    run, what remains are the directories of the last failures that no retry
+    repaired, within a known number of bytes. The directory of a call whose worker
+    process died is kept the same way by the watchdog.
+
+    **Fingerprint.** :meth:`fingerprint` identifies what this solver computes (see
+    there), so that a run resumed with a changed program does not replay the
+    outputs of the old one.
 
     **Smoothness.** Finite differences through the command are only as good as the
     digits that cross the files: the template writes ``phi`` exactly, and the command
@@ -216,21 +254,18 @@ class Subprocess:
     array([2.25, 4.  ])
     """
 
-    def __init__(self, argv, *, template=None, input_name="input.txt", names=None,
-                 writer=None, output=None, reader=None, files=(), link=False, timeout=None,
-                 kill_grace=0.5, env=None, workdir_root=None, keep_workdir=False,
-                 keep_failed=5, n_outputs=None, n_params=None, skiprows=0, usecols=None,
-                 comments="#", check_executable=True, install_hint=None):
+    def __init__(self, argv, *, template=None, template_file=None, input_name="input.txt",
+                 names=None, writer=None, output=None, reader=None, files=(), link=False,
+                 timeout=None, kill_grace=0.5, env=None, workdir_root=None,
+                 keep_workdir=False, keep_failed=5, keep_failed_bytes=KEEP_FAILED_BYTES,
+                 n_outputs=None, n_params=None, skiprows=0, usecols=None, comments="#",
+                 check_executable=True, install_hint=None, version=None):
         self.argv = _check_argv(argv)
         self.names = _check_names(names)
+        template = _read_template(template, template_file)
         if template is not None and writer is not None:
-            raise FG2UValueError("pass either `template` or `writer`, not both")
-        if isinstance(template, os.PathLike):
-            with open(template, encoding="utf-8") as fh:
-                template = fh.read()
-        if template is not None and not isinstance(template, str):
-            raise FG2UTypeError("`template` must be a str (the template text) or a "
-                                f"pathlib.Path (a file to read), got {type(template).__name__}")
+            raise FG2UValueError("pass either `template` or `writer`, not both (a "
+                                 "`template_file` is a template too)")
         self.template = template
         self._fields = parse_template(template, self.names) if template is not None else None
         self.input_name = _check_relative_name(input_name, "input_name")
@@ -270,6 +305,8 @@ class Subprocess:
         self.workdir_root = workdir_root
         self.keep_workdir = bool(keep_workdir)
         self.keep_failed = positive_int(keep_failed, "keep_failed", minimum=0)
+        self.keep_failed_bytes = positive_int(keep_failed_bytes, "keep_failed_bytes")
+        self.version = check_version(version)
         self.n_outputs = None if n_outputs is None else positive_int(n_outputs, "n_outputs")
         self.n_params = None if n_params is None else positive_int(n_params, "n_params")
         self.install_hint = install_hint
@@ -292,6 +329,45 @@ class Subprocess:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._owner = owner_to_watch(state.get("_owner"))
+
+    def fingerprint(self) -> dict:
+        """What identifies this solver's results, as JSON data.
+
+        The adapter type, ``argv`` and the SHA-256 of the executable it names here,
+        the template text and ``input_name``, the ``writer`` and ``reader`` (module,
+        qualified name and source digest), the names and SHA-256 digests of the
+        staged ``files`` (of every file of a staged folder), how the output is read,
+        ``env``, ``n_outputs``, ``n_params`` and ``version``. Read now: a file
+        changed since construction changes it. Timeouts and where directories go
+        are left out: they do not change an output.
+
+        Returns
+        -------
+        dict
+            JSON-serializable; equal for two solvers that compute the same thing
+            (as far as this adapter can tell: see ``version``).
+        """
+        return {
+            "adapter": adapter_name(self),
+            "version": self.version,
+            "argv": list(self.argv),
+            "executable_sha256": executable_digest(self.argv[0]),
+            "template": self.template,
+            "input_name": self.input_name if self.template is not None else None,
+            "names": self.names,
+            "writer": callable_identity(self.writer),
+            "output": self.output,
+            "reader": callable_identity(self.reader),
+            "text_format": jsonable({"skiprows": self.text_format.skiprows,
+                                     "usecols": self.text_format.usecols,
+                                     "comments": self.text_format.comments}),
+            "files": [{"name": os.path.basename(f), "sha256": file_digest(f)}
+                      for f in self.files],
+            "link": self.link,
+            "env": self.env,
+            "n_outputs": self.n_outputs,
+            "n_params": self.n_params,
+        }
 
     # -- construction checks -------------------------------------------------------
 
@@ -335,6 +411,19 @@ class Subprocess:
                     f"as {base!r}, which is {written[base]}: that file would be "
                     f"{'overwritten through the link' if self.link else 'replaced'}; "
                     "rename the file or choose another name")
+        if not self.link:
+            return
+        linked = {os.path.basename(path): path for path in self.files}
+        for arg, name in (("input_name", self.input_name if self.template is not None
+                           else None), ("output", self.output)):
+            first = None if name is None else name.replace(os.sep, "/").split("/")[0]
+            if first in linked and first != name:
+                raise FG2UValueError(
+                    f"`{arg}` {name!r} lies in {first!r}, which `files` links (link=True) "
+                    f"to your folder {linked[first]!r}: every call would write it there, "
+                    "and parallel calls would read each other's files. Give it a name "
+                    f"outside {first!r} (e.g. {arg}={os.path.basename(name)!r}), or "
+                    "copy the folder (link=False)")
 
     # -- one evaluation ------------------------------------------------------------
 
@@ -349,7 +438,8 @@ class Subprocess:
         workdir = new_workdir(root, self._tag, key)
         tracked = not self.keep_workdir
         if tracked:
-            track_workdir(workdir, root=root, tag=self._tag, key=key, keep=self.keep_failed)
+            track_workdir(workdir, root=root, tag=self._tag, key=key, keep=self.keep_failed,
+                          max_bytes=self.keep_failed_bytes)
         try:
             theta = self._evaluate(workdir, phi, text, seed, warm_start)
         except InnerSolverError as exc:
@@ -364,7 +454,7 @@ class Subprocess:
             # already killed; keep the directory like that of any failure.
             if tracked:
                 keep_failure(workdir, root=root, tag=self._tag, key=key,
-                             keep=self.keep_failed,
+                             keep=self.keep_failed, max_bytes=self.keep_failed_bytes,
                              note=f"interrupted by {type(exc).__name__}: {exc}")
             raise
         else:
@@ -401,7 +491,8 @@ class Subprocess:
             return
         message = exc.args[0] if exc.args else ""
         final = keep_failure(workdir, root=root, tag=self._tag, key=key,
-                             keep=self.keep_failed, note=f"{exc.kind}: {message}")
+                             keep=self.keep_failed, max_bytes=self.keep_failed_bytes,
+                             note=f"{exc.kind}: {message}")
         slot = f"(working directory kept: {workdir})"
         if final is None:
             message = message.replace(slot, "(working directory removed: keep_failed=0)")
@@ -529,6 +620,44 @@ def _point_key(phi, seed):
     digest = hashlib.blake2b(phi.tobytes(), digest_size=6)
     digest.update(repr(seed).encode())
     return digest.hexdigest()
+
+
+def _read_template(template, template_file):
+    """The template text from ``template`` (text or a path) or ``template_file``."""
+    if template_file is not None:
+        if template is not None:
+            raise FG2UValueError("pass either `template` (the text) or `template_file` "
+                                 "(a file holding it), not both")
+        if not isinstance(template_file, (str, os.PathLike)):
+            raise FG2UTypeError(f"`template_file` must be a path, got "
+                                f"{type(template_file).__name__}")
+        template = os.fspath(template_file)
+        if not os.path.isfile(template):
+            raise FG2UValueError(f"`template_file` {template!r} is not a file")
+        with open(template, encoding="utf-8") as fh:
+            return fh.read()
+    if isinstance(template, os.PathLike):
+        with open(template, encoding="utf-8") as fh:
+            return fh.read()
+    if template is not None and not isinstance(template, str):
+        raise FG2UTypeError("`template` must be a str (the template text) or a "
+                            f"pathlib.Path (a file to read), got {type(template).__name__}")
+    if template is not None and _names_a_file(template):
+        warnings.warn(
+            f"`template` {template!r} is the name of an existing file, but a str is the "
+            "text of the input deck: the command will read that name, not the file's "
+            "contents. Pass template_file=... or a pathlib.Path to read the file",
+            FG2UWarning, stacklevel=3)
+    return template
+
+
+def _names_a_file(text):
+    if "{" in text or "\n" in text or len(text) > 4096:
+        return False
+    try:
+        return os.path.isfile(text)
+    except (OSError, ValueError):
+        return False
 
 
 def _check_argv(argv):

@@ -17,6 +17,7 @@ from torch.func import grad as func_grad
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
 
 from ._adapter_common import as_phi, positive_int, positive_number
+from ._fingerprint import adapter_name, callable_identity, check_version, jsonable
 
 __all__ = ["TorchUnrolled", "OPTIMIZERS"]
 
@@ -105,6 +106,10 @@ class TorchUnrolled:
         ``inner_grad(theta, phi) -> tensor (M,)``, a hand-written ``d g / d theta`` in
         torch operations, used instead of ``torch.func.grad(inner_loss)`` (faster for
         simple losses; it must be differentiable in ``theta`` and ``phi`` itself).
+    version : str, optional
+        Your name for the version of the code this solver calls, part of
+        :meth:`fingerprint`: change it when that code changes in a way the
+        fingerprint cannot see (a module the callables use).
 
     Attributes
     ----------
@@ -145,7 +150,7 @@ class TorchUnrolled:
     """
 
     def __init__(self, inner_loss, theta0, steps, *, optimizer="sgd", lr=0.1, momentum=0.9,
-                 betas=(0.9, 0.999), eps=1e-8, eps_root=1e-16, inner_grad=None):
+                 betas=(0.9, 0.999), eps=1e-8, eps_root=1e-16, inner_grad=None, version=None):
         if not callable(inner_loss):
             raise FG2UTypeError(
                 f"`inner_loss` must be a callable inner_loss(theta, phi) -> 0-d tensor, got "
@@ -172,6 +177,19 @@ class TorchUnrolled:
         self.betas = (_unit_interval(beta1, "betas[0]"), _unit_interval(beta2, "betas[1]"))
         self.eps = positive_number(eps, "eps")
         self.eps_root = _nonnegative(eps_root, "eps_root")
+        self.version = check_version(version)
+
+    def fingerprint(self) -> dict:
+        """What identifies this solver's results, as JSON data: ``inner_loss`` and
+        ``inner_grad`` (module, qualified name, source digest), ``theta0`` (a digest,
+        or the callable), the inner optimizer and its settings, and ``version`` (see
+        :mod:`solvers._fingerprint`)."""
+        return {"adapter": adapter_name(self), "version": self.version,
+                "inner_loss": callable_identity(self.inner_loss),
+                "inner_grad": callable_identity(self.inner_grad),
+                "theta0": jsonable(self.theta0), "steps": self.steps,
+                "optimizer": self.optimizer, "lr": self.lr, "momentum": self.momentum,
+                "betas": list(self.betas), "eps": self.eps, "eps_root": self.eps_root}
 
     @property
     def num_outputs(self):

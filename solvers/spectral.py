@@ -68,6 +68,8 @@ import numpy as np
 from fg2u_zo.errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from fg2u_zo.validation import check_finite_vector, check_positive_float
 
+from ._fingerprint import adapter_name, array_digest
+
 __all__ = ["Burgers", "KdV", "AllenCahn"]
 
 _IVP_METHODS = ("RK45", "RK23", "DOP853")
@@ -373,6 +375,23 @@ class _PeriodicSpectral:
         state = self.__dict__.copy()
         state["_eval"] = None   # rebuilt on first use: keeps pickles small for workers
         return state
+
+    def fingerprint(self) -> dict:
+        """What identifies this simulator's results, as JSON data: the equation, the
+        learned and fixed coefficients, grid, domain, digests of the initial spectrum
+        and of the output times and points, the method and its step or tolerances,
+        and the package version (this code ships with it; see
+        :mod:`solvers._fingerprint`)."""
+        from fg2u_zo import __version__
+        return {"adapter": adapter_name(self), "package_version": __version__,
+                "learn": list(self.param_names),
+                "fixed": {k: float(v) for k, v in sorted(self.fixed.items())},
+                "n_modes": self.n_modes, "domain": list(self.domain),
+                "dealias": self.dealias, "u0_spectrum": array_digest(self._v0),
+                "t_out": array_digest(self.t_out),
+                "x_out": None if self.x_out is None else array_digest(self.x_out),
+                "method": self.method, "dt": self.dt, "rtol": self.rtol, "atol": self.atol,
+                "flatten": self.flatten, "blowup_factor": self.blowup_factor}
 
     # ------------------------------------------------------------------ internals
 

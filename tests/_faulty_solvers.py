@@ -123,6 +123,18 @@ class Faulty:
         return self.ridge.inner(phi)
 
 
+class Slow:
+    """The ridge solver, taking ``delay`` seconds per call (a simulator's run time)."""
+
+    def __init__(self, ridge, delay):
+        self.ridge = ridge
+        self.delay = delay
+
+    def __call__(self, phi, *, warm_start=None, seed=None):
+        time.sleep(self.delay)
+        return self.ridge.inner(phi)
+
+
 class Recorder:
     """The ridge solver, recording every point it sees (in-process backends only)."""
 

@@ -93,10 +93,9 @@ def test_timeout_interrupts_a_stuck_base_solve_in_process(ridge, mode):
     assert ev.failure_counts == {"timeout": 1}
 
 
-class SharedFate(fz.Backend):
-    """dask's failure mode, simulated in this process: one worker holds two tasks, and
-    when a point kills it (``Faulty(crash_mode="raise")`` stands for that), every task
-    it holds is lost and nobody says which point did it."""
+class Simulated(fz.Backend):
+    """An engine simulated in this process, like dask: it cannot say which of a
+    worker's tasks killed it; ``poll`` runs the tasks and says what became of them."""
 
     isolates_tasks = False
     process_isolated = True
@@ -113,6 +112,18 @@ class SharedFate(fz.Backend):
     def submit(self, task_id, items, timeout):
         self.pending.append((task_id, items, timeout))
 
+    def cancel(self, task_ids):
+        self.pending = [t for t in self.pending if t[0] not in set(task_ids)]
+
+    def close(self):
+        self.pending = []
+
+
+class SharedFate(Simulated):
+    """dask's failure mode: one worker holds two tasks, and when a point kills it
+    (``Faulty(crash_mode="raise")`` stands for that), every task it holds is lost and
+    nobody says which point did it."""
+
     def poll(self, timeout):
         held, self.pending = self.pending[:2], self.pending[2:]
         events = []
@@ -123,12 +134,6 @@ class SharedFate(fz.Backend):
                                           "the worker died") for t, its, _ in held[n:]]
             events += [ItemDone(task_id, o) for o in outcomes] + [TaskDone(task_id, 0.0)]
         return events
-
-    def cancel(self, task_ids):
-        self.pending = [t for t in self.pending if t[0] not in set(task_ids)]
-
-    def close(self):
-        self.pending = []
 
 
 @pytest.mark.timeout(60)
@@ -146,6 +151,94 @@ def test_a_crash_that_names_no_culprit_is_pinned_on_the_right_point(ridge):
     assert sorted(got) == [0, 1, 2, 3, 5]
     assert [(f.index, f.kind, f.attempts) for f in stats.failures] == [(4, "crash", 2)]
     assert stats.resubmitted >= 1  # point 5 was lost with point 4 and run again, free
+
+
+class Unreliable(Simulated):
+    """An engine that loses tasks through no fault of their points, the ways dask does:
+    the first ``lose`` tasks are lost with the scheduler connection
+    (``TaskLost(blameless=True)``); every later task reports that the engine ran it
+    twice, having lost a worker the first time (``TaskDone(rerun=...)``); a point in
+    ``killer`` is reported the way dask reports a one-point task that killed
+    ``1 + allowed_failures`` workers (a culprit and that many attempts)."""
+
+    def __init__(self, config, lose=2, killer=(), allowed_failures=3):
+        super().__init__(config)
+        self.lose, self.killer, self.allowed = lose, set(killer), allowed_failures
+        self.runs = 0  # solver calls made, the engine's own reruns included
+
+    def poll(self, timeout):
+        held, self.pending = self.pending, []
+        events = []
+        for task_id, items, task_timeout in held:
+            indices = tuple(i for i, _ in items)
+            if self.lose > 0:
+                self.lose -= 1
+                events.append(TaskLost(task_id, indices, None, "scheduler",
+                                       "dask cancelled the task (scheduler-connection-lost)",
+                                       blameless=True))
+                continue
+            if len(indices) == 1 and indices[0] in self.killer:
+                self.runs += 1 + self.allowed
+                events.append(TaskLost(task_id, indices, indices[0], "crash",
+                                       "KilledWorker", attempts=1 + self.allowed))
+                continue
+            self.runs += 2 * len(items)
+            outcomes, _ = run_items(*self.live, items, task_timeout)
+            events += [ItemDone(task_id, o) for o in outcomes]
+            events.append(TaskDone(task_id, 0.0, rerun=len(items)))
+        return events
+
+
+def test_tasks_lost_through_no_fault_of_their_points_are_counted_and_rerun(ridge, caplog):
+    # Before, a task that dask cancelled was dropped with no event and the map waited
+    # forever, and solves dask ran again after a worker died were counted nowhere.
+    engine = {}
+
+    def factory(config):
+        engine["it"] = Unreliable(config, lose=2)
+        return engine["it"]
+
+    fz.register_backend("unreliable", factory)
+    try:
+        points = [PHI + 0.1 * k for k in range(6)]
+        with fz.Evaluator("unreliable", max_retries=0, batch_size=1) as ev:
+            with caplog.at_level(logging.INFO, logger="fg2u_zo.evaluation.evaluator"):
+                got, stats = _map(ev, ridge.inner, points)
+            totals = dict(ev.lost_counts)
+    finally:
+        unregister_backend("unreliable")
+    assert sorted(got) == list(range(6))
+    assert all(np.array_equal(got[k], ridge.inner(points[k])) for k in got)
+    assert stats.failures == [] and stats.nfev == 6
+    # 2 evaluations lost with the scheduler; each of the 6 then ran twice (one rerun).
+    assert stats.lost_counts == {"scheduler": 2, "crash": 6} and stats.resubmitted == 8
+    assert totals == stats.lost_counts
+    assert "lost through no fault of their own and run again (crash: 6, scheduler: 2)" \
+        in caplog.text
+
+
+def test_a_one_point_task_the_engine_already_retried_is_charged_at_once(ridge):
+    # dask reruns a task whose worker died allowed-failures times before it reports
+    # KilledWorker; a one-point task is then certainly guilty, and those runs were
+    # its attempts: with max_retries=1 it is dropped at once (4 worker deaths),
+    # not rerun alone and then retried (12 deaths).
+    engine = {}
+
+    def factory(config):
+        engine["it"] = Unreliable(config, lose=0, killer=[4], allowed_failures=3)
+        return engine["it"]
+
+    fz.register_backend("unreliable", factory)
+    try:
+        points = [PHI + 0.1 * k for k in range(6)]
+        with fz.Evaluator("unreliable", max_retries=1, batch_size=1) as ev:
+            got, stats = _map(ev, ridge.inner, points)
+    finally:
+        unregister_backend("unreliable")
+    assert sorted(got) == [0, 1, 2, 3, 5]
+    assert [(f.index, f.kind, f.attempts) for f in stats.failures] == [(4, "crash", 4)]
+    assert engine["it"].runs == 4 + 2 * 5  # the culprit's 4, the others' 2 each
+    assert stats.nfev == 4 + 5
 
 
 @pytest.mark.timeout(120)

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 import fg2u_zo as fz
-from _process_checks import (leftovers, parent_of, processes_with, survivors, wait_for,
-                             wait_started)
+from _process_checks import (alive, leftovers, parent_of, processes_with, survivors,
+                             wait_for, wait_started)
 from fg2u_zo.errors import InnerSolverError
 from solvers import Subprocess
 
@@ -153,24 +153,80 @@ def test_evaluator_timeout_kills_the_command_and_keeps_its_directory(marker, tmp
     assert "interrupted by SolverTimeout" in (kept[0] / "fg2u-failure.txt").read_text()
 
 
-@pytest.mark.timeout(180)
-def test_loky_worker_killed_takes_its_command_along(marker, tmp_path):
-    solver = hang_solver(marker, tmp_path)
+def map_in_thread(ev, solver):
+    """Start ``ev.map`` of one point in a thread; the thread and where its error goes."""
     errors = []
 
-    def run(ev):
+    def run():
         try:
             ev.map(solver, [np.zeros(2)], lambda index, theta: None)
         except InnerSolverError as exc:
             errors.append(exc)
 
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+@pytest.mark.timeout(180)
+def test_loky_worker_killed_takes_its_command_along(marker, tmp_path):
+    solver = hang_solver(marker, tmp_path)
     with fz.Evaluator("loky", n_jobs=1, max_retries=0) as ev:
-        thread = threading.Thread(target=run, args=(ev,), daemon=True)
-        thread.start()
+        thread, errors = map_in_thread(ev, solver)
         pids = command_pids(marker)
         worker = parent_of(pids[0])
         assert worker != os.getpid()
         os.kill(worker, signal.SIGKILL)
+        assert survivors(pids, GONE_WITHIN) == []
+        thread.join(60)
+    assert errors and errors[0].kind == "crash"
+    assert leftovers(marker, GONE_WITHIN) == []
+
+
+def zombie_children(pid):
+    """Children of ``pid`` that exited and were not reaped."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                found += [int(p) for p in fh.read().split()]
+        except OSError:
+            continue
+    return [p for p in found if parent_of(p) is not None and not alive(p)]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["sequential", "loky"])
+def test_descendants_that_start_their_own_session_are_killed(marker, tmp_path, backend):
+    # The simulator starts a process in a session of its own (setsid), which starts
+    # another one the same way; once both run, it writes its output and exits 0. Both
+    # escaped its process group; they come back to the process that ran the command
+    # (a child subreaper) and are killed before the call returns, the worker alive.
+    solver = hang_solver(marker, tmp_path, "escape")
+    got = []
+    zombies_before = set(zombie_children(os.getpid()))
+    with fz.Evaluator(backend, n_jobs=1, max_retries=0) as ev:
+        ev.map(solver, [np.zeros(2)], lambda index, theta: got.append(theta))
+        assert len(got) == 1 and np.all(np.isfinite(got[0]))
+        assert leftovers(marker, GONE_WITHIN) == []
+        if backend == "sequential":
+            # They ran as children of this process for a moment: none is left a zombie.
+            assert set(zombie_children(os.getpid())) <= zombies_before
+    assert list(tmp_path.iterdir()) == []  # the successful call's directory is gone
+
+
+@pytest.mark.timeout(180)
+def test_escaped_descendants_die_with_a_killed_worker(marker, tmp_path):
+    # As above, but the simulator hangs afterwards and its loky worker is killed: the
+    # worker's watchdog finds the escaped processes by the call's token.
+    solver = hang_solver(marker, tmp_path, "escape-hang")
+    with fz.Evaluator("loky", n_jobs=1, max_retries=0) as ev:
+        thread, errors = map_in_thread(ev, solver)
+        pids = wait_started(marker, 3)
+        simulator = [p for p in pids if parent_of(p) not in pids]
+        worker = {parent_of(p) for p in simulator} - {1}
+        assert len(worker) == 1 and worker != {os.getpid()}, (pids, simulator)
+        os.kill(worker.pop(), signal.SIGKILL)
         assert survivors(pids, GONE_WITHIN) == []
         thread.join(60)
     assert errors and errors[0].kind == "crash"

@@ -184,6 +184,28 @@ def test_staged_file_named_like_a_written_one_is_refused(tmp_path):
     assert own.read_text() == "user data\n"
 
 
+def test_a_written_path_inside_a_linked_folder_is_refused(tmp_path):
+    # input_name="dir/input.txt" with files=[".../dir"], link=True wrote every call's
+    # deck into the user's folder; with parallel calls, commands read each other's.
+    own = tmp_path / "dir"
+    own.mkdir()
+    (own / "mesh.msh").write_text("mesh\n")
+    with pytest.raises(FG2UValueError, match=r"`input_name` 'dir/input.txt' lies in 'dir'"
+                                             r".*input_name='input.txt'.*link=False"):
+        sim("ok", template="{phi}", input_name="dir/input.txt", files=[own], link=True)
+    with pytest.raises(FG2UValueError, match=r"`output` 'dir/out.txt' lies in 'dir'"):
+        sim("ok", template="{phi}", output="dir/out.txt", files=[own], link=True)
+    # Copied, the folder is the call's own: writing into it is fine.
+    code = ("import numpy as np; "
+            "np.savetxt('dir/out.txt', 2 * np.loadtxt('dir/input.txt', ndmin=1))")
+    (tmp_path / "runs").mkdir()
+    copied = Subprocess([sys.executable, "-c", code], template="{phi}",
+                        input_name="dir/input.txt", output="dir/out.txt", files=[own],
+                        timeout=60, workdir_root=tmp_path / "runs")
+    np.testing.assert_array_equal(copied(np.array([1.5, -3.0])), [3.0, -6.0])
+    assert sorted(p.name for p in own.iterdir()) == ["mesh.msh"]
+
+
 def test_freefem_refuses_a_staged_file_named_like_its_inputs(tmp_path):
     from solvers import FreeFem
     script = tmp_path / "model.edp"
@@ -194,6 +216,10 @@ def test_freefem_refuses_a_staged_file_named_like_its_inputs(tmp_path):
         clash.write_text("1\n")
         with pytest.raises(FG2UValueError, match=repr(name)):
             FreeFem(script, files=[clash], link=True, executable=sys.executable)
+    # Its parameter file inside a linked folder would be written into that folder.
+    with pytest.raises(FG2UValueError, match=r"`param_file` 'data/phi.txt' lies in 'data'"):
+        FreeFem(script, param_file="data/phi.txt", files=[clash.parent], link=True,
+                executable=sys.executable)
 
 
 def test_npy_output_and_files_copied_or_linked(tmp_path):
@@ -266,6 +292,66 @@ def test_only_the_last_failures_no_retry_repaired_are_kept(tmp_path):
         assert "this point always fails" in (path / "fg2u-failure.txt").read_text()
     # The message of a dropped point names its kept directory.
     assert any(str(path) in f.message for f in stats.failures for path in kept)
+
+
+LOUD = ("import sys; sys.stdout.write('o' * 3_000_000 + '\\nLAST-OUT\\n'); "
+        "sys.stderr.write('e' * 3_000_000 + '\\nLAST-ERR\\n'); "
+        "open('big.bin', 'wb').write(bytes(2**20)); sys.exit(3)")
+
+
+def kept_bytes(root):
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_kept_failures_keep_the_tail_of_what_the_command_printed(tmp_path):
+    # Three failing calls that each printed 3 MB to stdout and 3 MB to stderr left 18 MB
+    # on disk; a kept directory's logs now hold the last MiB of each.
+    LOG_TAIL_BYTES = 2**20  # as documented
+    solver = Subprocess([sys.executable, "-c", LOUD], template="{phi}", output="out.txt",
+                        timeout=60, workdir_root=tmp_path)
+    for k in range(3):
+        with pytest.raises(InnerSolverError) as info:
+            solver(np.array([float(k)]))
+        # The message still shows the end of what the command said.
+        assert "LAST-ERR" in str(info.value) and "LAST-OUT" in str(info.value)
+    kept = sorted(tmp_path.iterdir())
+    assert len(kept) == 3
+    for path in kept:
+        for name, last in (("fg2u-stdout.log", b"LAST-OUT\n"), ("fg2u-stderr.log",
+                                                                 b"LAST-ERR\n")):
+            data = (path / name).read_bytes()
+            header, _, tail = data.partition(b"\n")
+            assert len(tail) == LOG_TAIL_BYTES and tail.endswith(last)
+            assert b"bytes of this log were cut" in header
+    # Per directory: two log tails (and their header lines), the 1 MiB file, and the
+    # note with the error message, which quotes at most 16 KiB of each log.
+    assert kept_bytes(tmp_path) < 3 * (2 * LOG_TAIL_BYTES + 2**20 + 2**16)
+
+
+def test_kept_failures_are_bounded_in_bytes(tmp_path):
+    bound = 3 * 2**20
+    solver = Subprocess([sys.executable, "-c", LOUD], template="{phi}", output="out.txt",
+                        timeout=60, workdir_root=tmp_path, keep_failed=5,
+                        keep_failed_bytes=bound)
+    for k in range(4):
+        with pytest.raises(InnerSolverError) as info:
+            solver(np.array([float(k)]))
+        assert kept_bytes(tmp_path) <= bound
+    # Each kept directory holds about 1.8 MiB (two 768 KiB log tails, a 1 MiB file):
+    # only the most recent one fits, and it is the one the last error names.
+    kept = list(tmp_path.iterdir())
+    assert [str(p) for p in kept] == [info.value.workdir]
+    # A bound below one directory's size: its largest file goes, named in the note.
+    small = Subprocess([sys.executable, "-c", LOUD], template="{phi}", output="out.txt",
+                       timeout=60, workdir_root=tmp_path, keep_failed_bytes=2**20)
+    with pytest.raises(InnerSolverError) as info:
+        small(np.array([9.0]))
+    path = pathlib.Path(info.value.workdir)
+    assert not (path / "big.bin").exists()
+    assert "big.bin (1048576 bytes)" in (path / "fg2u-failure.txt").read_text()
+    assert kept_bytes(path) <= 2**20
+    with pytest.raises(FG2UValueError, match="keep_failed_bytes"):
+        sim("ok", template="{phi}", keep_failed_bytes=0)
 
 
 def test_keep_failed_zero_keeps_nothing_and_says_so(tmp_path):
@@ -390,6 +476,28 @@ def test_nonfinite_placeholder_refused_before_anything_runs(tmp_path, bad):
     # The same solver with finite values does run: the marker check can fail.
     np.testing.assert_array_equal(solver(np.array([1.0, 2.0])), known([1.0, 2.0]))
     assert marker.exists()
+
+
+def test_template_from_a_file(tmp_path):
+    deck = tmp_path / "deck.tmpl"
+    deck.write_text("{phi}\n")
+    for kwargs in ({"template": deck}, {"template_file": deck}, {"template_file": str(deck)}):
+        solver = sim("ok", workdir_root=tmp_path, **kwargs)
+        assert solver.template == "{phi}\n"
+        np.testing.assert_array_equal(solver(PHI), known(PHI))
+    # A str is the deck's text; one that names an existing file is most likely a
+    # mistake (a TOML config's `template` is a path): warn, pointing at the caller.
+    plain = tmp_path / "constant.txt"
+    plain.write_text("1.0 2.0\n")
+    with pytest.warns(fz.FG2UWarning, match=r"name of an existing file.*template_file") as rec:
+        solver = sim("ok", template=str(plain))
+    assert solver.template == str(plain) and rec[0].filename == __file__
+    with pytest.raises(FG2UValueError, match="either `template`.*or `template_file`"):
+        sim("ok", template="{phi}", template_file=deck)
+    with pytest.raises(FG2UValueError, match="`template_file`.*is not a file"):
+        sim("ok", template_file=tmp_path / "missing.tmpl")
+    with pytest.raises(FG2UValueError, match="either `template` or `writer`, not both"):
+        sim("ok", template_file=deck, writer=write_plain)
 
 
 def test_shell_string_refused():

@@ -210,6 +210,10 @@ def _report(res, cfg, start_value=None):
     if res.failures:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(res.failures.items()))
         print(f"  failures    {sum(res.failures.values())} evaluations dropped ({kinds})")
+    if res.lost:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(res.lost.items()))
+        print(f"  lost        {sum(res.lost.values())} evaluations lost with a worker or "
+              f"the scheduler and run again ({kinds})")
     if res.checkpoint:
         print(f"  checkpoint  {res.checkpoint}")
     return EXIT_SIGTERM if res.status == "sigterm" else 0

@@ -147,6 +147,11 @@ class Evaluator:
     nfev_replayed : int
         Evaluations answered from an attached journal (:meth:`journaling`) since the
         Evaluator was made, instead of by the solver; not counted in any ``nfev``.
+    lost_counts : dict
+        ``kind -> number`` of evaluations lost through no fault of their own and run
+        again since the Evaluator was made (see :attr:`MapStats.lost_counts`: a
+        worker that died or left, the connection to a dask scheduler); each call
+        that lost some logs one line at INFO.
 
     Notes
     -----
@@ -243,6 +248,7 @@ class Evaluator:
         #: failures for good since the Evaluator was made, by kind (see MapStats)
         self.failure_counts = {}
         self.nfev_replayed = 0
+        self.lost_counts = {}
         self._warned_kinds = set()
         self._task_ids = itertools.count()
         self._lock = threading.RLock()
@@ -352,6 +358,16 @@ class Evaluator:
 
     def _report(self, replies, call):
         """Add a call's failures to the totals; log each kind the first time it appears."""
+        lost = {}
+        for reply in replies:
+            for kind, count in reply.lost_counts.items():
+                lost[kind] = lost.get(kind, 0) + count
+                self.lost_counts[kind] = self.lost_counts.get(kind, 0) + count
+        if lost:
+            logger.info("%d evaluation(s) of this %s were lost through no fault of their "
+                        "own and run again (%s); totals in Evaluator.lost_counts",
+                        sum(lost.values()), call,
+                        ", ".join(f"{k}: {n}" for k, n in sorted(lost.items())))
         for reply in replies:
             for kind, count in reply.failure_counts.items():
                 self.failure_counts[kind] = self.failure_counts.get(kind, 0) + count

@@ -57,8 +57,14 @@ class MapStats:
     failure_counts : dict
         ``kind -> number`` of the dropped points (the totals of ``failures``).
     resubmitted : int
-        Evaluations lost with a worker that another point crashed and run again; not
-        in ``nfev`` (whether they had started is unknown).
+        Evaluations lost through no fault of their own and run again: with a worker
+        that another point crashed, killed or that left the cluster, or with the
+        connection to a dask scheduler; not in ``nfev`` (whether they had started is
+        unknown). The total of ``lost_counts``.
+    lost_counts : dict
+        ``kind -> number`` of those evaluations: ``"crash"`` (their worker died),
+        ``"timeout"`` (their worker was killed for another point's overrun),
+        ``"scheduler"`` (the connection to the scheduler was lost).
     tasks : int
         Tasks (batches of points) submitted to the backend.
     wall_time : float
@@ -80,6 +86,7 @@ class MapStats:
     wall_time: float = 0.0
     nfev_replayed: int = 0
     solver_time_replayed: float = 0.0
+    lost_counts: dict = field(default_factory=dict)
 
     @property
     def failed(self) -> set:
@@ -90,6 +97,12 @@ class MapStats:
         """Record a dropped point."""
         self.failures.append(failure)
         self.failure_counts[failure.kind] = self.failure_counts.get(failure.kind, 0) + 1
+
+    def add_lost(self, kind: str, count: int = 1):
+        """Record ``count`` evaluations lost through no fault of their own, run again."""
+        if count > 0:
+            self.lost_counts[kind] = self.lost_counts.get(kind, 0) + count
+            self.resubmitted += count
 
 
 class BatchSizer:
@@ -224,6 +237,7 @@ class MapRun:
         self.owner = {}  # index -> task id it is in flight with
         self.in_flight = {}  # task id -> indices still without an outcome
         self.exclusive = None  # a suspect's task that runs with nothing else in flight
+        self._first_of = {}  # task id -> its first point
 
     def _live(self, k):
         return self.calls[self.index[k][0]].error is None
@@ -281,6 +295,7 @@ class MapRun:
 
     def _submit(self, indices):
         task_id = next(self.task_ids)
+        self._first_of[task_id] = indices[0]
         for index in indices:
             self.owner[index] = task_id
         self.in_flight[task_id] = list(indices)
@@ -340,6 +355,8 @@ class MapRun:
             self._item(event.task_id, event.outcome)
         elif isinstance(event, TaskDone):
             indices = self.in_flight.pop(event.task_id)
+            if indices or event.rerun:
+                self._task_reply(event.task_id, indices).add_lost("crash", event.rerun)
             for index in indices:  # defensive: a task that ended without these outcomes
                 self._release(index, event.task_id)
                 self.retry.append(index)
@@ -350,8 +367,17 @@ class MapRun:
             lost = [i for i in indices if self.owner.get(i) == event.task_id]
             for index in lost:
                 del self.owner[index]
+            if event.rerun:
+                self._task_reply(event.task_id, indices).add_lost("crash", event.rerun)
+            if event.blameless:
+                # Lost with the scheduler, not with a point: run again as before.
+                for index in reversed(lost):
+                    (self.suspects if index in self.suspected else self.retry).appendleft(index)
+                    self._reply(index).add_lost(event.kind)
+                return
             culprit = event.culprit if event.culprit in lost else None
-            self._lost(lost, culprit, event.kind, event.message, event.seconds)
+            self._lost(lost, culprit, event.kind, event.message, event.seconds,
+                       event.attempts)
         else:
             raise FG2UTypeError(f"backend {self.backend.name!r} reported {event!r}, which is "
                                 "not an ItemDone, TaskDone or TaskLost event")
@@ -393,11 +419,21 @@ class MapRun:
         else:
             call.reply.thetas[j] = theta
 
+    def _reply(self, index):
+        """The reply of the request that point ``index`` of the map belongs to."""
+        return self.calls[self.index[index][0]].reply
+
+    def _task_reply(self, task_id, indices):
+        """The reply a task's own bookkeeping is charged to: its first point's request
+        (a task holds consecutive points, usually of one request)."""
+        first = indices[0] if indices else self._first_of.get(task_id, 0)
+        return self._reply(first) if self.calls else MapStats()
+
     def _release(self, index, task_id):
         if self.owner.get(index) == task_id:
             del self.owner[index]
 
-    def _lost(self, lost, culprit, kind, message, seconds):
+    def _lost(self, lost, culprit, kind, message, seconds, attempts=1):
         lost = [k for k in lost if self._live(k)]
         if not lost:
             return
@@ -408,22 +444,22 @@ class MapRun:
         for index in lost:
             if index == culprit:
                 reply = self.calls[self.index[index][0]].reply
-                reply.nfev += 1
+                reply.nfev += attempts
                 reply.solver_time += seconds
-                self._charge(index, kind, message)
+                self._charge(index, kind, message, attempts=attempts)
             elif culprit is None:
                 # Cannot tell who crashed the worker: rerun each alone, free of charge;
                 # the one that crashes again alone is the culprit.
                 self.suspected.add(index)
                 self.suspects.append(index)
-                self.calls[self.index[index][0]].reply.resubmitted += 1
+                self._reply(index).add_lost(kind)
             else:
                 self.retry.appendleft(index)  # innocent bystander
-                self.calls[self.index[index][0]].reply.resubmitted += 1
+                self._reply(index).add_lost(kind)
 
-    def _charge(self, index, kind, message, retryable=True):
-        """One failed attempt of ``index``: retry it or drop it."""
-        self.attempts[index] += 1
+    def _charge(self, index, kind, message, retryable=True, attempts=1):
+        """``attempts`` failed attempts of ``index``: retry it or drop it."""
+        self.attempts[index] += attempts
         attempts = self.attempts[index]
         if retryable and attempts <= self.max_retries:
             logger.debug("point %d failed (%s), retrying", index, kind)

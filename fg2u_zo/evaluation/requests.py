@@ -147,7 +147,8 @@ class Reply(MapStats):
                         failure_counts=dict(self.failure_counts),
                         resubmitted=self.resubmitted, tasks=self.tasks,
                         wall_time=self.wall_time, nfev_replayed=self.nfev_replayed,
-                        solver_time_replayed=self.solver_time_replayed)
+                        solver_time_replayed=self.solver_time_replayed,
+                        lost_counts=dict(self.lost_counts))
 
 
 @dataclass(frozen=True)

@@ -271,6 +271,7 @@ def build_result(prepared, status) -> OptimizeResult:
         z=run.state.z.copy() if run is not None else None,
         phase=run.state.phase if run is not None else 0, checkpoint=prepared.store.last,
         failures=dict(totals.failures), nfev_replayed=totals.nfev_replayed,
+        lost=dict(totals.lost),
         groups=list(search.state.groups), workers=prepared.workers,
         optimizer=str(prepared.stepper.config().get("name", "")),
         transform=prepared.transform, phases=runs[best].phases if runs else [],

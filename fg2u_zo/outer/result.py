@@ -118,6 +118,11 @@ class OptimizeResult:
         Evaluations that failed for good since the run began, by kind
         (``"exception"``, ``"nonfinite"``, ``"timeout"``, ...; see
         :class:`~fg2u_zo.Failure`). Empty when none failed.
+    lost : dict of str -> int
+        Evaluations lost through no fault of their own and run again, by kind
+        (``"crash"``: their worker died or left the cluster; ``"timeout"``: it was
+        killed for another point's overrun; ``"scheduler"``: the connection to a dask
+        scheduler was lost). Not in ``nfev``. Empty when none was lost.
     groups : list of int
         Solves of each parallel group, in order (a group's solves were all in flight
         together): ``rounds(W)`` of them with ``W`` workers.
@@ -153,6 +158,7 @@ class OptimizeResult:
     checkpoint: str | None = None
     failures: dict = field(default_factory=dict)
     nfev_replayed: int = 0
+    lost: dict = field(default_factory=dict)
     groups: list = field(default_factory=list)
     workers: int = 1
     optimizer: str = ""
@@ -187,5 +193,6 @@ class OptimizeResult:
                 + (f"runs={len(self.runs)}, " if many else "")
                 + f"solver_time={self.solver_time:.3g}, wall_time={self.wall_time:.3g}, "
                 + (f"failures={self.failures!r}, " if self.failures else "")
+                + (f"lost={self.lost!r}, " if self.lost else "")
                 + (f"nfev_replayed={self.nfev_replayed}, " if self.nfev_replayed else "")
                 + f"message={self.message!r})")

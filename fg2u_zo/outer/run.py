@@ -70,12 +70,15 @@ class _Spend:
     failures: list = field(default_factory=list)
     nfev_replayed: int = 0
     estimate_nfev: int = 0  # solves of the estimate's requests (the rest ran in process)
+    lost: dict = field(default_factory=dict)
 
     def add(self, reply, estimating):
         self.nfev += reply.nfev
         self.solver_time += reply.solver_time
         self.failures.extend(reply.failures)
         self.nfev_replayed += reply.nfev_replayed
+        for kind, n in reply.lost_counts.items():
+            self.lost[kind] = self.lost.get(kind, 0) + n
         if estimating:
             self.estimate_nfev += reply.nfev
 
@@ -359,7 +362,7 @@ class LocalRun:
                                          if g is not None and "estimate" in
                                          self.stepper.extras else 0)
         totals = s.totals.add(spend.nfev + in_process, spend.solver_time, spend.failures,
-                              spend.nfev_replayed)
+                              spend.nfev_replayed, spend.lost)
         stderr_norm = float(np.linalg.norm(g.stderr)) if g is not None else math.inf
         grad = update.grad if update.grad is not None else (g.grad if g is not None
                                                            else None)

@@ -47,38 +47,50 @@ class StepperState:
     data: dict = field(default_factory=dict)
 
 
+def _summed(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for kind, n in b.items():
+        out[kind] = out.get(kind, 0) + int(n)
+    return out
+
+
 @dataclass
 class Totals:
-    """Counts since the run began (resumed runs included)."""
+    """Counts since the run began (resumed runs included): solves, seconds, failures
+    for good by kind, solves answered from the journal, and solves lost through no
+    fault of their own (a worker that died or left, a lost scheduler) and run again, by
+    kind."""
 
     nfev: int = 0
     solver_time: float = 0.0
     wall_time: float = 0.0
     failures: dict = field(default_factory=dict)
     nfev_replayed: int = 0
+    lost: dict = field(default_factory=dict)
 
-    def add(self, nfev=0, solver_time=0.0, failures=(), replayed=0) -> "Totals":
+    def add(self, nfev=0, solver_time=0.0, failures=(), replayed=0, lost=None) -> "Totals":
         counts = dict(self.failures)
         for f in failures:
             counts[f.kind] = counts.get(f.kind, 0) + 1
         return Totals(self.nfev + int(nfev), self.solver_time + float(solver_time),
-                      self.wall_time, counts, self.nfev_replayed + int(replayed))
+                      self.wall_time, counts, self.nfev_replayed + int(replayed),
+                      _summed(self.lost, lost or {}))
 
     def add_reply(self, reply) -> "Totals":
         """These totals plus a :class:`~fg2u_zo.evaluation.requests.Reply`'s solves."""
-        return self.add(reply.nfev, reply.solver_time, reply.failures, reply.nfev_replayed)
+        return self.add(reply.nfev, reply.solver_time, reply.failures, reply.nfev_replayed,
+                        reply.lost_counts)
 
     def merged(self, other: "Totals") -> "Totals":
-        counts = dict(self.failures)
-        for kind, n in other.failures.items():
-            counts[kind] = counts.get(kind, 0) + n
         return Totals(self.nfev + other.nfev, self.solver_time + other.solver_time,
-                      self.wall_time, counts, self.nfev_replayed + other.nfev_replayed)
+                      self.wall_time, _summed(self.failures, other.failures),
+                      self.nfev_replayed + other.nfev_replayed,
+                      _summed(self.lost, other.lost))
 
     def to_dict(self) -> dict:
         return {"nfev": self.nfev, "solver_time": self.solver_time,
                 "wall_time": self.wall_time, "failures": dict(self.failures),
-                "nfev_replayed": self.nfev_replayed}
+                "nfev_replayed": self.nfev_replayed, "lost": dict(self.lost)}
 
 
 @dataclass
@@ -190,15 +202,19 @@ def encode_search(state: SearchState) -> tuple:
 
 # -- decoding ----------------------------------------------------------------------------
 def _totals(t: FieldReader) -> Totals:
-    failures = t.obj("failures", optional=True) or {}
-    for kind, count in failures.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise t.error(f"failures.{kind}", f"must be a count >= 0, got {count!r:.80}")
+    counts = {}
+    for name in ("failures", "lost"):
+        table = t.obj(name, optional=True) or {}
+        for kind, count in table.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise t.error(f"{name}.{kind}", f"must be a count >= 0, got {count!r:.80}")
+        counts[name] = dict(table)
     return Totals(nfev=t.integer("nfev", minimum=0),
                   solver_time=t.number("solver_time", minimum=0.0),
                   wall_time=t.number("wall_time", minimum=0.0),
-                  failures=dict(failures),
-                  nfev_replayed=t.integer("nfev_replayed", minimum=0, default=0))
+                  failures=counts["failures"],
+                  nfev_replayed=t.integer("nfev_replayed", minimum=0, default=0),
+                  lost=counts["lost"])
 
 
 def _optional_int(r: FieldReader, key, minimum=0):

@@ -13,6 +13,11 @@ POLICY:
     ok        always succeeds
     hang      starts a child (same command line, ``hang0``), creates ``DIR/started``
               when ``sync=DIR`` is given, then both sleep 60 s
+    escape    starts a child in a session of its own (``escaped``), which starts
+              another one the same way, both to sleep 60 s; once both run, writes
+              the output and exits 0: two processes that escaped its process group
+    escape-hang
+              the same, then sleeps 60 s instead of exiting
     sign      phi[0] < 0: waits (up to 60 s) for ``DIR/started`` when ``sync=DIR`` is
               given, prints to stderr and exits 3; otherwise like hang
     unstable  prints "WARNING unstable" to stderr and writes NaN
@@ -85,10 +90,32 @@ def hang(argv):
     time.sleep(60)
 
 
+def escape(argv, depth):
+    """Start ``depth`` generations of processes, each in a new session (``setsid``)."""
+    import subprocess
+
+    ready = os.path.abspath(f"escaped-{depth}.ready")
+    if depth > 0:
+        subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), "escaped",
+                          *argv[2:], f"depth={depth - 1}"], start_new_session=True)
+    open(ready, "w").close()
+    if argv[1] == "escaped":
+        time.sleep(60)
+        return
+    # The simulator itself: go on once every generation runs.
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f"escaped-{d}.ready") for d in range(depth)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def main(argv):
     policy = argv[1]
     if policy == "hang0":
         hang(argv)
+        return
+    if policy == "escaped":
+        escape(argv, int(options(argv)["depth"]))
         return
     with open("input.txt") as fh:
         lines = fh.read().splitlines()
@@ -106,6 +133,11 @@ def main(argv):
             print("negative phi[0]: refusing", file=sys.stderr)
             sys.exit(3)
         hang(argv)
+    elif policy in ("escape", "escape-hang"):
+        escape(argv, 2)
+        if policy == "escape-hang":
+            time.sleep(60)
+        write(model(phi))
     elif policy == "unstable":
         print("step 1 ok", file=sys.stderr)
         print("WARNING unstable: CFL number 3.2 > 1", file=sys.stderr)
@@ -135,7 +167,7 @@ def main(argv):
             if os.getppid() in (protected, 1):
                 sys.exit(9)
             os.kill(os.getppid(), signal.SIGKILL)
-            time.sleep(60)  # the parent-death signal ends this at once
+            time.sleep(60)  # the watchdog of the dead worker ends this at once
     elif policy == "flaky":
         u = unit_hash(lines[0])
         seen = os.path.join(options(argv)["state"], f"{u!r}")

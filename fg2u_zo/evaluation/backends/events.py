@@ -39,15 +39,21 @@ class TaskDone:
     task_id : int
     wall : float
         Seconds from submission to the end, as seen by the backend.
+    rerun : int
+        Evaluations of this task the engine itself ran again after losing the worker
+        that ran them (dask reschedules the tasks of a worker that left): counted as
+        lost and run again, charged to nobody.
     """
 
     task_id: int
     wall: float
+    rerun: int = 0
 
 
 @dataclass(frozen=True)
 class TaskLost:
-    """The worker running a task died, or was killed for overrunning the timeout.
+    """The worker running a task died, or was killed for overrunning the timeout, or
+    the task was lost with the engine's connection.
 
     Attributes
     ----------
@@ -59,11 +65,22 @@ class TaskLost:
         when the backend cannot tell (the Evaluator then reruns each point alone).
     kind : str
         ``"crash"`` or ``"timeout"`` (or ``"exception"`` for a task that failed
-        outside the solver).
+        outside the solver; ``"scheduler"`` for a task lost with the connection to the
+        engine's scheduler).
     message : str
         What happened, for the failure record.
     seconds : float
         Time the culprit had been running, charged to it.
+    blameless : bool
+        The task was lost for a reason none of its points can have caused (the
+        connection to the scheduler dropped, the engine cancelled it): its points are
+        run again, uncharged and unsuspected.
+    attempts : int
+        Attempts of the culprit this loss stands for: more than 1 when the engine had
+        already rerun it on other workers that died too (dask's ``allowed-failures``).
+    rerun : int
+        Evaluations of this task the engine itself ran again before it was lost
+        (counted as lost and run again).
     """
 
     task_id: int
@@ -72,8 +89,12 @@ class TaskLost:
     kind: str
     message: str
     seconds: float = 0.0
+    blameless: bool = False
+    attempts: int = 1
+    rerun: int = 0
 
 
-def outcome_events(task_id, outcomes, wall) -> list:
+def outcome_events(task_id, outcomes, wall, rerun=0) -> list:
     """An :class:`ItemDone` per outcome of a finished task, then its :class:`TaskDone`."""
-    return [ItemDone(task_id, outcome) for outcome in outcomes] + [TaskDone(task_id, wall)]
+    return ([ItemDone(task_id, outcome) for outcome in outcomes]
+            + [TaskDone(task_id, wall, rerun)])
