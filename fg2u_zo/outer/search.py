@@ -82,7 +82,6 @@ class Search:
         self.store = None
         self.draining = False
         self._owners = []
-        self._screen = None
         self._commits = []
         self._total_steps = total_steps
         self._progress_enabled = progress
