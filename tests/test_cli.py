@@ -671,3 +671,29 @@ def test_bad_search_table_exits_2_naming_the_key(oscillator_case, monkeypatch, c
     assert message in err, err
     assert err.count("\n") == 1
     assert sorted(os.listdir(oscillator_case)) == before
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigint_is_reported_once_and_exits_130(case):
+    # Issue 21, item 22: the SIGINT message was printed twice (once as "error:").
+    import signal
+    import subprocess
+    import time
+
+    config = case / "config.toml"
+    config.write_text(CONFIG.replace("steps = 10", "steps = 200"))
+    proc = subprocess.Popen([sys.executable, "-m", "fg2u_zo.cli", "run", str(config),
+                             "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    history = case / "out" / "run.jsonl"
+    deadline = time.monotonic() + 90
+    while not (history.exists() and history.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.count("stopped by SIGINT") == 1, err
+    assert "error:" not in err, err
+    assert fz.read_checkpoint(case / "out" / "run.ckpt").status == "interrupted"

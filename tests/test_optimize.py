@@ -718,3 +718,14 @@ def test_each_step_is_logged_for_batch_jobs(ridge, caplog):
     assert all("F=" in line and "nfev=" in line and "rounds=" in line and "radius=" in line
                for line in lines)
     assert lines[-1].startswith("step 3 (run 0, phase 0)")
+
+
+def test_reversed_bounds_name_every_index_with_its_values():
+    # Issue 21, item 22: the message listed 3 values for 4 indices.
+    from fg2u_zo.outer.transforms import as_bounds
+
+    with pytest.raises(fz.FG2UValueError) as info:
+        as_bounds(([1.0, 2.0, 3.0, 4.0, 0.0], [0.0, 1.0, 2.0, 3.0, 1.0]), 5)
+    message = str(info.value)
+    assert "indices [0, 1, 2, 3]" in message
+    assert "lo = [1.0, 2.0, 3.0, 4.0] > hi = [0.0, 1.0, 2.0, 3.0]" in message
