@@ -579,11 +579,13 @@ def test_sigkill_then_resume_gives_the_same_final_phi_bit_for_bit(tmp_path):
         proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: a real crash
         assert proc.wait(30) == -signal.SIGKILL
     killed_at = read_checkpoint(ckpt)
-    assert 3 <= killed_at.step < child.STEPS
+    # The reference stops by itself (status "converged") before its STEPS.
+    assert 3 <= killed_at.step < reference.nit <= child.STEPS
     res = fz.resume(ckpt, child.make_problem(), progress=False)
     assert res.phi.tobytes() == reference.phi.tobytes()
+    assert res.status == reference.status
     # Solves of the killed step that had finished are taken from the journal, not redone.
-    assert res.nit == child.STEPS and res.nfev + res.nfev_replayed == reference.nfev
+    assert res.nit == reference.nit and res.nfev + res.nfev_replayed == reference.nfev
     assert [r.value for r in res.history] == [r.value for r in reference.history]
 
 
@@ -617,8 +619,9 @@ def test_a_new_phase_restarts_the_model():
                       optimizer_options={"num_directions": 4, "radius": 0.5},
                       phases=phases, target=1e-10 * F0, rng=0, progress=False)
     assert res.status == "target", res
-    start = res.history[4]
-    assert start.phase == 1 and start.info["rho"] is None  # a fresh model at phase 2
+    # The first phase may stop early (its own stopping rule on the rounded outputs).
+    start = next(r for r in res.history if r.phase == 1)
+    assert start.info["rho"] is None and start.info["trials"] == 0  # a fresh model
     assert start.nfev == 5
 
 
