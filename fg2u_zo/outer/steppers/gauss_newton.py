@@ -86,6 +86,9 @@ ACCEPT = 1e-4
 ETA1, ETA2 = 0.1, 0.7
 #: A column measured farther than STALE times the proposed step from ``z_k`` is stale.
 STALE = 2.0
+#: A trial whose output misses the linear model's prediction by more than this many
+#: times the predicted change corrects neither the columns (Broyden) nor the curvature.
+LINEAR_MISS = 10.0
 #: A model whose last trial's ratio is within this of 1 may stop the run without being
 #: measured again.
 VERIFIED = 0.1
@@ -285,7 +288,6 @@ class GaussNewton(Stepper):
         if self.num_directions is None:
             b = max(b, min(n, FIRST_MODEL))
         U = new_directions(np.zeros((n, 0)), min(b, self._memory(n)), m.rng)
-        delta = float(data["delta"])
         h = m.step(z0)
         info = {"rho": None, "accepted": None, "trial_value": None, "step_norm": 0.0,
                 "trials": 0, "remeasured": 0}
@@ -479,12 +481,23 @@ class GaussNewton(Stepper):
                 # How far the output landed from the linear model: its curvature along
                 # the step, which sets the next difference step.
                 s2 = float(c_e @ c_e)
-                miss = float(np.linalg.norm(theta_e - theta_k - Y @ c_e))
-                if s2 > 0 and np.isfinite(miss) and (curv_at is None or s2 < curv_at):
-                    curv_at, curvature = s2, 2.0 * miss / s2
-                Y_e = broyden_update(Y, c_e, theta_e - theta_k)
-                if np.all(np.isfinite(Y_e)):
-                    Y = Y_e
+                change = Y @ c_e
+                miss = float(np.linalg.norm(theta_e - theta_k - change))
+                if not miss <= LINEAR_MISS * float(np.linalg.norm(change)):
+                    # The output left the region where the linear model means anything
+                    # (an exponential overflowing far out): its secant would wreck the
+                    # columns, and says nothing about the curvature near z_k.
+                    pass
+                else:
+                    # The curvature is read only where the model is nearly linear (a
+                    # miss within a tenth of the change): far out, an exponential's
+                    # curvature says nothing about the scale of a difference step.
+                    if (s2 > 0 and miss <= 0.1 * float(np.linalg.norm(change))
+                            and (curv_at is None or s2 < curv_at)):
+                        curv_at, curvature = s2, 2.0 * miss / s2
+                    Y_e = broyden_update(Y, c_e, theta_e - theta_k)
+                    if np.all(np.isfinite(Y_e)):
+                        Y = Y_e
                 results.append((F_e, (F_k - F_e) / pred_e, z_e, theta_e,
                                 float(np.linalg.norm(z_e - z_k)), radius_e, k == 0))
             if curvature is not None:
@@ -550,8 +563,9 @@ class GaussNewton(Stepper):
         return None
 
     def _resolved_decrease(self, m, sub, theta, phi, F, data):
-        """The smallest decrease ``F`` resolves here, and its name: the measured noise
-        of ``F``, ``ftol * |F|``, and for least squares the round-off of the residuals."""
+        """The smallest decrease of ``F`` that can be told from nothing, and its name:
+        ``ftol * |F|``, the measured noise of ``F``, and for least squares the round-off
+        of the residuals."""
         level, what = self.ftol * abs(F), "ftol * |F|"
         noise = m.noise_estimate(data.get("noise"))
         if noise is not None and noise.status == "ok":
