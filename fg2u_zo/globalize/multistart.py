@@ -246,7 +246,7 @@ class _Strategy:
 
 
 def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num_local=4,
-               design="sobol", halving=2, steps=100, rungs=None, stop=None, phases=None,
+               design="sobol", halving=2, steps=None, rungs=None, stop=None, phases=None,
                tie_rtol=1e-2, tie_xtol=1e-2, **options):
     """Minimize from the best points of a space-filling design, in parallel: one call
     of :func:`~fg2u_zo.minimize` with ``multistart=MultiStart(...)``.
@@ -262,8 +262,9 @@ def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num
         A start of the user's, screened with the design.
     num_starts, num_local, design, halving, rungs, tie_rtol, tie_xtol
         See :class:`MultiStart`.
-    steps : int
-        Most steps of a local run (one phase; with ``phases`` their steps).
+    steps : int, optional
+        Most steps of a local run (one phase; with ``phases`` their steps); default
+        as :func:`~fg2u_zo.minimize`'s.
     stop : Converged, optional
         Ends a local run once converged (set as the last phase's ``until``).
     phases : list of Phase, optional
@@ -294,6 +295,12 @@ def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num
                       halving=halving, rungs=rungs, tie_rtol=tie_rtol, tie_xtol=tie_xtol)
     if stop is not None:
         if phases is None:
+            if steps is None:
+                from ..outer.setup import default_steps
+                lower = bounds.lb if hasattr(bounds, "lb") else bounds[0]
+                size = (problem.num_params or (np.size(phi0) if phi0 is not None else 0)
+                        or np.size(lower))
+                steps = default_steps(problem, size, options.get("optimizer"))
             phases = [Phase(steps=check_positive_int(steps, "steps"), until=stop)]
         else:
             phases = list(phases)

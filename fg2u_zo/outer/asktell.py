@@ -140,7 +140,7 @@ class AskTell:
             raise FG2UValueError(f"`max_failure_fraction` must be in [0, 1), got "
                                  f"{max_failure_fraction!r}")
         self.max_failure_fraction = float(max_failure_fraction)
-        kwargs = dict(optimizer="adam", optimizer_options=None, lr=1e-2, steps=100,
+        kwargs = dict(optimizer=None, optimizer_options=None, lr=1e-2, steps=None,
                       schedule="constant", bounds=None, transform=None, phases=None,
                       multistart=None, callback=None, target=None, gtol=None, max_nfev=None,
                       max_time=None, checkpoint=None, checkpoint_every=1, history=None,

@@ -31,7 +31,8 @@ from .search import Search
 from .steppers import make_stepper
 from .transforms import ParameterTransform, as_bounds
 
-__all__ = ["prepare", "Prepared", "check_start", "as_callbacks", "MAX_ABS_PHI"]
+__all__ = ["prepare", "Prepared", "check_start", "as_callbacks", "default_steps",
+           "MAX_ABS_PHI"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def _prepare(problem, phi0, estimator, *, lock, optimizer, optimizer_options, lr
         raise FG2UValueError("pass the starting point `phi0`")
     bounds_ = as_bounds(bounds, num_params)
     T = ParameterTransform.from_spec(transform, num_params, bounds_)
+    optimizer, optimizer_options, estimator, steps = _with_defaults(
+        problem, num_params, optimizer, optimizer_options, estimator, steps, phases)
     plans = build_plans(problem, estimator, phases, steps, lr, schedule)
     stepper = make_stepper(optimizer, optimizer_options)
     check_stepper_fits(stepper, plans)
@@ -201,6 +204,45 @@ def _prepare(problem, phi0, estimator, *, lock, optimizer, optimizer_options, lr
     return Prepared(search=search, store=store, lock=lock, fresh=ck is None,
                     checkpoint_every=checkpoint_every, transform=T, stepper=stepper,
                     workers=workers, resumed=ck)
+
+
+def _with_defaults(problem, num_params, optimizer, optimizer_options, estimator, steps,
+                   phases):
+    """The call's ``optimizer``, ``estimator`` and ``steps``, with what it left out
+    (None) taken from :func:`~fg2u_zo.outer.defaults.default_method`."""
+    from .defaults import default_estimator, default_method
+
+    if optimizer is None:
+        method = default_method(problem, num_params)
+        optimizer = method.optimizer
+        optimizer_options = {**method.optimizer_options, **(optimizer_options or {})}
+    if steps is None:
+        steps = default_steps(problem, num_params, optimizer)
+    needs_estimator = phases is None or any(
+        getattr(p, "estimator", None) is None for p in
+        (phases if isinstance(phases, (list, tuple)) else [phases]))
+    if estimator is None and needs_estimator:
+        estimator = default_estimator(
+            problem, "gauss-newton" if _is_gauss_newton(optimizer) else "first-order")
+    return optimizer, optimizer_options, estimator, steps
+
+
+def default_steps(problem, num_params, optimizer=None) -> int:
+    """Steps of a run that gives none: the Gauss–Newton stepper stops by itself, and
+    gets ``100 (N + 1)`` as a guard; a first-order stepper 100."""
+    from .defaults import FIRST_ORDER_STEPS, default_method
+
+    if optimizer is None:
+        return default_method(problem, num_params).steps
+    if _is_gauss_newton(optimizer):
+        return 100 * (int(num_params) + 1)
+    return FIRST_ORDER_STEPS
+
+
+def _is_gauss_newton(optimizer) -> bool:
+    if isinstance(optimizer, str):
+        return optimizer.strip().lower() == "gauss-newton"
+    return getattr(optimizer, "name", None) == "gauss-newton"
 
 
 def blocks_a_new_run(ck) -> bool:

@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import scipy.linalg
 
 from ...errors import FG2UTypeError, FG2UValueError, InnerSolverError
 from ...losses import LeastSquares
@@ -382,9 +383,7 @@ class GaussNewton(Stepper):
             Q, Y, age, hcol = Q[:, ~bad], Y[:, ~bad], age[~bad], hcol[~bad]
         n_cols = Q.shape[1]
         complete = n_cols >= n
-        tr = sub.solve(delta)
-        z_t = m.project(z_k + Q @ tr.step)
-        c = Q.T @ (z_t - z_k)  # the step in the columns' coordinates (after clipping)
+        z_t, c, on_boundary = _trust_step(sub, delta, z_k, Q, m)
         predicted = sub.decrease(c)
         step_norm = float(np.linalg.norm(z_t - z_k))
         trial = step_norm > 0 and predicted > 0
@@ -438,7 +437,7 @@ class GaussNewton(Stepper):
         with_trial = trial and not (check and slots < len(required))
         extras = []
         if with_trial:
-            factors = self._extra_factors(tr, data, complete,
+            factors = self._extra_factors(on_boundary, data, complete,
                                           room=max(slots - len(remeasure) - grow, 0))
             extras = self._extra_trials(sub, delta, factors, z_k, z_t, Q, m)
             if self.mode == "refresh" and self.radius_factors is not None and extras:
@@ -471,7 +470,7 @@ class GaussNewton(Stepper):
         if with_trial:
             results, curv_at, curvature = [], None, None
             for k, ((z_e, c_e, pred_e, radius_e, _), theta_e) in enumerate(zip(
-                    [(z_t, c, predicted, delta, tr.on_boundary)] + extras,
+                    [(z_t, c, predicted, delta, on_boundary)] + extras,
                     out.theta_trials)):
                 if theta_e is None:
                     continue
@@ -581,10 +580,10 @@ class GaussNewton(Stepper):
                 level, what = roundoff, "the round-off of the residuals"
         return level, what
 
-    def _extra_factors(self, tr, data, complete, room):
+    def _extra_factors(self, on_boundary, data, complete, room):
         if self.radius_factors is not None:
             return [f for f in self.radius_factors if f != 1.0] if complete else []
-        if self.mode != "auto" or not tr.on_boundary or room <= 0:
+        if self.mode != "auto" or not on_boundary or room <= 0:
             return []
         ratio = data.get("ratio")
         if ratio is not None and ratio <= ETA2:
@@ -597,15 +596,13 @@ class GaussNewton(Stepper):
         main trial and from each other: ``(z, c, predicted, radius, on_boundary)``."""
         out, seen = [], [z_t]
         for f in factors:
-            tr = sub.solve(f * delta)
-            z_e = m.project(z_k + Q @ tr.step)
+            z_e, c_e, bound_e = _trust_step(sub, f * delta, z_k, Q, m)
             if any(np.array_equal(z_e, s) for s in seen):
                 continue
-            c_e = Q.T @ (z_e - z_k)
             pred = sub.decrease(c_e)
             if pred > 0:
                 seen.append(z_e)
-                out.append((z_e, c_e, pred, f * delta, tr.on_boundary))
+                out.append((z_e, c_e, pred, f * delta, bound_e))
         return out
 
     @staticmethod
@@ -624,6 +621,53 @@ class GaussNewton(Stepper):
         return StepUpdate(z=z.copy(), state=StepperState(arrays, data), phi=m.phi(z),
                           value=float(value), grad=grad, info=info, nfev=int(jvp),
                           converged=converged)
+
+
+def _trust_step(sub, delta, z_k, Q, m):
+    """The trust-region step within the bounds: ``(z_t, c, on_boundary)`` with
+    ``z_t = z_k + Q c``. As DFO-LS's ``trsbox`` does, the step follows the
+    subproblem's minimizer until a parameter reaches its bound, fixes that parameter
+    there, and minimizes the model over the rest of the subspace in the ball that
+    remains; a step that pushes one parameter against its bound still moves the others
+    (clipping alone may leave nothing of it). Where the subspace cannot hold a
+    parameter at its bound (it lacks the coordinate), the rest is clipped."""
+    lower, upper = m.transform.z_bounds()
+    restrict = getattr(sub, "restricted", None)
+    fixed = np.zeros(z_k.size, dtype=bool)
+    value = z_k.copy()
+    tr = sub.solve(delta)
+    c, on_boundary = tr.step, tr.on_boundary
+    for _ in range(z_k.size):
+        s = Q @ c
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reach = np.where(s > 0, (upper - z_k) / s, np.where(s < 0, (lower - z_k) / s,
+                                                               np.inf))
+        reach[fixed | ~np.isfinite(reach)] = np.inf
+        reach = np.maximum(reach, 0.0)
+        first = float(np.min(reach)) if reach.size else np.inf
+        if first >= 1.0 or restrict is None:
+            break
+        # Fix every parameter the path reaches first (those at their bound at once).
+        hit = reach <= first * (1.0 + 1e-12)
+        fixed |= hit
+        value[hit] = np.where(s[hit] > 0, upper[hit], lower[hit])
+        target = value[fixed] - z_k[fixed]
+        QA = Q[fixed]
+        c0 = np.linalg.lstsq(QA, target, rcond=None)[0]
+        room = delta ** 2 - float(c0 @ c0)
+        if room <= 0 or not np.allclose(QA @ c0, target, rtol=1e-10,
+                                        atol=1e-12 * max(1.0, float(np.max(np.abs(target))))):
+            break
+        N = scipy.linalg.null_space(QA)
+        if N.shape[1] == 0:
+            c = c0
+            break
+        inner = restrict(c0, N).solve(math.sqrt(room))
+        c, on_boundary = c0 + N @ inner.step, inner.on_boundary
+    z_t = z_k + Q @ c
+    z_t[fixed] = value[fixed]  # exactly on the bounds, not a rounding past them
+    z_t = m.project(z_t)
+    return z_t, Q.T @ (z_t - z_k), on_boundary
 
 
 def radius_update(ratio, delta, step_norm, rho):

@@ -220,6 +220,11 @@ class DenseSubproblem:
     def decrease(self, a) -> float:
         return model_decrease(self.g, self.H, a)
 
+    def restricted(self, c0, N) -> "DenseSubproblem":
+        """The model along ``a = c0 + N t`` as a subproblem in ``t`` (its constant
+        dropped): gradient ``N^T (g + H c0)``, Hessian ``N^T H N``."""
+        return DenseSubproblem(N.T @ (self.g + self.H @ c0), N.T @ self.H @ N)
+
 
 class LeastSquaresSubproblem:
     """The Gauss–Newton subproblem of a sum of squares, ``m(a) = ||r + J a||^2``, from
@@ -281,6 +286,11 @@ class LeastSquaresSubproblem:
     def decrease(self, a) -> float:
         Ja = self.J @ np.asarray(a, dtype=np.float64)
         return float(-(2.0 * (self.r @ Ja) + Ja @ Ja))
+
+    def restricted(self, c0, N) -> "LeastSquaresSubproblem":
+        """The model along ``a = c0 + N t`` as a subproblem in ``t``: residuals
+        ``r + J c0``, Jacobian ``J N``."""
+        return LeastSquaresSubproblem(self.r + self.J @ c0, self.J @ N)
 
 
 class KrylovSubproblem:
