@@ -421,17 +421,20 @@ class GaussNewton(Stepper):
         order = [int(j) for j in np.argsort(-age, kind="stable")]
         stale_cols = [j for j in order if stale[j]]
         check = bool(data.get("check")) and bool(stale_cols)
-        required = stale_cols if (check or not trial) else []
+        # At most b directions per group, new ones first; the model check takes the
+        # stalest of the rest (the others wait for the next groups).
+        room = max(b - grow, 0)
+        required = (stale_cols if (check or not trial) else [])[:room]
         remeasure = list(required)
-        if self.mode == "refresh" and complete:
-            remeasure = order[:max(min(b, n_cols), len(required))]
+        if self.mode == "refresh":
+            remeasure = order[:room]
         elif self.mode == "auto" and complete and trial:
             # Idle workers measure the stale columns, and after a step the model
             # predicted poorly the stalest others: a fresh model each round.
-            room = max(slots - len(remeasure), 0)
+            idle = max(min(b, slots) - grow - len(remeasure), 0)
             poor = ratio is not None and ratio < ETA2
             more = [j for j in order if j not in remeasure and (stale[j] or poor and age[j] > 0)]
-            remeasure += more[:room]
+            remeasure += more[:idle]
         # A check needs the re-measured model before the next trial when the group
         # cannot hold both (one worker): then the group has no trial.
         with_trial = trial and not (check and slots < len(required))
