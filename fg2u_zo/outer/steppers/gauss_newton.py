@@ -90,6 +90,9 @@ STALE = 2.0
 #: A trial whose output misses the linear model's prediction by more than this many
 #: times the predicted change corrects neither the columns (Broyden) nor the curvature.
 LINEAR_MISS = 10.0
+#: A model whose last ratio is farther than this from 1 predicted poorly: idle workers
+#: then measure its stalest columns again.
+POOR = 0.15
 #: A model whose last trial's ratio is within this of 1 may stop the run without being
 #: measured again.
 VERIFIED = 0.1
@@ -100,7 +103,7 @@ RHO_FACTOR = 10.0
 #: difference of large terms, and a forward difference's O(h) error in J stops it.
 CENTRAL_RHO = 0.0
 #: Extra trials (multiples of the radius) after a very successful boundary step.
-LADDER = (4.0, 16.0)
+LADDER = tuple([8,64])
 #: Largest subspace whose model Hessian is formed and eigendecomposed; above it the
 #: subproblem is solved in a Krylov subspace of Hessian-vector products (O(d^2) work per
 #: product instead of O(d^3) per iteration).
@@ -432,9 +435,9 @@ class GaussNewton(Stepper):
             # Idle workers measure the stale columns, and after a step the model
             # predicted poorly the stalest others: a fresh model each round.
             idle = max(min(b, slots) - grow - len(remeasure), 0)
-            poor = ratio is not None and ratio < ETA2
-            more = [j for j in order if j not in remeasure and (stale[j] or poor and age[j] > 0)]
-            remeasure += more[:idle]
+            poor = ratio is not None and abs(ratio - 1.0) > POOR
+            more = [j for j in order if j not in remeasure and age[j] > 0]
+            remeasure += more[:idle] if poor else []
         # A check needs the re-measured model before the next trial when the group
         # cannot hold both (one worker): then the group has no trial.
         with_trial = trial and not (check and slots < len(required))
