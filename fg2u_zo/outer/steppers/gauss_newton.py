@@ -98,12 +98,9 @@ POOR = 0.15
 VERIFIED = 0.1
 #: ``rho`` is divided by this when a fresh model fails at ``delta = rho``.
 RHO_FACTOR = 10.0
-#: Below this lower radius (relative to max(1, |z|)) columns are measured by central
-#: differences: near a solution of a large-residual fit the gradient J^T r is a
-#: difference of large terms, and a forward difference's O(h) error in J stops it.
-CENTRAL_RHO = 0.0
-#: Extra trials (multiples of the radius) after a very successful boundary step.
-LADDER = tuple([8,64])
+#: Extra trials (multiples of the radius) after a very successful boundary step: the
+#: range of the first ones' growth in one group, in few solves.
+LADDER = (8.0, 64.0)
 #: Largest subspace whose model Hessian is formed and eigendecomposed; above it the
 #: subproblem is solved in a Krylov subspace of Hessian-vector products (O(d^2) work per
 #: product instead of O(d^3) per iteration).
@@ -456,17 +453,11 @@ class GaussNewton(Stepper):
         else:
             rest = np.delete(Q, remeasure, axis=1)
             U = np.column_stack([Q[:, remeasure], new_directions(rest, grow, m.rng)])
-        central = (m.auto and U.shape[1] > 0 and complete
-                   and rho <= CENTRAL_RHO * max(1.0, float(np.max(np.abs(z_k)))))
-        h = (m.central_step(center, theta_k, data.get("curvature"), data.get("noise"))
-             if central else
-             m.step(center, theta_k, data.get("curvature"), data.get("noise")))
+        h = m.step(center, theta_k, data.get("curvature"), data.get("noise"))
         trials = ([z_t] + [e[0] for e in extras]) if with_trial else []
         with clock.paused():
             out = yield from m.group(trials, center, U, h, theta_k.reshape(shape),
-                                     theta_center=None if with_trial else theta_k,
-                                     central=central)
-        info["central"] = bool(central)
+                                     theta_center=None if with_trial else theta_k)
         info.update(trials=len(trials), remeasured=len(remeasure), new=U.shape[1]
                     - len(remeasure), jvp=out.jvp, step_norm=step_norm)
 

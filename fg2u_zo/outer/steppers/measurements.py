@@ -130,25 +130,6 @@ class Measurements:
                 h = min(h, 2.0 * float(np.sqrt(rounding / curvature)))
         return float(max(h, min_step(z)))
 
-    def central_step(self, z, theta=None, curvature=None, noise_data=None) -> float:
-        """The central-difference step at ``z``: the noise-optimal one when the noise
-        was measured, else ``(3 eps)**(1/3)`` times the length ``l = sqrt(|theta| /
-        curvature)`` over which the outputs bend (an output ``exp(s / l)`` has
-        derivatives ``|theta| / l**k``, and the step balancing the truncation
-        ``h**2 |S3| / 6`` against the rounding ``eps |theta| / h`` is then that one),
-        at most the classical ``eps**(1/3)`` relative step."""
-        if self.fixed_step is not None:
-            return self.fixed_step
-        noise = self.noise_estimate(noise_data)
-        if noise is not None and noise.status == "ok":
-            return auto_step(noise, z, "central")
-        h = default_step(z, "central")
-        if curvature and theta is not None and np.isfinite(curvature):
-            size = float(np.linalg.norm(theta))
-            if size > 0:
-                h = min(h, (3.0 * _EPS) ** (1.0 / 3.0) * float(np.sqrt(size / curvature)))
-        return float(max(h, min_step(z)))
-
     def perturb(self, base, U, h):
         """``base + h u`` per column of ``U``, projected onto the bounds; where a bound
         cuts the step, ``base - h u`` when that one stays inside."""
@@ -179,30 +160,21 @@ class Measurements:
         return Solved(thetas=list(reply.thetas), failures=list(reply.failures),
                       nfev=reply.nfev, solver_time=reply.solver_time)
 
-    def group(self, trials, center, U, h, warm_start, theta_center=None,
-              central=False) -> GroupResult:
+    def group(self, trials, center, U, h, warm_start, theta_center=None) -> GroupResult:
         """Solve the ``trials`` and measure the columns ``U`` around ``center`` (the
         first trial, or a point whose output ``theta_center`` is known), all in one
         request (a plan returning a :class:`GroupResult`). The trials come first in the
-        request: a scheduler that reports results in order sees them first.
-
-        ``central``: each column from ``center +- h u`` (two solves, an error of order
-        ``h^2`` instead of ``h``); it is reported as the forward difference that gives
-        the same quotient, so the columns are built alike."""
+        request: a scheduler that reports results in order sees them first."""
         trials = list(trials)
         centered_on_trial = theta_center is None
-        minus = []
         if self.exact:
             ev = yield from self.evaluate(trials, warm_start, label="trial")
             points = []
         else:
             points = self.perturb(center, U, h) if U.shape[1] else []
-            if central:
-                minus = [2.0 * center - p for p in points]
-                minus = [q if np.array_equal(self.project(q), q) else None for q in minus]
-            ev = yield from self.evaluate(
-                trials + points + [q for q in minus if q is not None], warm_start,
-                label="trial and directions" if trials else "directions")
+            ev = yield from self.evaluate(trials + points, warm_start,
+                                          label="trial and directions" if trials
+                                          else "directions")
         thetas = [_flat(t) for t in ev.thetas]
         theta_trials = thetas[:len(trials)]
         base = theta_trials[0] if centered_on_trial and trials else theta_center
@@ -212,20 +184,8 @@ class Measurements:
             if base is not None and U.shape[1]:
                 out.U, out.JU = U, self.jacobian_products(center, U)
                 out.jvp = U.shape[1]
-            return out
-        plus = thetas[len(trials):len(trials) + len(points)]
-        rest = iter(thetas[len(trials) + len(points):])
-        outputs = []
-        for p, t_plus, q in zip(points, plus, minus or [None] * len(points)):
-            t_minus = next(rest) if q is not None else None
-            if base is not None and t_plus is not None and t_minus is not None:
-                # (S(c + h u) - S(c - h u)) / 2 as the change of a forward difference.
-                outputs.append(base + 0.5 * (t_plus - t_minus))
-            elif base is not None and t_plus is None and t_minus is not None:
-                outputs.append(2.0 * base - t_minus)  # the mirrored forward difference
-            else:
-                outputs.append(t_plus)
-        out.points, out.thetas = points, outputs
+        else:
+            out.points, out.thetas = points, thetas[len(trials):]
         return out
 
     def jacobian_products(self, z, U):
