@@ -621,7 +621,7 @@ def test_a_new_phase_restarts_the_model():
     assert res.status == "target", res
     # The first phase may stop early (its own stopping rule on the rounded outputs).
     start = next(r for r in res.history if r.phase == 1)
-    assert start.info["rho"] is None and start.info["trials"] == 0  # a fresh model
+    assert start.info["rho"] is None and start.info["new"] == 4  # a fresh model
     assert start.nfev == 5
 
 
@@ -643,3 +643,160 @@ def test_trials_at_several_radii_share_the_group():
     assert all(r.nfev <= 5 for r in later)
     with pytest.raises(ValueError, match="radius_factors"):
         GaussNewton(radius_factors=(1.0, -2.0))
+
+
+# -- the defaults: stopping rule, first model, every group useful, scale ----------------------
+def _linear_least_squares(N=5, M=9, seed=4):
+    """``S(phi) = A phi + c`` and a LeastSquares outer loss whose minimizer is
+    ``phi_star`` (a zero-residual fit: the data are S(phi_star))."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M, N))
+    c = rng.standard_normal(M)
+    phi_star = 3.0 * rng.standard_normal(N)
+    return (lambda phi: A @ phi + c), A, c, phi_star
+
+
+@pytest.mark.parametrize("outer_kind", ["least-squares", "torch"])
+def test_the_run_stops_within_one_iteration_of_reaching_a_quadratic_minimizer(outer_kind):
+    # A linear inner solver makes F a quadratic and the model exact (forward differences
+    # of a linear map, Broyden keeping exact columns exact): the first step the trust
+    # region allows to reach the minimizer lands on it, its ratio is 1, and the next
+    # iteration's predicted decrease is round-off: the run stops there, with no solve.
+    inner, A, c, phi_star = _linear_least_squares()
+    y = A @ phi_star + c
+    if outer_kind == "least-squares":
+        outer = fz.LeastSquares(y, scale="sum")
+    else:
+        yt = torch.tensor(y)
+        outer = lambda theta, phi: 0.5 * ((theta - yt) ** 2).sum()  # noqa: E731
+    problem = fz.BilevelProblem(inner=inner, outer=outer, num_params=5)
+    res = fz.minimize(problem, np.zeros(5), rng=0, progress=False)
+    assert res.optimizer == "gauss-newton" and res.status == "converged", res
+    errors = [np.linalg.norm(r.phi - phi_star) / np.linalg.norm(phi_star)
+              for r in res.history]
+    reached = next(k for k, e in enumerate(errors) if e < 1e-10)
+    assert len(res.history) - 1 - reached <= 1
+    assert res.history[-1].nfev == 0  # the verdict comes from the model alone
+
+
+def test_a_noisy_quadratic_stops_at_the_noise_floor():
+    # The outputs of the linear solver printed with 6 significant digits: the outputs
+    # look quantized, the noise probe measures them (once), and the run stops once the
+    # model predicts less than the noise of F. It then sits within the noise floor: the
+    # exact misfit's excess over its minimum is at most a hundred times M q^2 / 2
+    # (q the largest unit of the last printed digit), and it did not spend its budget.
+    inner, A, c, phi_star = _linear_least_squares()
+    y = A @ phi_star + c
+
+    def printed(phi):
+        return np.array([float(f"{v:.5e}") for v in inner(phi)])
+
+    problem = fz.BilevelProblem(inner=printed, outer=fz.LeastSquares(y, scale="sum"),
+                                num_params=5)
+    res = fz.minimize(problem, np.zeros(5), rng=0, progress=False)
+    assert res.status == "converged" and "noise" in res.message, res
+    assert sum(1 for r in res.history if r.info.get("probe")) == 1
+    q = 10.0 ** (np.floor(np.log10(np.abs(y).max())) - 5)
+    excess = 0.5 * np.sum((A @ (res.phi - phi_star)) ** 2)
+    assert excess <= 100 * y.size * q ** 2 / 2, (excess, q)
+    assert res.nit < 40
+
+
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_on_an_exact_linear_solver_the_first_model_costs_n_plus_one_solves(workers):
+    # The start and N directions (N + 1 solves, as DFO-LS's first model), whatever the
+    # width, and no noise probe: the outputs are exact to double precision.
+    inner, A, c, phi_star = _linear_least_squares()
+    problem = fz.BilevelProblem(inner=inner, num_params=5,
+                                outer=fz.LeastSquares(A @ phi_star + c, scale="sum"))
+    res = fz.minimize(problem, np.zeros(5), rng=0, workers=workers, progress=False)
+    first = res.history[0]
+    assert first.nfev == 5 + 1 and first.info["directions"] == 5
+    assert not any(r.info.get("probe") for r in res.history)
+
+
+@pytest.mark.parametrize("mode", ["auto", "lean", "refresh"])
+@pytest.mark.parametrize("workers", [1, 4])
+def test_no_iteration_spends_solves_without_a_trial_or_new_information(mode, workers):
+    # The nonlinear decay fit, every mode and width: each iteration's solves are its
+    # trials, its new and re-measured directions and its probe, exactly; no iteration
+    # spends a solve on anything else, none is empty but the final verdict, and the run
+    # stops by itself (no mode stalls into the step budget).
+    y = torch.tensor(_decay(DECAY_TRUTH))
+    problem = fz.BilevelProblem(inner=_decay, num_params=4,
+                                outer=lambda t, p: 0.5 * ((t - y) ** 2).sum())
+    res = fz.minimize(problem, np.zeros(4), optimizer="gauss-newton",
+                      optimizer_options={"mode": mode}, workers=workers, rng=0,
+                      progress=False)
+    assert res.status == "converged", res
+    for r in res.history:
+        i = r.info
+        spent = i["trials"] + i["remeasured"] + i["new"] + i.get("probe", 0)
+        assert r.nfev == spent, (r.step, r.nfev, i)
+    assert all(r.nfev > 0 for r in res.history[:-1])
+    assert res.history[-1].nfev == 0
+    # Once the first model is built, at most the trial and b directions per group (b
+    # = W - 1, at least 1; the noise probe, when it runs, has requests of its own).
+    assert max(r.nfev - r.info.get("probe", 0) for r in res.history[1:]) <= max(workers, 2)
+
+
+@pytest.mark.parametrize("workers", [1, 8])
+def test_a_badly_scaled_minimizer_far_away_is_reached_in_logarithmically_many_steps(workers):
+    # S(x) = (x1 / 1e6 - 1, x2 - 1): the minimizer x1 = 1e6, x2 = 1 lies 1e7 initial
+    # radii (0.1) away. The model is exact, every step reaches the trust region's
+    # boundary with ratio 1, and the radius grows fourfold per iteration (DFO-LS's
+    # max(2 delta, 4 |s|)): after k boundary steps the run has covered
+    # 0.1 (4^k - 1) / 3, so 1e6 takes ceil(log4(3e7 + 1)) = 13 of them on one worker.
+    # With 8 workers each group also tries 8 and 64 times the radius, and the accepted
+    # 64-fold step quadruples in turn: 0.1 (256^k - 1) / 255 * 64 >= 1e6 takes
+    # ceil(log256(255e6 / 6.4 + 1)) = 4. Add the start, two iterations for x2 and the
+    # final verdict.
+    def inner(x):
+        return np.array([x[0] / 1e6 - 1.0, x[1] - 1.0])
+
+    problem = fz.BilevelProblem(inner=inner, outer=fz.LeastSquares(np.zeros(2),
+                                                                   scale="sum"),
+                                num_params=2)
+    res = fz.minimize(problem, np.zeros(2), rng=0, workers=workers, progress=False)
+    assert res.status == "converged", res
+    np.testing.assert_allclose(res.phi, [1e6, 1.0], rtol=1e-8)
+    boundary_steps = (math.ceil(math.log(3e7 + 1, 4)) if workers == 1 else
+                      math.ceil(math.log(255e6 / 6.4 + 1, 256)))
+    assert res.nit <= 1 + boundary_steps + 2 + 1, res.nit
+
+
+def test_an_overflowing_trial_is_rejected_and_the_fit_goes_on():
+    # NIST's BoxBOD from its first start (1, 1): trials with b2 < 0 overflow exp(-b2 x)
+    # (the outputs are inf: failed solves, or 1e100-sized: rejected trials); the run
+    # rejects them, shrinks the radius and fits the certified values to 4 digits.
+    x = np.array([1.0, 2.0, 3.0, 5.0, 7.0, 10.0])
+    y = np.array([109.0, 149.0, 149.0, 191.0, 213.0, 224.0])
+    certified = np.array([213.80940889, 0.54723748542])
+
+    def boxbod(b):
+        with np.errstate(over="ignore"):
+            return b[0] * (1.0 - np.exp(-b[1] * x))
+
+    problem = fz.BilevelProblem(inner=boxbod, outer=fz.LeastSquares(y, scale="sum"),
+                                num_params=2)
+    res = fz.minimize(problem, np.array([1.0, 1.0]), rng=0, workers=8,
+                      backend="sequential", progress=False)
+    assert res.status == "converged", res
+    np.testing.assert_allclose(res.phi, certified, rtol=1e-4)
+    rejected = [r for r in res.history if r.info.get("accepted") is False]
+    assert rejected
+
+
+def test_the_model_of_a_torch_loss_needs_no_torch_compiler():
+    # The model's Hessian-vector products are plain double-backward passes: the first
+    # vmapped call would import torch's compiler stack (seconds of warm-up per process).
+    code = textwrap.dedent("""
+        import sys, numpy as np, torch, fg2u_zo as fz
+        y = torch.linspace(0.0, 1.0, 6, dtype=torch.float64)
+        problem = fz.BilevelProblem(inner=lambda p: np.tanh(np.outer(np.arange(6), p)).sum(1),
+                                    outer=lambda t, p: torch.log1p(((t - y) ** 2).sum()))
+        res = fz.minimize(problem, np.full(3, 0.1), rng=0, progress=False)
+        assert res.optimizer == "gauss-newton" and res.nit > 1, res
+        assert "torch._dynamo" not in sys.modules
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

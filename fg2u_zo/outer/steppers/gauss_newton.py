@@ -290,8 +290,9 @@ class GaussNewton(Stepper):
             b = max(b, min(n, FIRST_MODEL))
         U = new_directions(np.zeros((n, 0)), min(b, self._memory(n)), m.rng)
         h = m.step(z0)
+        # The start is solved with the directions around it, as a trial is.
         info = {"rho": None, "accepted": None, "trial_value": None, "step_norm": 0.0,
-                "trials": 0, "remeasured": 0}
+                "trials": 1, "remeasured": 0}
         with clock.paused():
             out = yield from m.group([z0], z0, U, h, None)
         theta0 = out.theta_trials[0]
@@ -560,8 +561,8 @@ class GaussNewton(Stepper):
 
     def _resolved_decrease(self, m, sub, theta, phi, F, data):
         """The smallest decrease of ``F`` that can be told from nothing, and its name:
-        ``ftol * |F|``, the measured noise of ``F``, and for least squares the round-off
-        of the residuals."""
+        ``ftol * |F|``, the measured noise of ``F``, and the round-off of ``F`` (for least
+        squares, of its residuals)."""
         level, what = self.ftol * abs(F), "ftol * |F|"
         noise = m.noise_estimate(data.get("noise"))
         if noise is not None and noise.status == "ok":
@@ -573,8 +574,16 @@ class GaussNewton(Stepper):
             # resolves changes down to about 2 eps sum |r_i| |w_i y_i|.
             r0 = m.problem.outer.residuals(np.zeros(theta.size), phi)
             roundoff = 4.0 * _EPS * float(np.abs(sub.r) @ (np.abs(r0) + np.abs(sub.r)))
-            if roundoff > level:
-                level, what = roundoff, "the round-off of the residuals"
+            what_r = "the round-off of the residuals"
+        else:
+            # The outputs and phi are known to a rounding of eps each: F resolves
+            # nothing below sum |df/dtheta_i theta_i| + sum |df/dphi_j phi_j| times eps.
+            _, g_theta, g_phi = m.problem.outer_parts(theta, phi)
+            roundoff = 4.0 * _EPS * (float(np.abs(np.ravel(g_theta)) @ np.abs(np.ravel(theta)))
+                                     + float(np.abs(g_phi) @ np.abs(phi)) + abs(F))
+            what_r = "the round-off of F"
+        if roundoff > level:
+            level, what = roundoff, what_r
         return level, what
 
     def _extra_factors(self, on_boundary, data, complete, room):
@@ -671,8 +680,9 @@ def radius_update(ratio, delta, step_norm, rho):
     """The next trust radius after a trial with ratio ``ratio`` and step length
     ``step_norm`` taken at radius ``delta`` (DFO-LS's rule): ``min(delta/2, |s|)`` below
     ``ETA1``, ``max(delta/2, |s|)`` up to ``ETA2``, ``max(2 delta, 4 |s|)`` above (a
-    boundary step quadruples the radius); never below the lower radius ``rho``, and
-    ``rho`` itself once within 1.5 times it.
+    boundary step quadruples the radius: a minimizer far away is approached
+    geometrically); never below the lower radius ``rho``, and ``rho`` itself once within
+    1.5 times it.
 
     Examples
     --------
