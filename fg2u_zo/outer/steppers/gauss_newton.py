@@ -516,8 +516,11 @@ class GaussNewton(Stepper):
                             step_norm=norm_b)
                 if accepted:
                     z_new, theta_new, F_new = z_b, theta_b, F_t
-                delta = radius_update(ratio, delta_used, norm_b, rho)
-                data.update(ratio=float(ratio), step_len=norm_b, check=False)
+                boundary = norm_b >= (1.0 - 1e-9) * delta_used
+                streak = (int(data.get("streak", 0)) + 1
+                          if ratio > ETA2 and boundary else 0)
+                delta = radius_update(ratio, delta_used, norm_b, rho, streak)
+                data.update(ratio=float(ratio), step_len=norm_b, check=False, streak=streak)
                 if ratio < ETA1:
                     converged = self._failed(m, data, fresh, delta_used, rho, F_k, F_t,
                                              predicted if main else None, norm_b, z_k)
@@ -676,25 +679,29 @@ def _trust_step(sub, delta, z_k, Q, m):
     return z_t, Q.T @ (z_t - z_k), on_boundary
 
 
-def radius_update(ratio, delta, step_norm, rho):
+def radius_update(ratio, delta, step_norm, rho, streak=1):
     """The next trust radius after a trial with ratio ``ratio`` and step length
-    ``step_norm`` taken at radius ``delta`` (DFO-LS's rule): ``min(delta/2, |s|)`` below
-    ``ETA1``, ``max(delta/2, |s|)`` up to ``ETA2``, ``max(2 delta, 4 |s|)`` above (a
-    boundary step quadruples the radius: a minimizer far away is approached
-    geometrically); never below the lower radius ``rho``, and ``rho`` itself once within
-    1.5 times it.
+    ``step_norm`` taken at radius ``delta``: ``min(delta/2, |s|)`` below ``ETA1``,
+    ``max(delta/2, |s|)`` up to ``ETA2``, and above it twice the radius, or four times
+    the step once ``streak`` very successful steps in a row reached the boundary (a
+    minimizer far away is approached geometrically, without an early overshoot on a
+    curved valley); never below the lower radius ``rho``, and ``rho`` itself once within
+    1.5 times it (DFO-LS's rule, with its fourfold growth kept for runs of boundary
+    steps).
 
     Examples
     --------
-    >>> radius_update(0.9, 1.0, 1.0, 0.1), radius_update(0.0, 1.0, 0.3, 0.1)
-    (4.0, 0.3)
+    >>> radius_update(0.9, 1.0, 1.0, 0.1), radius_update(0.9, 1.0, 1.0, 0.1, streak=2)
+    (2.0, 4.0)
+    >>> radius_update(0.0, 1.0, 0.3, 0.1)
+    0.3
     """
     if ratio < ETA1:
         delta = min(0.5 * delta, step_norm)
     elif ratio <= ETA2:
         delta = max(0.5 * delta, step_norm)
     else:
-        delta = max(2.0 * delta, 4.0 * step_norm)
+        delta = max(2.0 * delta, (4.0 if streak >= 2 else 2.0) * step_norm)
     return rho if delta <= 1.5 * rho else float(delta)
 
 
