@@ -109,6 +109,12 @@ DENSE_MAX = 100
 #: whatever the width: N + 1 solves for a complete first model, as DFO-LS's.
 FIRST_MODEL = 100
 _EPS = np.finfo(np.float64).eps
+#: A fresh model's failed trial that misses the actual change of F by more than this many
+#: times what the outputs' curvature allows (twice, at shrinking steps) contradicts
+#: smooth outputs: the noise is probed.
+CONTRADICTION = 100.0
+#: Units in the last place an output of a black-box computation is taken to carry.
+OUTPUT_ULPS = 64.0
 #: The age of a column that must be measured again (finite: states are checked finite).
 _FAR = 1e300
 
@@ -245,7 +251,7 @@ class GaussNewton(Stepper):
         radius = (self.radius if self.radius is not None
                   else 0.1 * max(1.0, float(np.max(np.abs(z0))) if z0.size else 1.0))
         return StepperState(arrays={}, data={"delta": float(radius), "rho": float(radius),
-                                             "iteration": 0})
+                                             "radius0": float(radius), "iteration": 0})
 
     def update(self, state, *, z, lr=None, problem=None, estimator=None, transform=None,
                rng=None, workers=None, noise=None, **extra):
@@ -265,7 +271,7 @@ class GaussNewton(Stepper):
             if data.get("key") != m.key:
                 # Another solver: its noise is measured anew, the radii start again.
                 for key in ("noise", "probed", "probe_due", "miss", "ratio", "step_len",
-                            "check", "curvature"):
+                            "check", "curvature", "streak"):
                     data.pop(key, None)
                 data["rho"] = data["delta"] = max(float(data["delta"]), float(data["rho"]))
             return self._start(m, z, data)
@@ -361,58 +367,77 @@ class GaussNewton(Stepper):
         info = {"rho": None, "accepted": None, "trial_value": None, "step_norm": 0.0,
                 "trials": 0, "remeasured": 0, "new": 0}
 
-        if data.pop("probe_due", False) and m.auto and not data.get("probed"):
-            # The last trials contradicted a fresh model: measure the noise here, and
-            # let the columns measured below the noise-optimal step count as stale.
+        probe_due = (data.pop("probe_due", False) and m.auto
+                     and not data.get("probed"))
+        phi_k = m.phi(z_k)
+        while True:
+            # The model, with columns whose products overflow left out (measured again).
+            sub, bad = _subproblem(m.problem, theta_k.reshape(shape), phi_k, Y,
+                                   m.dphi(z_k)[:, None] * Q)
+            if bad.any():
+                Q, Y, age, hcol = Q[:, ~bad], Y[:, ~bad], age[~bad], hcol[~bad]
+            n_cols = Q.shape[1]
+            complete = n_cols >= n
+            z_t, c, on_boundary = _trust_step(sub, delta, z_k, Q, m)
+            predicted = sub.decrease(c)
+            step_norm = float(np.linalg.norm(z_t - z_k))
+            trial = step_norm > 0 and predicted > 0
+            grad_z = Q @ sub.g
+            # A column measured farther from z_k than the step the model proposes is
+            # stale: its error (the curvature times that distance) is not small
+            # against the step.
+            stale = age > STALE * step_norm
+            fresh = not stale.any()
+            # A model whose last trial landed where it predicted is trusted as it is.
+            ratio = data.get("ratio")
+            verified = ratio is not None and abs(ratio - 1.0) <= VERIFIED
+
+            # Stop before spending a solve: the complete model, measured about where it
+            # is used, sees nothing to gain; a stale one is measured again first.
+            level = -np.inf
+            if complete:
+                level, what = self._resolved_decrease(m, sub, theta_k.reshape(shape),
+                                                      phi_k, F_k, data)
+                # What the model sees within the initial radius at least: a radius that
+                # collapsed while the model was poor must not hide the gains beyond it.
+                reach = max(delta, float(data.get("radius0", delta)))
+                if reach > delta and predicted <= level:
+                    predicted = max(predicted, sub.decrease(
+                        _trust_step(sub, reach, z_k, Q, m)[1]))
+                if (not trial or predicted <= level) and (fresh or verified):
+                    reason = (f"the model predicts a decrease of {max(predicted, 0.0):.3g}, "
+                              f"below {what} ({level:.3g})" if trial else
+                              "the model gradient vanishes (no step within the bounds "
+                              "decreases the model)")
+                    data.update(iteration=data["iteration"] + 1)
+                    info.update(step_norm=0.0)
+                    return self._result(m, z_k, theta_k, Q, Y, age, hcol, data, F_k,
+                                        grad_z, clock, h=0.0, info=info, jvp=0,
+                                        converged=reason)
+            if not probe_due:
+                break
+            # The last trials contradicted a fresh model (and the run did not stop at
+            # round-off): measure the noise here, let the columns measured below the
+            # noise-optimal step count as stale, and build the model again.
+            probe_due = False
             with clock.paused():
                 noise, seen = yield from m.probe(z_k, theta_k)
             data.update(noise=noise.to_dict(), probed=True)
             info["probe"] = int(noise.nfev)
             h_noise = m.step(z_k, noise_data=data["noise"])
             age[hcol < 0.5 * h_noise] = _FAR  # stale: measured again
+            if noise.status == "ok":
+                # The radii shrank under a model the noise had spoilt: start them again.
+                rho = max(rho, float(data.get("radius0", rho)))
+                delta = max(delta, rho)
+                data.update(rho=rho, delta=delta, miss=None)
             if Q.shape[1] < n:
                 Q, Y, kept = add_difference_columns(Q, Y, z_k, theta_k,
                                                     *_nearest(seen, z_k, h_noise))
                 age = np.concatenate([age, np.zeros(len(kept))])
                 hcol = np.concatenate([hcol, np.full(len(kept), h_noise)])
-
-        # The model, with columns whose products overflow left out (measured again).
-        phi_k = m.phi(z_k)
-        sub, bad = _subproblem(m.problem, theta_k.reshape(shape), phi_k, Y,
-                               m.dphi(z_k)[:, None] * Q)
-        if bad.any():
-            Q, Y, age, hcol = Q[:, ~bad], Y[:, ~bad], age[~bad], hcol[~bad]
-        n_cols = Q.shape[1]
-        complete = n_cols >= n
-        z_t, c, on_boundary = _trust_step(sub, delta, z_k, Q, m)
-        predicted = sub.decrease(c)
-        step_norm = float(np.linalg.norm(z_t - z_k))
-        trial = step_norm > 0 and predicted > 0
-        grad_z = Q @ sub.g
-        # A column measured farther from z_k than the step the model proposes is stale:
-        # its error (the curvature times that distance) is not small against the step.
-        stale = age > STALE * step_norm
-        fresh = not stale.any()
-        # A model whose last trial landed where it predicted is trusted as it is.
-        ratio = data.get("ratio")
-        verified = ratio is not None and abs(ratio - 1.0) <= VERIFIED
-
-        # Stop before spending a solve: the complete model, measured about where it is
-        # used, sees nothing to gain; a stale one is measured again first.
-        if complete:
-            level, what = self._resolved_decrease(m, sub, theta_k.reshape(shape), phi_k,
-                                                  F_k, data)
-            if (not trial or predicted <= level) and (fresh or verified):
-                reason = (f"the model predicts a decrease of {max(predicted, 0.0):.3g}, "
-                          f"below {what} ({level:.3g})" if trial else
-                          "the model gradient vanishes (no step within the bounds "
-                          "decreases the model)")
-                data.update(iteration=data["iteration"] + 1)
-                info.update(step_norm=0.0)
-                return self._result(m, z_k, theta_k, Q, Y, age, hcol, data, F_k, grad_z,
-                                    clock, h=0.0, info=info, jvp=0, converged=reason)
-            if trial and predicted <= level:
-                trial = False  # nothing to try before the model is checked
+        if trial and predicted <= level:
+            trial = False  # nothing to try before the model is checked
 
         # What to measure around the trial (or around z_k when there is none).
         W = m.workers
@@ -523,7 +548,8 @@ class GaussNewton(Stepper):
                 data.update(ratio=float(ratio), step_len=norm_b, check=False, streak=streak)
                 if ratio < ETA1:
                     converged = self._failed(m, data, fresh, delta_used, rho, F_k, F_t,
-                                             predicted if main else None, norm_b, z_k)
+                                             predicted if main else None, norm_b, z_k,
+                                             theta_k.reshape(shape), level)
                     rho = float(data["rho"])
                     delta = max(delta, rho)
                     # A stale model failed: check it (re-measure) before trusting a
@@ -540,21 +566,36 @@ class GaussNewton(Stepper):
         return self._result(m, z_new, theta_new, Q, Y, age, hcol, data, F_new, grad_z,
                             clock, h, info, out.jvp, converged=converged)
 
-    def _failed(self, m, data, fresh, delta_used, rho, F_k, F_t, predicted, norm, z):
+    def _failed(self, m, data, fresh, delta_used, rho, F_k, F_t, predicted, norm, z,
+                theta, level):
         """A trial below ETA1. From a fresh model at the lower radius: ``rho`` shrinks
         (the run converged once it is below ``xtol``). Returns the reason to stop, or
-        None. Also watches whether the model's error shrinks with the step as smooth
-        outputs make it (else the noise is probed)."""
-        if not fresh:
+        None.
+
+        Such a failure also tells whether the outputs are smooth: a fresh model misses
+        the actual change of F along a step s by about what the outputs' curvature
+        makes of it (``|grad_theta f| kappa s^2``, with ``kappa`` read off the trials)
+        plus the round-off of F, and less as the steps shrink. Two failures in a row
+        that miss by ``CONTRADICTION`` times more, the second at most half the step of
+        the first without a proportionally smaller miss, contradict smooth outputs: the
+        noise is probed."""
+        if not fresh or delta_used > 1.5 * rho:
             return None
-        if predicted is not None and m.auto and not data.get("probed"):
+        curvature = data.get("curvature")
+        if (predicted is not None and m.auto and not data.get("probed") and curvature
+                and np.isfinite(level)):
+            if isinstance(m.problem.outer, LeastSquares):
+                g_theta = m.problem.outer.grad_theta(theta)
+            else:
+                _, g_theta, _ = m.problem.outer_parts(theta, m.phi(z))
+            allowed = float(np.linalg.norm(g_theta)) * curvature * norm ** 2 + level
             error = abs((F_k - F_t) - predicted)
-            miss = data.get("miss")
-            if miss is not None and norm <= 0.5 * miss[0] and error > miss[1] * norm / miss[0]:
+            last = data.get("miss")
+            contradicts = error > CONTRADICTION * allowed
+            if (contradicts and last is not None and norm <= 0.5 * last[0]
+                    and error > last[1] * norm / last[0]):
                 data["probe_due"] = True
-            data["miss"] = [float(norm), float(error)]
-        if delta_used > 1.5 * rho:
-            return None
+            data["miss"] = [float(norm), float(error)] if contradicts else None
         rho_end = self.xtol * max(1.0, float(np.max(np.abs(z))))
         if rho <= rho_end:
             return (f"the trust radius fell below xtol * max(1, |z|) = {rho_end:.3g} "
@@ -579,11 +620,14 @@ class GaussNewton(Stepper):
             roundoff = 4.0 * _EPS * float(np.abs(sub.r) @ (np.abs(r0) + np.abs(sub.r)))
             what_r = "the round-off of the residuals"
         else:
-            # The outputs and phi are known to a rounding of eps each: F resolves
-            # nothing below sum |df/dtheta_i theta_i| + sum |df/dphi_j phi_j| times eps.
+            # The outputs come out of a computation that rounds at every operation
+            # (OUTPUT_ULPS units in the last place, a solver's time steps and sums),
+            # phi and F to a few: F resolves nothing below those roundings weighted
+            # by the outer gradient.
             _, g_theta, g_phi = m.problem.outer_parts(theta, phi)
-            roundoff = 4.0 * _EPS * (float(np.abs(np.ravel(g_theta)) @ np.abs(np.ravel(theta)))
-                                     + float(np.abs(g_phi) @ np.abs(phi)) + abs(F))
+            roundoff = _EPS * (
+                OUTPUT_ULPS * float(np.abs(np.ravel(g_theta)) @ np.abs(np.ravel(theta)))
+                + 4.0 * (float(np.abs(g_phi) @ np.abs(phi)) + abs(F)))
             what_r = "the round-off of F"
         if roundoff > level:
             level, what = roundoff, what_r
