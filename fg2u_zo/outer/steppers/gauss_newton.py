@@ -19,7 +19,7 @@ Gauss–Newton model of DFO-LS (Cartis et al., ACM TOMS 2019) and, in subspaces,
 
 - while ``Q`` does not span all N dimensions, ``b`` new directions orthogonal to it
   (``b`` = the run's width W less the trial; the first group holds ``z_0`` and a
-  complete model up to 100 directions, N + 1 solves, as DFO-LS's first model);
+  complete model up to 16 directions, N + 1 solves, as DFO-LS's first model);
 - afterwards, re-measured columns where the model needs them: the *stale* ones
   (measured farther from ``z_k`` than twice the radius) after a trial that failed, and
   in the default ``mode="auto"``, after a step whose ratio fell below ``ETA2``, the
@@ -106,8 +106,10 @@ LADDER = (8.0, 64.0)
 #: product instead of O(d^3) per iteration).
 DENSE_MAX = 100
 #: The first group measures this many directions at least (all N when N is smaller),
-#: whatever the width: N + 1 solves for a complete first model, as DFO-LS's.
-FIRST_MODEL = 100
+#: whatever the width: N + 1 solves for a complete first model, as DFO-LS's. Beyond,
+#: the subspace grows by the width, a trial in every group: for large N a step from a
+#: partial model gains more than the rest of a full first model would cost.
+FIRST_MODEL = 16
 _EPS = np.finfo(np.float64).eps
 #: A fresh model's failed trial that misses the actual change of F by more than this many
 #: times what the outputs' curvature allows (twice, at shrinking steps) contradicts
@@ -127,7 +129,7 @@ class GaussNewton(Stepper):
     ----------
     num_directions : int, optional
         Directions ``b`` measured per group. Default: the run's width W less the
-        trial's solve (at least 1); the first group measures ``min(N, 100)`` at least.
+        trial's solve (at least 1); the first group measures ``min(N, 16)`` at least.
     mode : {"auto", "lean", "refresh"}
         Once the directions span all N dimensions: ``"auto"`` fills the group with
         the stalest columns after a step the model predicted poorly, and with trials
