@@ -159,7 +159,7 @@ def test_burgers_and_allen_cahn_are_not_worse(example, tmp_path):
     new = example("--quick")
     old = example("--quick", *before)
     alone = example("--quick", *local)
-    # Measured: 4.2e-6 (18 calls) against 6.1e-5 (121 calls); the local run alone 13.
+    # Measured: 4.2e-6 (18 calls) against 6.1e-5 (121 calls); the local run alone 10.
     assert new["max_rel_err"] <= old["max_rel_err"] <= 1e-3, (new, old)
     # Globalization pays only when needed: no multi-start, and about the local run's
     # calls (the continuation's first horizons are short solves, counted in full).
