@@ -15,48 +15,56 @@ Gauss–Newton model of DFO-LS (Cartis et al., ACM TOMS 2019) and, in subspaces,
 :class:`~fg2u_zo.LeastSquares` loss is modelled in numpy from its residuals.
 
 **One parallel group per iteration** (see :mod:`.measurements`), the trial point
-``clip(z_k + Q a)`` first, then directions measured by forward differences around it:
+``z_k + Q a`` first, then directions measured by forward differences around it:
 
 - while ``Q`` does not span all N dimensions, ``b`` new directions orthogonal to it
-  (``b`` = the run's width W less the trial; the first group holds ``z_0`` and a
-  complete model up to 16 directions, N + 1 solves, as DFO-LS's first model);
+  (``b`` = the run's width W less the trial); the first group holds ``z_0`` and a
+  complete model up to 16 directions (N + 1 solves, as DFO-LS's first model);
 - afterwards, re-measured columns where the model needs them: the *stale* ones
-  (measured farther from ``z_k`` than twice the radius) after a trial that failed, and
-  in the default ``mode="auto"``, after a step whose ratio fell below ``ETA2``, the
-  stalest columns up to the width (a fresh Jacobian each round, as Levenberg–Marquardt
-  takes one, at no cost in rounds); after a very successful step that reached the
-  trust region's boundary, the trust-region steps at 4 and 16 times the radius instead
-  (a badly scaled problem crosses orders of magnitude in a few rounds).
+  (measured farther from ``z_k`` than twice the proposed step) when a trial from them
+  failed (a model check), and in the default ``mode="auto"`` the stalest columns, in
+  the idle places of the group, after a step whose ratio was off by more than
+  ``POOR`` (a fresh Jacobian each round, as Levenberg–Marquardt takes one, at no cost
+  in rounds); after a very successful step that reached the trust region's boundary,
+  the trust-region steps at 8 and 64 times the radius (``LADDER``) in those places
+  instead: a minimizer orders of magnitude away is reached in a few rounds.
 
 After every trial the stored columns get the rank-one Broyden update
-``Y += (dtheta - Y a) a^T / ||a||^2``.
+``Y += (dtheta - Y a) a^T / ||a||^2`` (not from a trial that left the region where the
+linear model means anything: its output misses the prediction by ``LINEAR_MISS``
+times the predicted change).
 
 **Two radii**, as DFO-LS: the step radius ``delta`` and a lower bound ``rho`` that
 shrinks only when the model is known to be good. Ratio ``r = (F_k - F_t) / predicted``:
 the trial is accepted when ``r > ACCEPT``; ``delta`` becomes ``min(delta/2, |s|)`` below
-``ETA1``, ``max(delta/2, |s|)`` up to ``ETA2``, ``max(2 delta, 4 |s|)`` above; never
-below ``rho``. A failed trial from a stale model triggers a model check (its stale
-columns are re-measured) instead of a smaller radius below ``rho``; a failed trial from
-a fresh model at ``delta = rho`` divides ``rho`` by 10.
+``ETA1``, ``max(delta/2, |s|)`` up to ``ETA2``, and above it doubles, or grows to four
+times the step while very successful steps keep reaching the boundary
+(:func:`radius_update`); never below ``rho``. A failed trial from a stale model
+triggers a model check instead of a smaller lower radius; a failed trial from a fresh
+model at ``delta = rho`` divides ``rho`` by 10. A failed or overflowing trial is a
+rejected trial: ``delta`` halves, below ``rho`` if need be.
 
 **Stopping** (``StepUpdate.converged``, the run's status ``"converged"``): ``rho`` fell
-below ``xtol * max(1, |z|_inf)`` (DFO-LS's ``rhoend``); or the complete, fresh model
-predicts a decrease below what ``F`` resolves: the noise of ``F`` when it was measured,
-``ftol * |F|``, and for a ``LeastSquares`` loss the round-off of its residuals (a
-vanishing model gradient predicts none).
+below ``xtol * max(1, |z|_inf)`` (DFO-LS's ``rhoend``); or the complete model, measured
+near ``z_k`` (or verified by its last trial's ratio), predicts within at least the
+initial radius a decrease below what ``F`` resolves: the noise of ``F`` when it was
+measured, ``ftol * |F|``, or the round-off of ``F`` (of the residuals, for least
+squares); a vanishing model gradient predicts none.
 
-**Noise.** With ``step="auto"`` the difference step follows the trust region (see
-:mod:`.measurements`): no probe on exact outputs. The noise probe runs when the outputs
-look quantized (printed with few significant digits) or when trials from a fresh model
-fail in a way smooth outputs cannot explain (the model's error stops shrinking with the
-step); its solves are reused as model columns, and its noise sets the smallest step and
-the stopping level.
+**Difference steps and noise.** With ``step="auto"`` the step balances the truncation
+error of a forward difference, from the outputs' curvature that the trials measure,
+against the rounding of the outputs (see :mod:`.measurements`): no noise probe on
+exact outputs. The probe runs once when the outputs look quantized (printed with few
+significant digits), or when two failed trials from a fresh model miss by far more
+than the measured curvature allows and the miss does not shrink with the step; its
+solves are reused as model columns, and its noise sets the step and the stopping
+level.
 
 Failures: a failed or non-finite perturbed solve drops its column (measured again
-later); a failed or overflowing trial is a rejected trial (``delta`` halves); a failed
-first solve raises :class:`~fg2u_zo.InnerSolverError`. Bounds are kept by clipping the
-trial. A new phase (another inner solver or estimator) restarts the model at the current
-point, keeping the trust radius.
+later); a failed first solve raises :class:`~fg2u_zo.InnerSolverError`. Bounds: a
+parameter the step brings to its bound stays there while the model is minimized over
+the others (see :func:`_trust_step`). A new phase (another inner solver or estimator)
+restarts the model at the current point, keeping the trust radius.
 """
 
 from __future__ import annotations
@@ -153,15 +161,23 @@ class GaussNewton(Stepper):
         max|z|)`` (default 1e-8, DFO-LS's ``rhoend`` for a unit scale).
     ftol : float
         Stop once the complete model, measured near ``z_k``, predicts a decrease below
-        ``ftol * |F|`` (or below the measured noise of ``F``); default 1e-14.
+        ``ftol * |F|`` (or below the measured noise of ``F``, or its round-off);
+        default 1e-14.
 
     Notes
     -----
     The difference step ``h`` (a length in ``z``) is the phase estimator's ``step`` when
-    it is a number; with ``step="auto"`` a tenth of the trust radius or of the last step
-    (at least the noise-optimal step, or ``sqrt(eps)`` relative), with a noise probe only
-    when the outputs call for it; on the exact torch path (an estimator without a step,
-    e.g. :class:`~fg2u_zo.FG2U`) the columns come from ``torch.func.jvp`` instead.
+    it is a number; with ``step="auto"`` the step that balances truncation (from the
+    outputs' curvature the trials measure) against rounding, at most the ``sqrt(eps)``
+    relative step, or the noise-optimal step once the noise was probed (only when the
+    outputs call for it); on the exact torch path (an estimator without a step, e.g.
+    :class:`~fg2u_zo.FG2U`) the columns come from ``torch.func.jvp`` instead.
+
+    The history's ``info`` per iteration: ``rho`` (the ratio), ``accepted``,
+    ``trial_value``, ``step_norm``, ``delta`` and ``radius_floor`` (the two radii),
+    ``trials``, ``new`` and ``remeasured`` (the group's solves), ``probe`` (the noise
+    probe's solves, when it ran), ``directions``, ``step`` (``h``), ``jvp`` and
+    ``model_time`` (the stepper's own seconds, solves left out).
 
     Examples
     --------

@@ -91,7 +91,7 @@ class Measurements:
                            and not isinstance(step, bool) else None)
         self.exact = step is None and problem.inner_torch is not None
         self.noise = noise if isinstance(noise, NoiseEstimate) else None
-        #: Whether the step follows the trust region (``step="auto"``): only then does a
+        #: Whether the step is chosen here (``step="auto"``): only then does a
         #: noise estimate (a probe) change anything.
         self.auto = self.fixed_step is None and not self.exact
         self.key = f"{problem.name}|{getattr(estimator, 'name', type(estimator).__name__)}"
