@@ -101,6 +101,8 @@ LINEAR_MISS = 10.0
 #: A model whose last ratio is farther than this from 1 predicted poorly: idle workers
 #: then measure its stalest columns again.
 POOR = 0.15
+#: ... when the idle workers can re-measure at least this share of the columns.
+REFRESH_SHARE = 2.0 / 3.0
 #: A model whose last trial's ratio is within this of 1 may stop the run without being
 #: measured again.
 VERIFIED = 0.1
@@ -478,7 +480,10 @@ class GaussNewton(Stepper):
             idle = max(min(b, slots) - grow - len(remeasure), 0)
             poor = ratio is not None and abs(ratio - 1.0) > POOR
             more = [j for j in order if j not in remeasure and age[j] > 0]
-            remeasure += more[:idle] if poor else []
+            # A refresh of a small part of a large model leaves it mostly stale: the
+            # idle workers refresh when they can take most of it.
+            if poor and idle >= REFRESH_SHARE * n_cols:
+                remeasure += more[:idle]
         # A check needs the re-measured model before the next trial when the group
         # cannot hold both (one worker): then the group has no trial.
         with_trial = trial and not (check and slots < len(required))
