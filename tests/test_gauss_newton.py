@@ -740,6 +740,34 @@ def test_no_iteration_spends_solves_without_a_trial_or_new_information(mode, wor
     assert max(r.nfev - r.info.get("probe", 0) for r in res.history[1:]) <= max(workers, 2)
 
 
+@pytest.mark.parametrize("mode", ["refresh", "auto"])
+def test_new_directions_measured_beside_re_measured_ones_all_enter_the_model(mode):
+    # b = 5 directions per group on N = 6: the first group measures 5, the next one
+    # re-measures 4 of them and adds the 6th, which must be orthogonal to all 5 (a
+    # direction drawn orthogonal to the unmeasured one only lies mostly in their span
+    # and its solve is lost): the subspace is complete after the second group, and
+    # every group's new directions add as many columns.
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((12, 6))
+    y = A @ np.linspace(-1.0, 1.0, 6) + 0.1 * np.tanh(A @ np.ones(6))
+
+    def inner(x):
+        return A @ x + 0.1 * np.tanh(A @ np.ones(6) + 0.0 * x.sum())
+
+    problem = fz.BilevelProblem(inner=inner, outer=fz.LeastSquares(y, scale="sum"),
+                                num_params=6)
+    res = fz.minimize(problem, np.zeros(6), optimizer="gauss-newton",
+                      optimizer_options={"mode": mode, "num_directions": 5}, workers=8,
+                      rng=0, progress=False)
+    assert res.status == "converged", res
+    history = res.history
+    assert [r.info["directions"] for r in history[:2]] == [5, 6]
+    assert history[1].info["new"] == 1
+    for before, after in zip(history, history[1:]):
+        assert after.info["directions"] == min(6, before.info["directions"]
+                                                + after.info["new"]), after.info
+
+
 @pytest.mark.parametrize("workers", [1, 8])
 def test_a_badly_scaled_minimizer_far_away_is_reached_in_logarithmically_many_steps(workers):
     # S(x) = (x1 / 1e6 - 1, x2 - 1): the minimizer x1 = 1e6, x2 = 1 lies 1e7 initial

@@ -500,8 +500,10 @@ class GaussNewton(Stepper):
         if with_trial and grow == 0 and not remeasure:
             U = np.zeros((n, 0))
         else:
-            rest = np.delete(Q, remeasure, axis=1)
-            U = np.column_stack([Q[:, remeasure], new_directions(rest, grow, m.rng)])
+            # The re-measured directions stay in the model: the new ones are drawn
+            # orthogonal to all of them (else most of a new point's displacement lies
+            # in the span and its column is lost).
+            U = np.column_stack([Q[:, remeasure], new_directions(Q, grow, m.rng)])
         h = m.step(center, theta_k, data.get("curvature"), data.get("noise"))
         trials = ([z_t] + [e[0] for e in extras]) if with_trial else []
         with clock.paused():
