@@ -6,8 +6,9 @@ compared with ``data``; the residual sum of squares is ``sum((y_hat - data)^2)``
 
 **Methods**, each with its defaults and nothing tuned per problem (``METHODS``):
 
-- ``ours``: ``fz.minimize`` on the bilevel problem ``inner = predict``, ``outer =
-  fz.LeastSquares(data, scale="sum")`` (see :func:`ours`);
+- ``ours``: ``fz.minimize(problem, x0)`` with the library's defaults on the bilevel
+  problem ``inner = predict``, ``outer = fz.LeastSquares(data, scale="sum")`` (see
+  :func:`ours`);
 - ``DFO-LS``: ``dfols.solve`` (through :func:`examples._peers.run_dfols`, with DFO-LS's
   own default ``rhobeg``);
 - ``DFBGN``: ``dfbgn.solve`` (through :func:`examples._peers.run_dfbgn`, its own default
@@ -299,16 +300,12 @@ class CountingEvaluator(fz.Evaluator):
 
 
 def ours(fit, budget, *, width=WIDTH):
-    """The library as a new user would call it, with ``width`` workers.
-
-    Today ``fz.minimize`` still needs an estimator and an optimizer; this is the README's
-    calibration recipe with nothing tuned (the FG2UZO step is its default, "auto").
-    ``steps`` is large enough never to bind: the run ends at ``max_nfev`` or by its own
-    rule. Once the library's defaults land this must become
-    ``fz.minimize(problem, fit.x0, n_jobs=width)``: the benchmark measures whatever
-    ``fz.minimize`` does by default. The evaluator is the counting one, with
-    ``n_jobs=width`` threads (solves of a numpy model release the GIL in their kernels;
-    the number of workers is what sets the library's width).
+    """The library as a new user calls it: ``fz.minimize(problem, fit.x0)`` with
+    nothing but the budget (``max_nfev``) and the width: no estimator, no optimizer, no
+    step count (the defaults: Gauss–Newton on forward differences, which stops by
+    itself). The evaluator is the counting one, with ``n_jobs=width`` threads (solves of
+    a numpy model release the GIL in their kernels; the number of workers is what sets
+    the library's width).
     """
     problem = fz.BilevelProblem(inner=fit.predict,
                                 outer=fz.LeastSquares(fit.data, scale="sum"),
@@ -317,10 +314,9 @@ def ours(fit, budget, *, width=WIDTH):
     evaluator = CountingEvaluator(fit, log, backend="threading", n_jobs=width)
     status, start = "", time.perf_counter()
     try:
-        res = fz.minimize(problem, fit.x0, fz.FG2UZO(scheme="forward"),
-                          optimizer="gauss-newton", steps=budget, max_nfev=budget,
-                          evaluator=evaluator, rng=0, progress=False)
-        status = str(res.status)
+        res = fz.minimize(problem, fit.x0, max_nfev=budget, evaluator=evaluator, rng=0,
+                          progress=False)
+        status = f"{res.status}: {res.message}"[:200]
     except Exception as exc:  # a crash is a result too: keep what it evaluated
         status = f"error: {type(exc).__name__}: {exc}"[:200]
     finally:

@@ -19,10 +19,11 @@ starts (multiples of the true coefficients), without noise and with 1 % noise.
 
 Methods, all in the box of a factor 10 around the start (as the example):
 
-- ``fg2uzo``: the example's defaults: continuation over doubling horizons and a
+- ``fg2uzo``: the example's defaults: continuation over doubling horizons with
+  Gauss–Newton steps (the library's defaults, on FG2U-ZO's finite differences), and a
   multi-start (8 Sobol' points per coefficient plus the start, screened on the first
-  horizon, 4 local runs halved after each phase), Gauss–Newton steps from FG2U-ZO's
-  finite differences;
+  horizon, 4 local runs halved after each phase) only when the continued fit's misfit
+  is above the noise level;
 - ``fg2uzo-local``: the same local method from the start alone, whole horizon;
 - ``DFO-LS`` (on the residuals), ``L-BFGS-B (FD)`` and ``CMA-ES`` (sigma0 = 0.5 in
   log-coefficients) on the whole-horizon misfit, from the same start, with a budget of

@@ -11,7 +11,8 @@ coefficients from the shipped data (N = 2).
 
 Ours: the Gauss–Newton trust-region stepper on FG2U-ZO's forward differences
 (``optimizer="gauss-newton"``): "GN (defaults)", the library with nothing tuned
-(``n_jobs = 64`` its only argument), and "GN lean" and "GN refresh", tuned per case
+(``fz.minimize(problem, phi0)``, ``n_jobs = 64`` its only argument), and "GN lean" and
+"GN refresh", tuned per case
 (below); and the first-order FG2UZO variants of the paper (Adam/Rprop on
 random-direction estimates).
 
@@ -27,8 +28,8 @@ Measured per problem and method, over several seeds (medians):
   and a group of ``g`` calls costs ``ceil(g / W)`` rounds:
 
   =====================  =========================================================
-  GN (defaults)          one group per iteration, as the library sizes it from
-                         its 64 workers
+  GN (defaults)          the run's own groups (``OptimizeResult.groups``), as the
+                         library sizes them from its 64 workers
   GN lean / refresh      one group per iteration: the trial point(s) and the b new
                          (or re-measured) directions around the trial
   FG2UZO                 one group per step: the ``b + 1`` solves of a forward-
@@ -347,14 +348,17 @@ def run_gauss_newton(case, setting, seed, budget, stop_at):
     # Never start an iteration that could overrun the budget (final solve included).
     return _gauss_newton_trace(
         case, _describe(setting), seed, stop_at,
-        estimator=fz.FG2UZO(step=FD_STEP, scheme="forward"), optimizer_options=options,
-        steps=budget, max_nfev=budget - (b + 1) - 1, backend="sequential")
+        estimator=fz.FG2UZO(step=FD_STEP, scheme="forward"), optimizer="gauss-newton",
+        optimizer_options=options, steps=budget, max_nfev=budget - (b + 1) - 1,
+        backend="sequential")
 
 
-def _gauss_newton_trace(case, setting_text, seed, stop_at, *, estimator, **options):
-    """Run ``fz.minimize(..., optimizer="gauss-newton", **options)`` on the case and
-    log one group per step (from the history records' nfev), then the final solve.
-    ``own_time``: the stepper's own linear algebra (the history's ``model_time``)."""
+def _gauss_newton_trace(case, setting_text, seed, stop_at, **options):
+    """Run ``fz.minimize(case.problem, case.phi0, **options)`` (a Gauss–Newton run) on
+    the case and log its parallel groups as the run made them (``OptimizeResult.groups``:
+    one per request of a step, and the final value solve), each step's value on the
+    last group of that step. ``own_time``: the stepper's own linear algebra (the
+    history's ``model_time``)."""
     import fg2u_zo as fz
 
     log, own = [], [0.0]
@@ -366,17 +370,35 @@ def _gauss_newton_trace(case, setting_text, seed, stop_at, *, estimator, **optio
 
     start = time.perf_counter()
     try:
-        res = fz.minimize(case.problem, case.phi0, estimator, optimizer="gauss-newton",
-                          bounds=case.bounds, callback=callback, rng=seed, progress=False,
-                          **options)
+        res = fz.minimize(case.problem, case.phi0, bounds=case.bounds, callback=callback,
+                          rng=seed, progress=False, **options)
     except _Stop:
         groups, best, status = [n for n, _ in log], [v for _, v in log], "wall-clock cap"
     else:
-        groups = [n for n, _ in log] + [res.nfev - sum(n for n, _ in log)]
-        best, status = [v for _, v in log] + [res.value], res.status
+        groups, best = _step_groups(res.groups, log)
+        groups, best = groups + [res.nfev - sum(groups)], best + [res.value]
+        status = res.status
     wall = time.perf_counter() - start
     return Trace("", setting_text, seed, np.asarray(groups, dtype=np.int64),
                  np.asarray(best, dtype=np.float64), wall, status, own_time=own[0])
+
+
+def _step_groups(run_groups, steps):
+    """The run's groups matched to its steps ``[(nfev, value), ...]``: each step's
+    solves are the next groups that add up to its nfev; the step's value goes to the
+    last of them (NaN to the others: nothing is known before the step ends). A step
+    with no solve (a stop decided from the model alone) adds no group."""
+    groups, best, k = [], [], 0
+    for nfev, value in steps:
+        spent = 0
+        while spent < nfev and k < len(run_groups):
+            spent += int(run_groups[k])
+            groups.append(int(run_groups[k]))
+            best.append(math.nan)
+            k += 1
+        if best and spent:
+            best[-1] = value
+    return groups, best
 
 
 #: Workers the "GN (defaults)" row is given (``n_jobs``; its only setting): the W of
@@ -385,21 +407,16 @@ DEFAULTS_WORKERS = 64
 
 
 def run_gauss_newton_defaults(case, setting, seed, budget, stop_at):
-    """``fz.minimize`` as a new user calls it on a calibration, with nothing tuned:
-    ``FG2UZO(scheme="forward")`` (its default step, "auto") and ``optimizer=
-    "gauss-newton"`` with no options, ``n_jobs=DEFAULTS_WORKERS`` threads (the library
-    sizes its groups from the workers). ``steps`` never binds; ``max_nfev`` is the
-    budget less one group, so that the run never overruns it. Once the library's
-    defaults land this becomes ``fz.minimize(case.problem, case.phi0, ...)`` without an
-    estimator or optimizer. Grouping as for the tuned GN rows: one group per step."""
-    import fg2u_zo as fz
-
+    """``fz.minimize(problem, phi0)`` as a new user calls it, with nothing tuned: no
+    estimator, no optimizer (the library's defaults: Gauss–Newton on forward
+    differences, which stops by itself), ``n_jobs=DEFAULTS_WORKERS`` threads (the width
+    its groups are sized for). ``max_nfev`` is the budget less one group, so that the
+    run never overruns it; the groups are the run's own."""
     if setting:
         raise ValueError(f"GN (defaults) takes no settings, got {setting!r}")
-    return _gauss_newton_trace(
-        case, "defaults", seed, stop_at, estimator=fz.FG2UZO(scheme="forward"),
-        steps=budget, max_nfev=budget - DEFAULTS_WORKERS - 1, backend="threading",
-        n_jobs=DEFAULTS_WORKERS)
+    return _gauss_newton_trace(case, "defaults", seed, stop_at,
+                               max_nfev=budget - DEFAULTS_WORKERS - 1,
+                               backend="threading", n_jobs=DEFAULTS_WORKERS)
 
 
 def _peer_runner(name):

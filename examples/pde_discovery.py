@@ -237,6 +237,22 @@ def build(args):
     return at_horizon, t_obs - t[0], float(t[0]), phi0, learn, init
 
 
+def observation_noise(args):
+    """The standard deviation of the observations' noise: the one added (``--noise``
+    times the RMS of the field), else the resolution a fit is judged at, 1e-6 of the
+    RMS (the simulators are accurate to ~1e-14, data from elsewhere to their digits)."""
+    x, t, u = solvers.load_raissi_mat(args.data)
+    scale = float(np.sqrt(np.mean(u ** 2)))
+    return max(args.noise, 1e-5) * scale
+
+
+def at_noise_level(misfit, sigma, num_points):
+    """Whether a mean squared misfit is what noise of standard deviation ``sigma`` on
+    ``num_points`` observations leaves: below ``sigma^2 (1 + 4 sqrt(2 / K))``, the mean
+    of K squared normal deviates four standard deviations above its expectation."""
+    return misfit <= sigma ** 2 * (1.0 + 4.0 * math.sqrt(2.0 / num_points))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--equation", choices=sorted(EQUATIONS), default="burgers")
@@ -264,13 +280,16 @@ def main(argv=None):
                         help="gauss-newton (the default), adam, or a torch.optim class name such as Rprop")
     parser.add_argument("--continuation", action=argparse.BooleanOptionalAction, default=True,
                         help="continuation in the horizon (default: on)")
-    parser.add_argument("--multistart", action=argparse.BooleanOptionalAction, default=True,
-                        help="parallel multi-start (default: on)")
+    parser.add_argument("--multistart", action=argparse.BooleanOptionalAction, default=None,
+                        help="parallel multi-start: always (--multistart), never "
+                             "(--no-multistart), or by default only when the local "
+                             "(continued) fit's misfit is above the noise level")
     parser.add_argument("--starts", type=int, default=None,
                         help="design points of the multi-start (default 8 per coefficient)")
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint file: the search (continuation and multi-start "
-                             "included) is saved as it goes and continued when it exists")
+                        help="checkpoint file: the local run (continuation included) is "
+                             "saved as it goes and continued when the file exists; a "
+                             "multi-start goes to PATH.multistart")
     parser.add_argument("--local", type=int, default=4,
                         help="local runs from the best design points (default 4)")
     parser.add_argument("--bound-factor", type=float, default=10.0,
@@ -326,41 +345,65 @@ def main(argv=None):
                                until=fz.Converged(xtol=1e-2),
                                stop=fz.Converged(xtol=args.xtol),
                                carry_lr=3.0 if first_order else None)
-    # With N = 1 or 2 unknowns, b = N orthogonal directions give the full basis: the
-    # estimate is then exact up to the O(h^2) finite-difference error. Exact gradients
-    # suit Rprop: a per-coefficient step that grows while the gradient keeps its sign
-    # and halves when it flips, blind to the loss's scale (which varies by orders of
-    # magnitude with the number and placement of observations). Adam's second-moment
-    # memory instead shrinks its steps long before the optimum on this flat valley.
-    # The simulators' outputs are smooth in the coefficients down to ~1e-14 (fixed-step
-    # ETDRK4, see solvers.spectral), so the noise-optimal central step is about
-    # eps**(1/3) ~ 6e-6: a fixed 1e-5 saves the noise probe of every phase.
-    estimator = fz.FG2UZO(num_directions=n, directions="orthogonal", scheme="central",
-                          step=1e-5)
+    # Gauss-Newton takes the library's defaults (forward differences, their step sized
+    # from the outputs; the simulators are smooth to ~1e-14). The first-order path needs
+    # an estimate: with N = 1 or 2 unknowns, b = N orthogonal directions give the full
+    # basis, exact up to the O(h^2) error of central differences at 1e-5 (about the
+    # noise-optimal eps**(1/3)). Exact gradients suit Rprop: a per-coefficient step that
+    # grows while the gradient keeps its sign and halves when it flips, blind to the
+    # loss's scale. Adam's second-moment memory instead shrinks its steps long before
+    # the optimum on this flat valley.
+    estimator = None if not first_order else fz.FG2UZO(
+        num_directions=n, directions="orthogonal", scheme="central", step=1e-5)
+    options = ({"optimizer": args.optimizer, "lr": args.lr, "schedule": "linear"}
+               if first_order else {})
     bounds = (phi0 - math.log(args.bound_factor), phi0 + math.log(args.bound_factor))
-    num_starts = (args.starts if args.starts is not None else 8 * n) if args.multistart else 0
+    problem = at_horizon(horizons[-1])
+    noise_level = observation_noise(args)
+    results = []
     with fz.Evaluator(backend=args.backend, n_jobs=args.n_jobs) as ev:
         workers = ev.workers
-        # The linear decay drives Adam or SGD; Rprop sets its own steps after the first.
-        result = fz.multistart(at_horizon(horizons[-1]), bounds, estimator, phi0=phi0,
-                               phases=phases, num_starts=num_starts,
-                               num_local=args.local, rng=args.seed, evaluator=ev,
-                               optimizer=args.optimizer, lr=args.lr, schedule="linear",
-                               checkpoint=args.checkpoint, resume="auto")
+        # --checkpoint: the local run is saved at PATH, a multi-start at PATH.multistart
+        # (each continued when its file exists).
+        saved = ({"checkpoint": args.checkpoint, "resume": "auto"} if args.checkpoint
+                 else {})
+        if args.multistart is not True:
+            # The local run (with continuation: the phases from the initial guess).
+            local = fz.minimize(problem, phi0, estimator, phases=phases, bounds=bounds,
+                                rng=args.seed, evaluator=ev, progress=False,
+                                **saved, **options)
+            results.append(local)
+        if args.multistart or (args.multistart is None and not at_noise_level(
+                results[0].value, noise_level, args.points)):
+            # The local fit left misfit the noise does not explain: a wrong basin.
+            # The design is screened on the first horizon, the best starts continued.
+            num_starts = args.starts if args.starts is not None else 8 * n
+            if args.checkpoint:
+                saved["checkpoint"] = args.checkpoint + ".multistart"
+            results.append(fz.multistart(problem, bounds, estimator, phi0=phi0,
+                                         phases=phases, num_starts=num_starts,
+                                         num_local=args.local, rng=args.seed,
+                                         evaluator=ev, **saved, **options))
+        result = min(results, key=lambda r: r.value)
         wall = time.perf_counter() - start
-        unc = (coefficient_intervals(at_horizon(horizons[-1]), result.phi, learn, ev,
-                                     args.seed) if args.uncertainty else None)
+        unc = (coefficient_intervals(problem, result.phi, learn, ev, args.seed)
+               if args.uncertainty else None)
     estimates = dict(zip(learn, np.exp(result.phi).tolist()))
     rel_err = {k: abs(v - args.truth[k]) / abs(args.truth[k])
                for k, v in estimates.items() if k in args.truth}
-    best_run = result.runs[int(np.argmin(result.end_values))]
+    best_run = result.runs[int(np.argmin([r.value for r in result.runs]))]
+    nfev = sum(r.nfev for r in results)
+    groups = [g for r in results for g in r.groups]
+    multistarted = len(results) > 1 or args.multistart is True
 
     print(f"{args.equation}: {args.points} {args.sampling} points, noise {args.noise:g}, "
           f"{args.optimizer}, {wall:.1f} s")
     print(f"horizons {', '.join(f'{h:g}' for h in horizons)}; "
-          + (f"{len(result.design)} screened starts, {len(result.runs)} local runs"
-             + (" (halved after each phase)" if len(horizons) > 1 else "")
-             if args.multistart else "one run from the initial guess")
+          + (f"{len(results[-1].design)} screened starts, {len(results[-1].runs)} local "
+             "runs" + (" (halved after each phase)" if len(horizons) > 1 else "")
+             + (" after a local fit above the noise level" if len(results) > 1 else "")
+             if multistarted else "one run from the initial guess (its misfit is at the "
+             "noise level)" if args.multistart is None else "one run from the initial guess")
           + f"; best run's steps per phase {[p.steps for p in best_run.phases]}")
     print(f"{'coefficient':>12} {'initial':>12} {'estimate':>14} {'truth':>14} {'rel. error':>11}")
     for name in learn:
@@ -389,8 +432,8 @@ def main(argv=None):
               f"{args.bound_factor:g} from the initial value): the misfit is lowest there, "
               "so these data do not determine it inside the box (more observations, less "
               "noise, or a wider --bound-factor)")
-    rounds = {w: result.rounds(w) for w in (workers, 8, 64)}
-    print(f"cost: {result.nfev} solver calls in {len(result.groups)} parallel groups: "
+    rounds = {w: sum(-(-g // w) for g in groups) for w in (workers, 8, 64)}
+    print(f"cost: {nfev} solver calls in {len(groups)} parallel groups: "
           f"{rounds[workers]} rounds with the {workers} worker(s) used, {rounds[8]} with 8, "
           f"{rounds[64]} with 64")
     summary = {
@@ -398,19 +441,21 @@ def main(argv=None):
         "estimates": estimates,
         "rel_err": rel_err,
         "max_rel_err": max(rel_err.values()) if rel_err else None,
-        "nfev": int(result.nfev),
+        "nfev": int(nfev),
         "wall_s": round(wall, 2),
         "points": args.points,
         "noise": args.noise,
         "steps": steps,
         "final_misfit": float(result.value),
-        "groups": len(result.groups),
+        "groups": len(groups),
         "workers": workers,
         "rounds": rounds[workers],
         "rounds_W8": rounds[8],
         "rounds_W64": rounds[64],
         "horizons": [float(h) for h in horizons],
-        "starts": int(len(result.design)),
+        "starts": int(len(results[-1].design)) if multistarted else 1,
+        "multistart": bool(multistarted),
+        "optimizer": result.optimizer,
         "at_bound": at_bound,
         "intervals": intervals,
         "uncertainty_nfev": None if unc is None else unc.nfev,

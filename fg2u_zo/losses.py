@@ -130,6 +130,47 @@ class LeastSquares:
             r = np.concatenate([r, math.sqrt(0.5 * self.regularization) * penalized])
         return r
 
+    def residual_jacobian(self, dtheta, dphi) -> np.ndarray:
+        """The residuals' change along columns of displacements: ``r`` is affine in
+        ``(theta, phi)``, so ``r(theta + dtheta a, phi + dphi a) = r(theta, phi) + R a``
+        exactly, with ``R`` returned here. What a Gauss–Newton model of this loss needs
+        (``2 R^T R`` is its Hessian in the columns' coordinates), in numpy.
+
+        Parameters
+        ----------
+        dtheta : array_like, shape (M, d)
+            Changes of the (flattened) solver output, one column each.
+        dphi : array_like, shape (N, d)
+            The same columns' changes of phi (used by the penalty).
+
+        Returns
+        -------
+        ndarray, shape (K, d) or (K + P, d)
+            Rows in the order of :meth:`residuals`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> f = LeastSquares(np.zeros(2), scale="sum", regularization=2.0)
+        >>> f.residual_jacobian(np.eye(2), np.ones((1, 2))).tolist()
+        [[0.7071067811865476, 0.0], [0.0, 0.7071067811865476], [1.0, 1.0]]
+        """
+        dtheta = np.asarray(dtheta, dtype=np.float64)
+        dtheta = dtheta.reshape(dtheta.shape[0], -1)
+        self._check_outputs(dtheta.shape[0])
+        rows = dtheta if self.selection is None else dtheta[self.selection]
+        factor = 0.5 / self.data.size if self.scale == "mean" else 0.5
+        weight = (np.full(self.data.size, math.sqrt(factor)) if self.weights is None
+                  else np.sqrt(factor * np.broadcast_to(self.weights, self.data.shape)))
+        if self.sigma is not None:
+            weight = weight / self.sigma
+        R = weight[:, None] * rows
+        if self.regularization:
+            dphi = np.asarray(dphi, dtype=np.float64).reshape(-1, dtheta.shape[1])
+            D = dphi if self.penalty is None else self._penalty_matrix(dphi[:, 0]) @ dphi
+            R = np.vstack([R, math.sqrt(0.5 * self.regularization) * D])
+        return R
+
     def grad_theta(self, theta) -> np.ndarray:
         """``d f / d theta`` (shape of ``theta``, zero outside the selection)."""
         theta = np.asarray(theta, dtype=np.float64).reshape(-1)

@@ -116,7 +116,7 @@ def test_unknown_and_malformed_answers_are_refused():
 
 def test_each_evaluation_says_what_to_run():
     opt = fz.AskTell(problem(), np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6),
-                     steps=1, rng=0)
+                     optimizer="adam", steps=1, rng=0)
     (base,) = opt.ask()
     assert base.label == "base" and base.run == 0 and base.phase == 0
     assert base.kwargs == {"seed": base.seed} and isinstance(base.seed, int)
@@ -178,7 +178,7 @@ def test_asktell_with_torch_exact_path_runs_in_process():
     # The exact path asks only for the final value: jvps run in this process.
     quad = fz.testing.UnrolledQuadratic(num_params=3, steps=10)
     opt = fz.AskTell(quad.problem(), np.zeros(3), fz.FG2U(num_directions=3), lr=0.1,
-                     steps=3, rng=0)
+                     optimizer="adam", steps=3, rng=0)
     asked = []
     while not opt.done:
         batch = opt.ask()
@@ -187,6 +187,6 @@ def test_asktell_with_torch_exact_path_runs_in_process():
         opt.tell({e.id: e.solve() for e in batch})
     assert asked == [["final value"]]
     ref = fz.minimize(quad.problem(), np.zeros(3), fz.FG2U(num_directions=3), lr=0.1,
-                      steps=3, rng=0, progress=False)
+                      optimizer="adam", steps=3, rng=0, progress=False)
     assert opt.result().phi.tobytes() == ref.phi.tobytes()
     assert torch.is_tensor(torch.as_tensor(opt.result().phi))

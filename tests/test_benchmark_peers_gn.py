@@ -27,15 +27,18 @@ def test_gauss_newton_calls_are_counted_exactly_and_grouped_per_iteration(mode):
     assert trace.nfev == counter.calls <= 60
     groups = trace.groups[:-1].tolist()          # the last group is the final value solve
     assert groups[0] == 5                        # the start and 4 directions
+    # At most the trial and b = 4 directions per group.
+    assert max(groups) <= 5
     if mode == "lean":
         # trial + 4 new directions, then trial + the last 2; once the subspace is
-        # complete, a trial alone, or with 4 re-measured directions after a poor step
-        # (4 without a trial when the model sees no decrease)
+        # complete, a trial alone, or with the stale columns after a failed step (at
+        # most 4), or those alone when the model sees no decrease worth a trial
         assert groups[1:3] == [5, 3]
-        assert set(groups[3:]) <= {1, 4, 5} and 1 in groups[3:]
+        assert 1 in groups[3:]
     else:
-        # trial + 4 directions (new first, then re-measured) in every group
-        assert set(groups) == {5}
+        # trial + 4 directions (new first, then the stalest re-measured) in every group,
+        # or the 4 directions alone when the model sees no decrease worth a trial
+        assert set(groups) <= {4, 5} and groups.count(5) > groups.count(4)
     assert trace.groups[-1] == 1
     assert math.isfinite(trace.own_time) and trace.own_time >= 0
 

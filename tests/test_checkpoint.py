@@ -116,7 +116,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path, uninterrupted):
 def test_resume_can_lengthen_a_finished_run(tmp_path):
     problem = RidgeHyperproblem().problem()
     est = fz.FG2UZO(num_directions=4, step=1e-6)
-    kwargs = dict(lr=0.1, rng=0, progress=False)
+    kwargs = dict(optimizer="adam", lr=0.1, rng=0, progress=False)
     full = fz.minimize(problem, np.zeros(5), est, steps=9, **kwargs)
     fz.minimize(problem, np.zeros(5), est, steps=5, checkpoint=tmp_path / "a.ckpt",
                 history=tmp_path / "a.jsonl", **kwargs)
@@ -143,8 +143,8 @@ def test_resume_auto_starts_fresh_without_a_file(tmp_path):
 def saved_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("saved") / "run.ckpt"
     fz.minimize(RidgeHyperproblem().problem(), np.zeros(5),
-                fz.FG2UZO(num_directions=4, step=1e-6), lr=0.1, steps=3, rng=0,
-                bounds=(-3, 3), checkpoint=path, progress=False)
+                fz.FG2UZO(num_directions=4, step=1e-6), optimizer="adam", lr=0.1, steps=3,
+                rng=0, bounds=(-3, 3), checkpoint=path, progress=False)
     return path
 
 
@@ -159,8 +159,8 @@ def saved_run(tmp_path_factory):
     ({"transform": "log", "bounds": (-3, 3)}, "transform"),
 ])
 def test_mismatched_configuration_is_refused(saved_run, change, message):
-    kwargs = dict(estimator=fz.FG2UZO(num_directions=4, step=1e-6), lr=0.1, steps=3,
-                  bounds=(-3, 3), progress=False)
+    kwargs = dict(estimator=fz.FG2UZO(num_directions=4, step=1e-6), optimizer="adam",
+                  lr=0.1, steps=3, bounds=(-3, 3), progress=False)
     kwargs.update(change)
     phi0 = np.ones(5) if change.get("transform") == "log" else np.zeros(5)
     with pytest.raises(fz.CheckpointError, match=message):
@@ -215,9 +215,9 @@ def adam_run(tmp_path_factory):
     """A finished 4-step Adam run with a history, next to its checkpoint."""
     d = tmp_path_factory.mktemp("adam")
     fz.minimize(RidgeHyperproblem().problem(), np.zeros(5),
-                fz.FG2UZO(num_directions=4, step="auto"), lr=0.1, steps=4, rng=0,
-                bounds=(-3, 3), checkpoint=d / "run.ckpt", history=d / "run.jsonl",
-                progress=False)
+                fz.FG2UZO(num_directions=4, step="auto"), optimizer="adam", lr=0.1,
+                steps=4, rng=0, bounds=(-3, 3), checkpoint=d / "run.ckpt",
+                history=d / "run.jsonl", progress=False)
     return d / "run.ckpt"
 
 
@@ -366,8 +366,9 @@ def run_dir(tmp_path):
     """A 4-step run: run.ckpt and its 4-line run.jsonl, in their own directory."""
     d = tmp_path / "runs"
     fz.minimize(RidgeHyperproblem().problem(), np.zeros(5),
-                fz.FG2UZO(num_directions=2, step="auto"), lr=0.1, steps=4, rng=0,
-                checkpoint=d / "run.ckpt", history=d / "run.jsonl", progress=False)
+                fz.FG2UZO(num_directions=2, step="auto"), optimizer="adam", lr=0.1,
+                steps=4, rng=0, checkpoint=d / "run.ckpt", history=d / "run.jsonl",
+                progress=False)
     return d
 
 
@@ -521,8 +522,9 @@ def test_malformed_fields_name_the_field_and_write_nothing(run_dir, field, value
         fz.resume(ckpt, RidgeHyperproblem().problem(), progress=False)
     with pytest.raises(fz.CheckpointError, match=message):
         fz.minimize(RidgeHyperproblem().problem(), np.zeros(5),
-                    fz.FG2UZO(num_directions=2, step="auto"), lr=0.1, steps=4,
-                    checkpoint=ckpt, history=history, resume=True, progress=False)
+                    fz.FG2UZO(num_directions=2, step="auto"), optimizer="adam", lr=0.1,
+                    steps=4, checkpoint=ckpt, history=history, resume=True,
+                    progress=False)
     assert {p: p.read_bytes() for p in (ckpt, history)} == before
     assert sorted(os.listdir(run_dir)) == ["run.ckpt", "run.jsonl"]
 

@@ -286,6 +286,21 @@ def test_config_suggests_for_near_misses_in_values(case):
         load_config(case / "config.toml")
 
 
+@pytest.mark.timeout(60)
+def test_a_config_without_estimator_and_optimizer_runs_the_defaults(case, capsys):
+    # [estimator] and [optimizer] are optional: fz.minimize's defaults (Gauss-Newton on
+    # forward differences) fit the exact data of amplitude 2, rate 1.3, offset 0.5 and
+    # stop by themselves.
+    text = PYTHON_CONFIG.split("[estimator]")[0] + '[output]\ncheckpoint = "out/run.ckpt"\n'
+    (case / "config.toml").write_text(text)
+    assert main(["run", str(case / "config.toml"), "--no-progress"]) == 0
+    assert "converged" in capsys.readouterr().out
+    saved = fz.read_checkpoint(case / "out" / "run.ckpt")
+    assert saved.config["optimizer"]["name"] == "gauss-newton"
+    phi = saved.search.runs[0].z
+    np.testing.assert_allclose(phi, [2.0, 1.3, 0.5], rtol=1e-6)
+
+
 def test_config_builds_phases_with_a_low_fidelity_solver(case):
     text = PYTHON_CONFIG.replace("[optimizer]\nsteps = 5", """[optimizer]
 lr = 0.1

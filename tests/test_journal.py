@@ -328,7 +328,7 @@ def test_sigterm_keeps_the_abandoned_steps_evaluations(tmp_path):
 CRASHES = [
     ("fixed", 2, 3, 1),         # the base solve and 2 of the 4 perturbed ones
     ("auto", 0, 5, 1),          # step 0: the base solve and 4 of the noise probe's solves
-    ("gauss-newton", 2, 1, 1),  # one of the step's two solves through the stepper
+    ("gauss-newton", 2, 1, 1),  # the trial of the step's two solves (trial, re-measure)
     ("fixed", 2, 3, 4),         # the checkpoint is the start: steps 0 and 1 are redone too
 ]
 

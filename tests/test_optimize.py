@@ -73,7 +73,8 @@ def test_two_phase_few_then_many_directions(ridge, ridge_optimum):
     """Black-box path with the full solver: 100 cheap steps (2 directions, 5 solves) then
     40 with 8 directions (17 solves) reach F* within 1e-3, for 1181 solves against the
     1701 of the single-phase run above."""
-    res = fz.minimize(ridge.problem(), np.zeros(5), rng=0, bounds=BOUNDS, progress=False,
+    res = fz.minimize(ridge.problem(), np.zeros(5), optimizer="adam",
+                      rng=0, bounds=BOUNDS, progress=False,
                       phases=[
                           fz.Phase(steps=100, lr=0.3,
                                    estimator=fz.FG2UZO(num_directions=2, step=1e-6)),
@@ -128,7 +129,8 @@ def test_two_phase_torch_path_trgu_then_fg2u():
 
     ref = sp_minimize(fun, np.zeros(5), jac=True, method="L-BFGS-B", bounds=[bounds] * 5,
                       options={"gtol": 1e-10, "ftol": 1e-14})
-    res = fz.minimize(problem, np.zeros(5), rng=0, bounds=bounds, progress=False, phases=[
+    res = fz.minimize(problem, np.zeros(5), optimizer="adam",
+                      rng=0, bounds=bounds, progress=False, phases=[
         fz.Phase(steps=60, estimator=fz.TRGU(backprop_steps=5), lr=0.1),
         fz.Phase(steps=20, estimator=fz.FG2U(num_directions=4), lr=0.05, schedule="cosine"),
     ])
@@ -182,11 +184,39 @@ def test_bounds_hold_at_every_step(ridge, transform):
 
     # A large learning rate drives several entries onto the bounds.
     res = fz.minimize(ridge.problem(), np.ones(5), fz.FG2UZO(num_directions=4, step=1e-6),
-                      lr=1.0, steps=25, bounds=(lo, hi), transform=transform, rng=1,
-                      callback=check, progress=False)
+                      optimizer="adam", lr=1.0, steps=25, bounds=(lo, hi),
+                      transform=transform, rng=1, callback=check, progress=False)
     assert seen == list(range(25))
     assert_within_bounds(res, lo, hi)
     assert np.any(res.phi == hi) and np.any(res.phi == lo)  # the bounds were active
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transform", [None, "log"])
+def test_the_default_run_reaches_an_optimum_with_active_bounds(ridge, ridge_optimum,
+                                                               transform):
+    # Gauss-Newton steps keep a parameter on the bound it reached and move the others
+    # (clipping alone stopped at the corner (3, 3, -3, 3, 3), F = 0.15134): the bounded
+    # optimum has four of five parameters on their bounds and the fifth inside. The
+    # optimum is met to the 1e-9 the stopping rule's ftol = 1e-14 leaves at most.
+    lo, hi = BOUNDS
+    if transform == "log":
+        lo, hi = np.exp(-3.0), np.exp(3.0)
+        problem = fz.BilevelProblem(inner=lambda p: ridge.inner(np.log(p)), num_params=5,
+                                    outer=lambda t, p: ridge.outer(t, torch.log(p)))
+        phi0 = np.ones(5)
+    else:
+        problem, phi0 = ridge.problem(), np.zeros(5)
+    seen = []
+
+    def check(record):
+        seen.append(bool(np.all(record.phi >= lo) and np.all(record.phi <= hi)))
+
+    res = fz.minimize(problem, phi0, bounds=(lo, hi), transform=transform, rng=0,
+                      callback=check, progress=False)
+    assert res.optimizer == "gauss-newton" and res.status == "converged", res
+    assert all(seen)
+    assert res.value <= ridge_optimum * (1 + 1e-9), (res.value, ridge_optimum)
 
 
 @pytest.mark.timeout(30)
@@ -194,7 +224,7 @@ def test_logit_transform_keeps_phi_inside(ridge):
     lo = np.array([-1.0, -2.0, -1.0, 0.0, -3.0])
     hi = np.array([1.0, 2.5, 1.0, 3.0, 3.0])
     res = fz.minimize(ridge.problem(), np.full(5, 0.5), fz.FG2UZO(num_directions=4, step=1e-6),
-                      lr=0.5, steps=40, bounds=(lo, hi), transform="logit", rng=2,
+                      optimizer="adam", lr=0.5, steps=40, bounds=(lo, hi), transform="logit", rng=2,
                       progress=False)
     assert_within_bounds(res, lo, hi)
     start = ridge.problem().outer_value(ridge.inner(np.full(5, 0.5)), np.full(5, 0.5))
@@ -251,7 +281,8 @@ def test_schedules():
 
 @pytest.mark.timeout(30)
 def test_learning_rate_follows_schedule_per_phase(ridge):
-    res = fz.minimize(ridge.problem(), np.zeros(5), lr=0.1, schedule="linear", rng=0,
+    res = fz.minimize(ridge.problem(), np.zeros(5), optimizer="adam",
+                      lr=0.1, schedule="linear", rng=0,
                       progress=False, phases=[
                           fz.Phase(steps=4, estimator=fz.FG2UZO(num_directions=2, step=1e-6)),
                           fz.Phase(steps=2, estimator=fz.FG2UZO(num_directions=2, step=1e-6),
@@ -272,7 +303,7 @@ def test_learning_rate_follows_schedule_per_phase(ridge):
 ])
 def test_stopping_rules(ridge, option, status):
     res = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6),
-                      lr=0.1, steps=50, rng=0, progress=False, **option)
+                      optimizer="adam", lr=0.1, steps=50, rng=0, progress=False, **option)
     assert res.status == status and res.success
     assert res.nit < 50
     if status == "target":
@@ -304,11 +335,11 @@ def test_one_evaluator_for_the_whole_run(ridge, monkeypatch):
     _CountingEvaluator.instances = []
     monkeypatch.setattr(optimize_module, "Evaluator", _CountingEvaluator)
     fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6),
-                lr=0.1, steps=5, rng=0, progress=False)
+                optimizer="adam", lr=0.1, steps=5, rng=0, progress=False)
     assert len(_CountingEvaluator.instances) == 1 and _CountingEvaluator.instances[0].closed == 1
     mine = _CountingEvaluator()
     fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6),
-                lr=0.1, steps=5, rng=0, progress=False, evaluator=mine)
+                optimizer="adam", lr=0.1, steps=5, rng=0, progress=False, evaluator=mine)
     assert mine.closed == 0  # the caller's evaluator stays open
 
 
@@ -317,9 +348,21 @@ def test_parallel_run_is_identical_to_the_serial_one(ridge):
     # Directions are drawn in the parent: the backend must not change a single bit.
     est = fz.FG2UZO(num_directions=4, step=1e-6)
     kwargs = dict(lr=0.1, steps=4, rng=0, progress=False)
-    serial = fz.minimize(ridge.problem(), np.zeros(5), est, **kwargs)
-    threaded = fz.minimize(ridge.problem(), np.zeros(5), est, backend="threading", n_jobs=2,
-                           **kwargs)
+    serial = fz.minimize(ridge.problem(), np.zeros(5), est, optimizer="adam", **kwargs)
+    threaded = fz.minimize(ridge.problem(), np.zeros(5), est, optimizer="adam",
+                           backend="threading", n_jobs=2, **kwargs)
+    assert threaded.phi.tobytes() == serial.phi.tobytes() and threaded.nfev == serial.nfev
+
+
+@pytest.mark.timeout(30)
+def test_the_default_run_depends_on_its_width_not_on_the_backend(ridge):
+    # The default (Gauss-Newton) fills rounds of the run's width W: the same W gives the
+    # same run on one worker or two, bit for bit; the width is in the result.
+    serial = fz.minimize(ridge.problem(), np.zeros(5), rng=0, workers=2, progress=False)
+    threaded = fz.minimize(ridge.problem(), np.zeros(5), rng=0, backend="threading",
+                           n_jobs=2, progress=False)
+    assert serial.optimizer == "gauss-newton" and serial.status == "converged"
+    assert serial.workers == threaded.workers == 2
     assert threaded.phi.tobytes() == serial.phi.tobytes() and threaded.nfev == serial.nfev
 
 
@@ -349,13 +392,14 @@ class _BreakAt:
 def test_inner_solver_failure_writes_checkpoint_then_resume_continues(ridge, tmp_path):
     est = fz.FG2UZO(num_directions=4, step=1e-6)
     kwargs = dict(lr=0.2, steps=10, rng=3, bounds=BOUNDS, progress=False)
-    reference = fz.minimize(ridge.problem(), np.zeros(5), est, **kwargs)
+    reference = fz.minimize(ridge.problem(), np.zeros(5), est, optimizer="adam", **kwargs)
 
     solver = BreakingSolver(ridge)
     problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(fz.InnerSolverError) as info:
-        fz.minimize(problem, np.zeros(5), est, checkpoint=ckpt, checkpoint_every=100,
+        fz.minimize(problem, np.zeros(5), est, optimizer="adam",
+                    checkpoint=ckpt, checkpoint_every=100,
                     history=tmp_path / "h.jsonl", callback=_BreakAt(solver, 5), **kwargs)
     assert str(ckpt) in str(info.value) and "license server" in str(info.value)
     assert info.value.checkpoint == str(ckpt)
@@ -374,7 +418,7 @@ def test_failure_without_checkpoint_path_still_saves(ridge):
     solver = BreakingSolver(ridge)
     problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
     with pytest.raises(fz.InnerSolverError) as info:
-        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2), steps=3,
+        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2), optimizer="adam", steps=3,
                     callback=_BreakAt(solver, 0), progress=False)
     path = info.value.checkpoint
     try:
@@ -398,7 +442,8 @@ def test_failure_before_the_first_step_leaves_no_temporary_checkpoint(ridge, mon
 
     problem = fz.BilevelProblem(inner=ridge.inner, outer=numpy_outer, num_params=5)
     with pytest.raises(fz.FG2UTypeError, match="0-d torch tensor") as info:
-        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6), steps=3,
+        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6), optimizer="adam",
+                    steps=3,
                     progress=False)
     assert "resume" not in str(info.value)
     assert getattr(info.value, "checkpoint", None) is None
@@ -423,13 +468,14 @@ def test_sigint_finishes_step_checkpoints_and_raises(ridge, tmp_path):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt, match=str(ckpt)):
-        fz.minimize(ridge.problem(), np.zeros(5), est, checkpoint=ckpt, checkpoint_every=100,
+        fz.minimize(ridge.problem(), np.zeros(5), est, optimizer="adam",
+                    checkpoint=ckpt, checkpoint_every=100,
                     callback=_InterruptAt(2), **kwargs)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     saved = fz.read_checkpoint(ckpt)
     assert saved.step == 3 and saved.status == "interrupted"
     resumed = fz.resume(ckpt, ridge.problem(), progress=False)
-    reference = fz.minimize(ridge.problem(), np.zeros(5), est, **kwargs)
+    reference = fz.minimize(ridge.problem(), np.zeros(5), est, optimizer="adam", **kwargs)
     assert resumed.phi.tobytes() == reference.phi.tobytes()
 
 
@@ -437,7 +483,8 @@ def test_sigint_finishes_step_checkpoints_and_raises(ridge, tmp_path):
 @pytest.mark.timeout(30)
 def test_history_jsonl_lines(ridge, tmp_path):
     path = tmp_path / "run.jsonl"
-    res = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=4), lr=0.1,
+    res = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=4), optimizer="adam",
+                      lr=0.1,
                       steps=6, rng=0, history=path, progress=False)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == 6
@@ -460,7 +507,8 @@ def test_exact_estimator_history_snr_is_null(tmp_path):
     uq = UnrolledQuadratic(num_params=3, steps=10)
     problem = fz.BilevelProblem(inner=uq, outer=uq.outer, inner_torch=uq.torch)
     path = tmp_path / "run.jsonl"
-    fz.minimize(problem, np.zeros(3), fz.RGU(), lr=0.1, steps=3, history=path, progress=False)
+    fz.minimize(problem, np.zeros(3), fz.RGU(), optimizer="adam",
+                lr=0.1, steps=3, history=path, progress=False)
     first = json.loads(path.read_text().splitlines()[0])
     assert first["snr"] is None and first["fd_step"] is None
     assert fz.read_history(path)[0].snr == np.inf
@@ -469,17 +517,20 @@ def test_exact_estimator_history_snr_is_null(tmp_path):
 @pytest.mark.timeout(30)
 def test_progress_bar_and_no_prints(ridge, capsys, monkeypatch):
     est = fz.FG2UZO(num_directions=2, step=1e-6)
-    fz.minimize(ridge.problem(), np.zeros(5), est, lr=0.1, steps=3, rng=0, progress=False)
+    fz.minimize(ridge.problem(), np.zeros(5), est, optimizer="adam",
+                lr=0.1, steps=3, rng=0, progress=False)
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
     pytest.importorskip("tqdm")
-    fz.minimize(ridge.problem(), np.zeros(5), est, lr=0.1, steps=3, rng=0, progress=True)
+    fz.minimize(ridge.problem(), np.zeros(5), est, optimizer="adam",
+                lr=0.1, steps=3, rng=0, progress=True)
     err = capsys.readouterr().err
     assert "3/3" in err and "nfev" in err and "value" in err
     # Without tqdm: no bar, no error.
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    res = fz.minimize(ridge.problem(), np.zeros(5), est, lr=0.1, steps=3, rng=0, progress=True)
+    res = fz.minimize(ridge.problem(), np.zeros(5), est, optimizer="adam",
+                      lr=0.1, steps=3, rng=0, progress=True)
     assert res.nit == 3 and capsys.readouterr().err == ""
 
 
@@ -521,7 +572,8 @@ def test_history_reports_the_fd_step_and_its_predicted_error(tmp_path):
 
     ridge = RidgeHyperproblem(num_features=3, rng=0)
     path = tmp_path / "run.jsonl"
-    fz.minimize(ridge.problem(), np.zeros(3), fz.FG2UZO(num_directions=2), steps=3,
+    fz.minimize(ridge.problem(), np.zeros(3), fz.FG2UZO(num_directions=2), optimizer="adam",
+                steps=3,
                 history=path, rng=0, progress=False)
     records = fz.read_history(path)
     assert len(records) == 3
@@ -552,7 +604,8 @@ def test_a_non_finite_value_stops_the_step_and_keeps_the_last_good_state(ridge, 
     problem = fz.BilevelProblem(inner=ridge.inner, outer=outer, num_params=5)
     ckpt, history = tmp_path / "run.ckpt", tmp_path / "run.jsonl"
     with pytest.raises(fz.FG2UValueError, match=r"F\(phi\) = nan.*not finite") as info:
-        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6), lr=0.1,
+        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=2, step=1e-6), optimizer="adam",
+                    lr=0.1,
                     steps=50, rng=0, checkpoint=ckpt, history=history, progress=False)
     saved = fz.read_checkpoint(ckpt)
     assert info.value.checkpoint == str(ckpt)
@@ -610,7 +663,7 @@ def test_failures_are_reported_by_kind(ridge, caplog):
     problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
     with fz.Evaluator(max_retries=0) as ev, caplog.at_level("WARNING", logger="fg2u_zo"):
         res = fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6),
-                          lr=0.1, steps=5, rng=0, evaluator=ev, progress=False)
+                          optimizer="adam", lr=0.1, steps=5, rng=0, evaluator=ev, progress=False)
     assert res.failures == {"exception": 10}
     assert [r.failures for r in res.history] == [2] * 5
     assert "failures={'exception': 10}" in repr(res)
@@ -618,7 +671,7 @@ def test_failures_are_reported_by_kind(ridge, caplog):
     assert any("failed for good (exception)" in w for w in warnings)
     assert any("exception: 10" in w for w in warnings)  # the totals at the end
     clean = fz.minimize(ridge.problem(), np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6),
-                        lr=0.1, steps=2, rng=0, progress=False)
+                        optimizer="adam", lr=0.1, steps=2, rng=0, progress=False)
     assert clean.failures == {}
 
 
@@ -627,7 +680,8 @@ def test_failure_totals_survive_a_resume(ridge, tmp_path):
     solver = _FailingEvery(ridge)
     problem = fz.BilevelProblem(inner=solver, outer=ridge.outer, num_params=5)
     with fz.Evaluator(max_retries=0) as ev:
-        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6), lr=0.1,
+        fz.minimize(problem, np.zeros(5), fz.FG2UZO(num_directions=4, step=1e-6), optimizer="adam",
+                    lr=0.1,
                     steps=3, rng=0, evaluator=ev, checkpoint=tmp_path / "f.ckpt",
                     progress=False)
         assert fz.read_checkpoint(tmp_path / "f.ckpt").totals["failures"] == {"exception": 6}
@@ -655,7 +709,8 @@ def test_a_phase_can_have_its_own_outer_loss(ridge, tmp_path):
     problem = ridge.problem()
     est = fz.FG2UZO(num_directions=2, step=1e-6)
     path = tmp_path / "p.ckpt"
-    res = fz.minimize(problem, np.zeros(5), lr=0.1, rng=0, checkpoint=path, progress=False,
+    res = fz.minimize(problem, np.zeros(5), optimizer="adam",
+                      lr=0.1, rng=0, checkpoint=path, progress=False,
                       phases=[fz.Phase(steps=2, estimator=est, outer=first_half),
                               fz.Phase(steps=2, estimator=est)])
     for r in res.history:
@@ -680,7 +735,7 @@ def test_a_step_below_the_resolution_is_not_reported_as_converged():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = fz.minimize(problem, np.ones(3), fz.FG2UZO(num_directions=3, step=1e-17),
-                          lr=0.1, steps=5, rng=0, progress=False)
+                          optimizer="adam", lr=0.1, steps=5, rng=0, progress=False)
     assert res.status == "degenerate" and not res.success
     assert res.nit == 1
     assert "step='auto'" in res.message
@@ -702,7 +757,11 @@ def test_a_numpy_outer_loss_gets_an_error_naming_the_fix_and_leaves_no_checkpoin
 
     problem = fz.BilevelProblem(inner=lambda phi: A @ phi, outer=numpy_outer)
     with pytest.raises(fz.FG2UTypeError, match="must be written in torch"):
-        fz.minimize(problem, np.ones(2), fz.FG2UZO(num_directions=2), steps=3, progress=False)
+        fz.minimize(problem, np.ones(2), fz.FG2UZO(num_directions=2), optimizer="adam",
+                    steps=3, progress=False)
+    # The default (Gauss-Newton) evaluates the loss first: the message names the fix too.
+    with pytest.raises(fz.FG2UTypeError, match="0-d torch tensor.*differentiable_outer"):
+        fz.minimize(problem, np.ones(2), progress=False)
     assert glob.glob(str(tmp_path / "fg2u-zo-*")) == []
 
 

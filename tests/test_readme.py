@@ -40,6 +40,27 @@ def test_readme_config_loads(tmp_path, monkeypatch):
     assert cfg.minimize_options["optimizer"] == "gauss-newton"
 
 
+def _quickstart():
+    text = open(README, encoding="utf-8").read()
+    section = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+
+
+@pytest.mark.timeout(120)
+def test_readme_quickstart_runs_and_its_minimize_is_gauss_newton(capsys):
+    # The quickstart's last call names no optimizer: the default is Gauss-Newton, it
+    # stops by itself, and prints what the comment says.
+    code = _quickstart()
+    namespace = {}
+    exec(compile(code, "README.md#quickstart", "exec"), namespace)
+    res = namespace["res"]
+    assert res.optimizer == "gauss-newton" and res.status == "converged", res
+    # The value it stops at is the bounded local optimum's, to the digits printed.
+    claimed = re.search(r"# gauss-newton converged (\S+) (\d+)", code)
+    assert res.value == pytest.approx(float(claimed.group(1)), abs=5e-7)
+    capsys.readouterr()
+
+
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
 

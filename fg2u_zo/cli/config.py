@@ -53,7 +53,8 @@ The schema, with every key::
     transform = "log"              # "identity" | "log" | "logit", or one per parameter
     names = ["k1", "k2", "k3", "k4"]   # template placeholders {k1} ...
 
-    [estimator]
+    [estimator]                    # optional (default: fz.minimize's, FG2UZO forward
+                                   # differences for Gauss-Newton)
     name = "FG2UZO"                # FG2UZO, BlackBoxES, CoordinateFD, FG2U, RGU, TRGU,
                                    # Neumann
     num_directions = 8             # + the estimator's own keys: scheme, step,
@@ -61,9 +62,11 @@ The schema, with every key::
     step = "auto"
     directions = "gaussian"
 
-    [optimizer]
-    name = "adam"                  # "adam" | "sgd" | any torch.optim class name |
-                                   # a name added with fz.register_stepper
+    [optimizer]                    # optional; without a name, fz.minimize's default:
+                                   # Gauss-Newton for a differentiable loss (it stops
+                                   # by itself), Adam on BlackBoxES otherwise
+    name = "adam"                  # "gauss-newton" | "adam" | "sgd" | any torch.optim
+                                   # class name | a name added with fz.register_stepper
     lr = 0.05
     steps = 100
     schedule = "constant"          # "constant" | "cosine" | "linear"
@@ -283,8 +286,11 @@ def load_config(path) -> RunConfig:
                                      differentiable_outer=differentiable, name=name)
         except FG2UError as exc:
             raise c.error("[solver]", str(exc)) from None
-    estimator = build_estimator(c, raw["estimator"], "[estimator]")
-    opt = raw["optimizer"]
+    # Without [estimator] / [optimizer] (or its name) the run takes fz.minimize's
+    # defaults: Gauss-Newton on forward differences for a differentiable loss.
+    estimator = (build_estimator(c, raw["estimator"], "[estimator]") if "estimator" in raw
+                 else None)
+    opt = raw.get("optimizer", {})
     c.unknown_keys(opt, OPTIMIZER_KEYS, "[optimizer]")
     options = build_optimizer_options(c, opt)
     phases = None
@@ -303,8 +309,11 @@ def load_config(path) -> RunConfig:
                                             horizon_phases is not None)
         if stop is not None:
             from ..outer.phases import Phase
-            phases = [Phase(steps=options.pop("steps", 100), estimator=estimator,
-                            until=stop)]
+            from ..outer.setup import default_steps
+            steps = options.pop("steps", None)
+            if steps is None:
+                steps = default_steps(problem, n, options.get("optimizer"))
+            phases = [Phase(steps=steps, estimator=estimator, until=stop)]
     from ..losses import LeastSquares
     uncertainty = build_uncertainty(c, raw.get("uncertainty"),
                                     isinstance(problem.outer, LeastSquares),

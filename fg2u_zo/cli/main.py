@@ -340,8 +340,12 @@ def _cmd_check(args):
             raise _UsageError(f"--reference must be one of {', '.join(classes)}, got "
                               f"{args.reference!r}")
         reference = classes[args.reference]()
+    estimator = cfg.estimator
+    if estimator is None:  # no [estimator]: the first-order default, central differences
+        from ..outer.defaults import default_estimator
+        estimator = default_estimator(cfg.problem, "first-order")
     with cfg.make_evaluator() as evaluator:
-        check = fz.check_meta_gradient(cfg.problem, cfg.phi0, estimator=cfg.estimator,
+        check = fz.check_meta_gradient(cfg.problem, cfg.phi0, estimator=estimator,
                                        reference=reference,
                                        rng=cfg.minimize_options.get("rng", 0),
                                        evaluator=evaluator)

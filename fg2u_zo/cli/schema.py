@@ -31,7 +31,7 @@ __all__ = ["SECTIONS", "REQUIRED_SECTIONS", "SOLVER_KEYS", "OUTER_KEYS", "PARAME
 
 SECTIONS = ("solver", "outer", "parameters", "estimator", "optimizer", "parallel", "output",
             "continuation", "multistart", "uncertainty")
-REQUIRED_SECTIONS = ("solver", "outer", "parameters", "estimator", "optimizer")
+REQUIRED_SECTIONS = ("solver", "outer", "parameters")
 SOLVER_KEYS = {
     "subprocess": ("kind", "argv", "template", "input_name", "output", "reader", "skiprows",
                    "usecols", "comments", "files", "timeout", "env", "n_outputs",

@@ -98,10 +98,10 @@ def build_continuation(c, t, raw, names, num_params, name):
     if raw["outer"].get("kind", "least_squares") != "least_squares":
         raise c.error("[continuation]", "needs [outer] kind = 'least_squares' (it keeps the "
                                         "data entries with times <= each horizon)")
-    if "phases" in raw["optimizer"]:
+    if "phases" in raw.get("optimizer", {}):
         raise c.error("[continuation]", "cannot be combined with [[optimizer.phases]]: its "
                                         "horizons are the phases")
-    if "steps" in raw["optimizer"]:
+    if "steps" in raw.get("optimizer", {}):
         raise c.error("[optimizer] steps", "cannot be given with [continuation]: set "
                                            "[continuation] steps (most steps per phase)")
     if "times" not in t:

@@ -267,8 +267,8 @@ def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num
     num_starts, num_local, design, halving, rungs, tie_rtol, tie_xtol
         See :class:`MultiStart`.
     steps : int, optional
-        Most steps of a local run of one phase (default 100); with ``phases``, each
-        phase has its own (giving both is an error).
+        Most steps of a local run (one phase; with ``phases`` their steps); default
+        as :func:`~fg2u_zo.minimize`'s.
     stop : Converged, optional
         Ends a local run once converged (set as the last phase's ``until``).
     phases : list of Phase, optional
@@ -303,6 +303,12 @@ def multistart(problem, bounds, estimator=None, *, phi0=None, num_starts=16, num
                       halving=halving, rungs=rungs, tie_rtol=tie_rtol, tie_xtol=tie_xtol)
     if stop is not None:
         if phases is None:
+            if steps is None:
+                from ..outer.setup import default_steps
+                lower = bounds.lb if hasattr(bounds, "lb") else bounds[0]
+                size = (problem.num_params or (np.size(phi0) if phi0 is not None else 0)
+                        or np.size(lower))
+                steps = default_steps(problem, size, options.get("optimizer"))
             phases = [Phase(steps=check_positive_int(steps, "steps"), until=stop)]
         else:
             phases = list(phases)

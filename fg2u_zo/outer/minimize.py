@@ -44,17 +44,21 @@ def register_strategy(name, target):
     _STRATEGIES[name] = target
 
 
-def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_options=None,
-             lr=1e-2, steps=100, schedule="constant", bounds=None, transform=None,
+def minimize(problem, phi0=None, estimator=None, *, optimizer=None, optimizer_options=None,
+             lr=1e-2, steps=None, schedule="constant", bounds=None, transform=None,
              phases=None, multistart=None, callback=None, target=None, gtol=None,
              max_nfev=None, max_time=None, checkpoint=None, checkpoint_every=1,
              history=None, resume=False, rng=None, backend=None, n_jobs=None,
              evaluator=None, workers=None, progress=None, metadata=None) -> OptimizeResult:
-    """Minimize ``F(phi) = f(S(phi), phi)`` with a stepper fed by meta-gradient estimates.
+    """Minimize ``F(phi) = f(S(phi), phi)``.
 
-    Each step: ``phi = T(z)``; ``g = estimator.estimate(problem, phi)``; the stepper
-    moves ``z`` (a torch optimizer with ``dF/dz = g * T'(z)`` by default); ``phi`` is
-    projected into ``bounds``.
+    By default (``optimizer`` left out) a torch outer loss gets the Gauss–Newton trust
+    region, built from forward differences of the inner solver, which stops by itself
+    (status ``"converged"``); an outer loss that is not differentiable gets Adam on
+    ``BlackBoxES`` estimates (see :mod:`fg2u_zo.outer.defaults`; the result's
+    ``optimizer`` says which). With a first-order stepper each step is ``phi = T(z)``,
+    ``g = estimator.estimate(problem, phi)``, the stepper moves ``z`` (a torch
+    optimizer with ``dF/dz = g * T'(z)``); ``phi`` is projected into ``bounds``.
 
     Parameters
     ----------
@@ -65,9 +69,14 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
         be omitted when resuming.
     estimator : Estimator, optional
         The meta-gradient estimator (FG2UZO, FG2U, BlackBoxES, ...); the default of
-        every phase.
-    optimizer : str, torch.optim.Optimizer class or Stepper
-        The stepper (one for the whole run; see :mod:`fg2u_zo.outer.steppers`):
+        every phase. Default: ``FG2UZO(scheme="forward")`` for the Gauss–Newton
+        stepper, ``FG2UZO()`` for a first-order one, ``FG2U()`` when the problem has
+        only a torch inner solver, ``BlackBoxES()`` for an outer loss that is not
+        differentiable.
+    optimizer : str, torch.optim.Optimizer class or Stepper, optional
+        The stepper (one for the whole run; see :mod:`fg2u_zo.outer.steppers`).
+        Default: ``"gauss-newton"`` for a torch outer loss (keeping the newest 1000
+        directions above N = 1000), ``"adam"`` otherwise. Or
         ``"adam"``, ``"sgd"``, ``"gauss-newton"``, any ``torch.optim`` class name
         (case-insensitive, e.g. ``"rprop"``), a name added with
         :func:`fg2u_zo.register_stepper`, a ``torch.optim.Optimizer`` class (built on
@@ -77,9 +86,11 @@ def minimize(problem, phi0=None, estimator=None, *, optimizer="adam", optimizer_
         Options of a stepper given by name or class, e.g. ``{"momentum": 0.9}`` for
         SGD, ``{"betas": (0.9, 0.99)}`` for Adam.
     lr : float
-        Base learning rate.
-    steps : int
-        Number of outer steps (ignored when ``phases`` is given: their steps add up).
+        Base learning rate (first-order steppers).
+    steps : int, optional
+        Most outer steps (ignored when ``phases`` is given: their steps add up).
+        Default: ``100 (N + 1)`` for the Gauss–Newton stepper, which stops by itself
+        long before; 100 for a first-order stepper.
     schedule : {"constant", "cosine", "linear"} or callable
         Learning-rate factor ``schedule(step, num_steps)`` over each phase's steps (see
         :mod:`fg2u_zo.outer.schedules`); ``"linear"`` is the decay of the FG²U paper's PDE runs.

@@ -31,8 +31,8 @@ from .search import Search
 from .steppers import make_stepper
 from .transforms import ParameterTransform, as_bounds
 
-__all__ = ["prepare", "Prepared", "check_start", "as_callbacks", "MAX_ABS_PHI",
-           "RUN_DEFAULTS"]
+__all__ = ["prepare", "Prepared", "check_start", "as_callbacks", "default_steps",
+           "MAX_ABS_PHI", "RUN_DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ MAX_ABS_PHI = 1e150
 
 #: The run's keywords and their defaults, as :func:`fg2u_zo.minimize` has them (but
 #: ``workers`` and ``progress``, which each entry point sets itself).
-RUN_DEFAULTS = dict(optimizer="adam", optimizer_options=None, lr=1e-2, steps=100,
+RUN_DEFAULTS = dict(optimizer=None, optimizer_options=None, lr=1e-2, steps=None,
                     schedule="constant", bounds=None, transform=None, phases=None,
                     multistart=None, callback=None, target=None, gtol=None, max_nfev=None,
                     max_time=None, checkpoint=None, checkpoint_every=1, history=None,
@@ -142,6 +142,8 @@ def _prepare(problem, phi0, estimator, *, lock, optimizer, optimizer_options, lr
         raise FG2UValueError("pass the starting point `phi0`")
     bounds_ = as_bounds(bounds, num_params)
     T = ParameterTransform.from_spec(transform, num_params, bounds_)
+    optimizer, optimizer_options, estimator, steps = _with_defaults(
+        problem, num_params, optimizer, optimizer_options, estimator, steps, phases)
     plans = build_plans(problem, estimator, phases, steps, lr, schedule)
     stepper = make_stepper(optimizer, optimizer_options)
     check_stepper_fits(stepper, plans)
@@ -212,6 +214,45 @@ def _prepare(problem, phi0, estimator, *, lock, optimizer, optimizer_options, lr
     return Prepared(search=search, store=store, lock=lock, fresh=ck is None,
                     checkpoint_every=checkpoint_every, transform=T, stepper=stepper,
                     workers=workers, resumed=ck)
+
+
+def _with_defaults(problem, num_params, optimizer, optimizer_options, estimator, steps,
+                   phases):
+    """The call's ``optimizer``, ``estimator`` and ``steps``, with what it left out
+    (None) taken from :func:`~fg2u_zo.outer.defaults.default_method`."""
+    from .defaults import default_estimator, default_method
+
+    if optimizer is None:
+        method = default_method(problem, num_params)
+        optimizer = method.optimizer
+        optimizer_options = {**method.optimizer_options, **(optimizer_options or {})}
+    if steps is None:
+        steps = default_steps(problem, num_params, optimizer)
+    needs_estimator = phases is None or any(
+        getattr(p, "estimator", None) is None for p in
+        (phases if isinstance(phases, (list, tuple)) else [phases]))
+    if estimator is None and needs_estimator:
+        estimator = default_estimator(
+            problem, "gauss-newton" if _is_gauss_newton(optimizer) else "first-order")
+    return optimizer, optimizer_options, estimator, steps
+
+
+def default_steps(problem, num_params, optimizer=None) -> int:
+    """Steps of a run that gives none: the Gauss–Newton stepper stops by itself, and
+    gets ``100 (N + 1)`` as a guard; a first-order stepper 100."""
+    from .defaults import FIRST_ORDER_STEPS, default_method
+
+    if optimizer is None:
+        return default_method(problem, num_params).steps
+    if _is_gauss_newton(optimizer):
+        return 100 * (int(num_params) + 1)
+    return FIRST_ORDER_STEPS
+
+
+def _is_gauss_newton(optimizer) -> bool:
+    if isinstance(optimizer, str):
+        return optimizer.strip().lower() == "gauss-newton"
+    return getattr(optimizer, "name", None) == "gauss-newton"
 
 
 def blocks_a_new_run(ck) -> bool:

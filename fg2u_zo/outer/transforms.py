@@ -257,6 +257,19 @@ class ParameterTransform:
         d[lg] = (self.bounds.upper[lg] - self.bounds.lower[lg]) * s * (1.0 - s)
         return np.asarray(grad_phi, dtype=np.float64) * d
 
+    def z_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The box of ``z`` that maps into the bounds: the bounds themselves for
+        identity entries, their logarithms for ``'log'`` entries (``-inf`` for a lower
+        bound <= 0), none for ``'logit'`` entries (they never leave the bounds)."""
+        lower, upper = self.bounds.lower.copy(), self.bounds.upper.copy()
+        log, lg = self._masks()
+        with np.errstate(divide="ignore"):
+            lower[log] = np.where(lower[log] > 0, np.log(np.maximum(lower[log], _TINY)),
+                                  -np.inf)
+            upper[log] = np.log(upper[log])
+        lower[lg], upper[lg] = -np.inf, np.inf
+        return lower, upper
+
     def project(self, z) -> tuple[np.ndarray, np.ndarray]:
         """Clip ``phi = T(z)`` into the bounds; return ``(z', changed)``.
 

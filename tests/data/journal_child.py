@@ -60,8 +60,10 @@ def kwargs(variant):
     common = dict(steps=STEPS, rng=11, bounds=(-3.0, 3.0), backend="sequential",
                   progress=False)
     if variant == "gauss-newton":  # the stepper asks for its trial points itself
-        return dict(common, optimizer="gauss-newton")
-    return dict(common, lr=0.2)
+        # "refresh": after the first model each step re-measures a direction beside its
+        # trial (two solves a step on one worker), so a step can be killed in its middle.
+        return dict(common, optimizer="gauss-newton", optimizer_options={"mode": "refresh"})
+    return dict(common, optimizer="adam", lr=0.2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ orthonormal columns of ``Q`` (N x d, in the unconstrained ``z`` of the run):
 
 so its gradient at ``a = 0`` is ``Y^T grad_theta f + P^T grad_phi f`` and its Hessian
 ``[Y; P]^T (Hessian of f) [Y; P]``, from d Hessian-vector products of the torch outer
-loss (``torch.func.jvp`` of ``torch.func.grad``, vmapped over the columns). For a sum of
+loss (double-backward passes through its gradient graph). For a
+:class:`~fg2u_zo.LeastSquares` loss the model is formed in numpy from its residuals
+instead (:func:`least_squares_model`): ``f = ||r||^2`` with ``r`` affine in
+``(theta, phi)``, so ``m(a) = ||r + R a||^2`` exactly, ``R`` the residuals' change
+along the columns, and no torch call is made. For a sum of
 squares this is the Gauss–Newton matrix of DFO-LS (Cartis et al., 2019); for any other
 twice-differentiable misfit it is the generalized Gauss–Newton model, which may be
 indefinite.
@@ -21,16 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.func import grad, jvp, vmap
 
 from ...errors import FG2UValueError
+from ...losses import LeastSquares
 
-__all__ = ["outer_model", "ModelHessian", "broyden_update", "new_directions",
-           "add_difference_columns"]
-
-#: Entries of one vmapped chunk of Hessian-vector products (columns x (M + N)).
-_CHUNK_ENTRIES = 1 << 22
-
+__all__ = ["outer_model", "least_squares_model", "subspace_subproblem", "ModelHessian",
+           "broyden_update", "new_directions", "add_difference_columns"]
 
 def _outer_function(problem, theta_shape):
     def f(theta_flat, phi):
@@ -78,6 +78,39 @@ def outer_model(problem, theta, phi, Y, P):
     return value, g, 0.5 * (H + H.T), g_theta, g_phi
 
 
+def least_squares_model(loss, theta, phi, Y, P):
+    """``(value, r, R)`` of a :class:`~fg2u_zo.LeastSquares` outer loss: its residuals
+    ``r`` at ``(theta, phi)`` (``value = r^T r``) and their change ``R`` along the
+    columns (``Y`` of theta, ``P`` of phi), in numpy."""
+    r = loss.residuals(np.asarray(theta, dtype=np.float64).reshape(-1), phi)
+    R = loss.residual_jacobian(Y, P)
+    return float(r @ r), r, R
+
+
+def subspace_subproblem(problem, theta, phi, Y, P, *, dense_max):
+    """The trust-region subproblem of the model at ``a = 0``: a
+    :class:`~.trust_region.LeastSquaresSubproblem` for a ``LeastSquares`` outer loss, a
+    :class:`~.trust_region.DenseSubproblem` up to ``dense_max`` columns, a
+    :class:`~.trust_region.KrylovSubproblem` of Hessian-vector products above.
+    Each has ``g`` (the model gradient), ``solve(delta)`` and ``decrease(a)``.
+
+    Raises
+    ------
+    FG2UValueError
+        When the model is not finite (an output so large that its products overflow).
+    """
+    from .trust_region import DenseSubproblem, KrylovSubproblem, LeastSquaresSubproblem
+
+    if isinstance(problem.outer, LeastSquares):
+        _, r, R = least_squares_model(problem.outer, theta, phi, Y, P)
+        return LeastSquaresSubproblem(r, R)
+    if Y.shape[1] <= dense_max:
+        _, g, H, _, _ = outer_model(problem, theta, phi, Y, P)
+        return DenseSubproblem(g, H)
+    hess = ModelHessian(problem, theta, phi, Y, P)
+    return KrylovSubproblem(hess.g, hess)
+
+
 def _value_and_grad(problem, f, th, ph):
     th = th.clone().requires_grad_(True)
     ph = ph.clone().requires_grad_(True)
@@ -89,27 +122,15 @@ def _value_and_grad(problem, f, th, ph):
 
 
 def _hessian_products(f, th, ph, Y, P):
-    """``(H_tt Y + H_tp P, H_pt Y + H_pp P)`` column by column, vmapped in chunks; a
-    loop of double-backward products where ``torch.func`` cannot trace the loss."""
-    grad_f = grad(f, argnums=(0, 1))
-
-    def hvp(vt, vp):
-        return jvp(grad_f, (th, ph), (vt, vp))[1]
-
-    d = Y.shape[1]
-    chunk = max(1, _CHUNK_ENTRIES // max(1, Y.shape[0] + P.shape[0]))
+    """``(H_tt Y + H_tp P, H_pt Y + H_pp P)``: one double-backward product per column
+    through the outer loss's gradient graph, built once. Plain autograd rather than
+    ``torch.func.vmap``: the first vmapped call imports torch's compiler stack, seconds
+    of warm-up that a model of a few columns never wins back."""
     Yt = torch.as_tensor(np.ascontiguousarray(Y.T))
     Pt = torch.as_tensor(np.ascontiguousarray(P.T))
-    out_t, out_p = [], []
-    try:
-        for start in range(0, d, chunk):
-            ht, hp = vmap(hvp)(Yt[start:start + chunk], Pt[start:start + chunk])
-            out_t.append(ht.detach())
-            out_p.append(hp.detach())
-    except (RuntimeError, NotImplementedError, TypeError):
-        out_t, out_p = _hessian_products_loop(f, th, ph, Yt, Pt)
-    HY = torch.cat(out_t).numpy().T
-    HP = torch.cat(out_p).numpy().T
+    out_t, out_p = _hessian_products_loop(f, th, ph, Yt, Pt)
+    HY = torch.cat(out_t).numpy().T if out_t else np.zeros((Y.shape[0], 0))
+    HP = torch.cat(out_p).numpy().T if out_p else np.zeros((P.shape[0], 0))
     if not (np.all(np.isfinite(HY)) and np.all(np.isfinite(HP))):
         raise FG2UValueError(
             "the outer loss's Hessian-vector products are not finite at the current point; "

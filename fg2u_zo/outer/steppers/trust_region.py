@@ -18,8 +18,10 @@ Gould and Toint, "Trust-Region Methods", ch. 7):
   so that ``||a|| = delta``.
 
 For large ``d`` (or a Hessian known only through products), :class:`KrylovSubproblem`
-solves the same problem in a Lanczos subspace and :class:`DenseSubproblem` wraps the
-exact solver with the same interface.
+solves the same problem in a Lanczos subspace; :class:`DenseSubproblem` wraps the exact
+solver with the same interface, and :class:`LeastSquaresSubproblem` solves the
+Gauss–Newton model of a sum of squares from the singular values of its residual
+Jacobian (the eigenpairs of ``2 J^T J`` without forming it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import scipy.optimize
 from ...errors import FG2UValueError
 
 __all__ = ["TrustRegionStep", "solve_trust_region", "model_decrease", "DenseSubproblem",
-           "KrylovSubproblem"]
+           "LeastSquaresSubproblem", "KrylovSubproblem"]
 
 #: Eigenvalues within this fraction of ``max |lam|`` of ``lam_min`` count as equal to it.
 _EIG_TOL = 1e-10
@@ -112,15 +114,27 @@ def solve_trust_region(g, H, delta) -> TrustRegionStep:
             f"{H.shape}")
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
         raise FG2UValueError("the model gradient and Hessian must be finite")
-    delta = float(delta)
-    if not (np.isfinite(delta) and delta > 0):
-        raise FG2UValueError(f"the trust radius `delta` must be > 0, got {delta}")
+    delta = _check_radius(delta)
     if d == 0:
         return TrustRegionStep(np.zeros(0), 0.0, 0.0, False)
     H = 0.5 * (H + H.T)
     lam, V = scipy.linalg.eigh(H)
-    gt = V.T @ g
-    gnorm = float(np.linalg.norm(g))
+    return _solve_eig(lam, V, V.T @ g, delta, lambda a: model_decrease(g, H, a))
+
+
+def _check_radius(delta):
+    delta = float(delta)
+    if not (np.isfinite(delta) and delta > 0):
+        raise FG2UValueError(f"the trust radius `delta` must be > 0, got {delta}")
+    return delta
+
+
+def _solve_eig(lam, V, gt, delta, decrease):
+    """The Moré–Sorensen solution from an eigendecomposition ``H = V diag(lam) V^T``
+    (``lam`` ascending) and the gradient's coordinates ``gt = V^T g``; ``decrease(a)``
+    is the model's decrease along ``a``."""
+    d = gt.size
+    gnorm = float(np.linalg.norm(gt))
     scale = max(float(np.max(np.abs(lam))), np.finfo(np.float64).tiny)
     lam_min = float(lam[0])
     lower = max(0.0, -lam_min)
@@ -137,8 +151,7 @@ def solve_trust_region(g, H, delta) -> TrustRegionStep:
         norm = float(np.linalg.norm(a))
         if norm > delta:  # round-off past the boundary: pull it back
             a *= delta / norm
-        return TrustRegionStep(a, max(model_decrease(g, H, a), 0.0), float(sigma),
-                               boundary, hard)
+        return TrustRegionStep(a, max(decrease(a), 0.0), float(sigma), boundary, hard)
 
     if lam_min > _EIG_TOL * scale:
         newton = step_at(0.0)
@@ -182,16 +195,102 @@ def solve_trust_region(g, H, delta) -> TrustRegionStep:
 
 
 class DenseSubproblem:
-    """The subproblem with an explicit Hessian: :func:`solve_trust_region` at any radius."""
+    """The subproblem with an explicit Hessian: :func:`solve_trust_region` at any radius
+    (one eigendecomposition, shared by every radius asked for)."""
 
     def __init__(self, g, H):
         self.g, self.H = np.asarray(g, dtype=np.float64), np.asarray(H, dtype=np.float64)
+        d = self.g.size
+        if self.H.shape != (d, d):
+            raise FG2UValueError(
+                f"the model Hessian must have shape ({d}, {d}) to match the gradient, got "
+                f"{self.H.shape}")
+        if not (np.all(np.isfinite(self.g)) and np.all(np.isfinite(self.H))):
+            raise FG2UValueError("the model gradient and Hessian must be finite")
+        self.H = 0.5 * (self.H + self.H.T)
+        self._eig = scipy.linalg.eigh(self.H) if d else None
 
     def solve(self, delta) -> TrustRegionStep:
-        return solve_trust_region(self.g, self.H, delta)
+        delta = _check_radius(delta)
+        if self._eig is None:
+            return TrustRegionStep(np.zeros(0), 0.0, 0.0, False)
+        lam, V = self._eig
+        return _solve_eig(lam, V, V.T @ self.g, delta, self.decrease)
 
     def decrease(self, a) -> float:
         return model_decrease(self.g, self.H, a)
+
+    def restricted(self, c0, N) -> "DenseSubproblem":
+        """The model along ``a = c0 + N t`` as a subproblem in ``t`` (its constant
+        dropped): gradient ``N^T (g + H c0)``, Hessian ``N^T H N``."""
+        return DenseSubproblem(N.T @ (self.g + self.H @ c0), N.T @ self.H @ N)
+
+
+class LeastSquaresSubproblem:
+    """The Gauss–Newton subproblem of a sum of squares, ``m(a) = ||r + J a||^2``, from
+    the residuals ``r`` (K,) and their Jacobian ``J`` (K x d) in the subspace.
+
+    ``g = 2 J^T r`` and ``H = 2 J^T J`` are never formed: the singular value
+    decomposition ``J = U diag(s) V^T`` gives ``H``'s eigenpairs ``(2 s^2, V)`` and
+    ``V^T g = 2 s (U^T r)`` with the accuracy of ``J`` itself, where an eigensolver on
+    ``J^T J`` would lose the small singular values to its squared condition number
+    (parameters six orders of magnitude apart). The decrease is computed as
+    ``-(2 r^T J a + ||J a||^2)``, not as a difference of two sums of squares.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sub = LeastSquaresSubproblem(np.array([1.0, -2.0, 0.5]), np.eye(3)[:, :2])
+    >>> r = sub.solve(10.0)
+    >>> r.step.tolist(), round(r.decrease, 12)
+    ([-1.0, 2.0], 5.0)
+    """
+
+    def __init__(self, r, J):
+        self.r = np.asarray(r, dtype=np.float64).reshape(-1)
+        self.J = np.asarray(J, dtype=np.float64)
+        if self.J.ndim != 2 or self.J.shape[0] != self.r.size:
+            raise FG2UValueError(
+                f"the residual Jacobian must have shape ({self.r.size}, d), got "
+                f"{self.J.shape}")
+        if not (np.all(np.isfinite(self.r)) and np.all(np.isfinite(self.J))):
+            raise FG2UValueError("the model gradient and Hessian must be finite")
+        self.Jr = self.J.T @ self.r
+        self.g = 2.0 * self.Jr
+        d = self.J.shape[1]
+        if d:
+            U, s, Vt = scipy.linalg.svd(self.J, full_matrices=False,
+                                        lapack_driver="gesvd")
+            # Ascending eigenvalues of H = 2 J^T J; a tall J has d singular values,
+            # a wide one fewer (the rest of H's spectrum is 0).
+            lam = np.zeros(d)
+            lam[:s.size] = 2.0 * s ** 2
+            V = np.zeros((d, d))
+            V[:, :s.size] = Vt.T
+            gt = np.zeros(d)
+            gt[:s.size] = 2.0 * s * (U.T @ self.r)
+            if s.size < d:  # complete V with the null space of J
+                V[:, s.size:] = scipy.linalg.null_space(Vt)
+            order = np.argsort(lam, kind="stable")
+            self._eig = (lam[order], V[:, order], gt[order])
+        else:
+            self._eig = None
+
+    def solve(self, delta) -> TrustRegionStep:
+        delta = _check_radius(delta)
+        if self._eig is None:
+            return TrustRegionStep(np.zeros(0), 0.0, 0.0, False)
+        lam, V, gt = self._eig
+        return _solve_eig(lam, V, gt, delta, self.decrease)
+
+    def decrease(self, a) -> float:
+        Ja = self.J @ np.asarray(a, dtype=np.float64)
+        return float(-(2.0 * (self.r @ Ja) + Ja @ Ja))
+
+    def restricted(self, c0, N) -> "LeastSquaresSubproblem":
+        """The model along ``a = c0 + N t`` as a subproblem in ``t``: residuals
+        ``r + J c0``, Jacobian ``J N``."""
+        return LeastSquaresSubproblem(self.r + self.J @ c0, self.J @ N)
 
 
 class KrylovSubproblem:
