@@ -64,7 +64,7 @@ from benchmarks.peers import rounds
 
 __all__ = ["WIDTH", "LeastSquaresFit", "EvaluationLog", "CountingEvaluator", "Run",
            "Method", "METHODS", "ours", "lre", "first_solved", "data_profile",
-           "geometric_mean_ratio", "run_pairs", "measure", "summarize", "per_pair",
+           "geometric_mean_ratio", "evals_to_final_accuracy", "run_pairs", "measure", "summarize", "per_pair",
            "markdown_table", "plot_profiles", "quiet_library", "add_arguments",
            "selected_methods", "report"]
 
@@ -75,6 +75,8 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 #: The largest log relative error StRD's certified values (11 significant digits)
 #: can confirm.
 LRE_CAP = 11.0
+#: "Reached its final accuracy": within half a digit of where the run ends.
+FINAL_SLACK = 0.5
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,21 @@ def first_solved(log, solved):
         if solved(log.points[k], log.values[k]):
             return k + 1, log.rounds_through(k, WIDTH)
     return math.inf, math.inf
+
+
+def evals_to_final_accuracy(log, accuracy, slack=FINAL_SLACK):
+    """Evaluations until the best-so-far point first came within ``slack`` (in
+    ``accuracy``'s units, digits) of the accuracy it ends the run with; ``inf`` for a
+    run without a finite evaluation. ``accuracy(point, value)`` grows as the point
+    improves (the LRE against certified values, or the digits of the gap in F)."""
+    improvements = log.improvements()
+    if not improvements:
+        return math.inf
+    reached = [accuracy(log.points[k], log.values[k]) for k in improvements]
+    for k, a in zip(improvements, reached):
+        if a >= reached[-1] - slack:
+            return k + 1
+    return improvements[-1] + 1
 
 
 def lre(b, certified, cap=LRE_CAP) -> float:
@@ -458,18 +475,23 @@ def run_pairs(pairs, methods, log=print):
     return runs
 
 
-def measure(runs, levels):
+def measure(runs, levels, accuracy=None):
     """Evaluations and rounds (at ``WIDTH``) until each run's best point so far
-    satisfies each level: ``levels[key] = {label: solved(point, value)}``.
+    satisfies each level: ``levels[key] = {label: solved(point, value)}``; with
+    ``accuracy[key] = accuracy(point, value)`` also the evaluations until the run's
+    final accuracy (:func:`evals_to_final_accuracy`).
 
     Returns ``records[key][method] = {"evals": {label: k}, "rounds": {label: r},
-    "stop_evals": ..., "status": ..., "wall_s": ...}`` (``inf`` where never solved).
+    "stop_evals": ..., "final_evals": ..., "status": ..., "wall_s": ...}`` (``inf``
+    where never solved).
     """
     records = {}
     for key, per in runs.items():
         records[key] = {}
         for name, run in per.items():
             rec = {"evals": {}, "rounds": {}, "stop_evals": run.stop_evals,
+                   "final_evals": (math.inf if accuracy is None else
+                                   evals_to_final_accuracy(run.log, accuracy[key])),
                    "status": run.status, "wall_s": round(run.wall_time, 3)}
             for label, solved in levels[key].items():
                 rec["evals"][label], rec["rounds"][label] = first_solved(run.log, solved)
@@ -486,6 +508,10 @@ def summarize(records, n_of, methods, labels, alphas, round_alphas, reference="D
 
     - ``solved[method][label]``: pairs solved within the budget;
     - ``stop_evals_median[method]``: evaluations until the method stopped;
+    - ``after_final_accuracy[method]``: median over pairs of the evaluations a run
+      spent after reaching its final accuracy, as a fraction of those it spent to get
+      there (``(stop - final) / final``; 0: it stopped at once, 1: it spent as much
+      again); ``after_final_accuracy_ours`` the same for ours alone;
     - ``profiles[method]``: data profiles at ``alphas`` (evaluations / (n + 1)) and at
       ``round_alphas`` (rounds at ``WIDTH``);
     - against ``reference`` (DFO-LS), over the pairs both solve: ``evals_ratio_<label>``
@@ -508,6 +534,7 @@ def summarize(records, n_of, methods, labels, alphas, round_alphas, reference="D
                           for label in labels} for m in methods},
            "stop_evals_median": {m: float(np.median([records[k][m]["stop_evals"]
                                                      for k in keys])) for m in methods},
+           "after_final_accuracy": {m: _after_final(records, m) for m in methods},
            "profiles": {m: {f"{label}_evals": dict(zip(
                map(str, alphas), np.round(data_profile(cost[(m, "evals", label)], alphas),
                                           3).tolist())) for label in labels} for m in methods}}
@@ -516,6 +543,8 @@ def summarize(records, n_of, methods, labels, alphas, round_alphas, reference="D
             out["profiles"][m][f"{label}_rounds_W{WIDTH}"] = dict(zip(
                 map(str, round_alphas),
                 np.round(data_profile(cost[(m, "rounds", label)], round_alphas), 3).tolist()))
+    if "ours" in methods:
+        out["after_final_accuracy_ours"] = out["after_final_accuracy"]["ours"]
     if "ours" not in methods or reference not in methods:
         return out, cost
     tag = reference.lower().replace("-", "")
@@ -538,6 +567,13 @@ def summarize(records, n_of, methods, labels, alphas, round_alphas, reference="D
     return out, cost
 
 
+def _after_final(records, method):
+    spent = [(r["stop_evals"] - r["final_evals"]) / r["final_evals"]
+             for r in (per[method] for per in records.values())
+             if math.isfinite(r["final_evals"])]
+    return _rounded(float(np.median(spent))) if spent else None
+
+
 def per_pair(records, labels):
     """The per-pair figures of the JSON line (evaluations and rounds per label, stop)."""
     def finite(x):
@@ -545,7 +581,7 @@ def per_pair(records, labels):
 
     return {k: {m: {**{f"evals_{label}": finite(r["evals"][label]) for label in labels},
                     **{f"rounds_{label}": finite(r["rounds"][label]) for label in labels},
-                    "stop": r["stop_evals"]}
+                    "final": finite(r["final_evals"]), "stop": r["stop_evals"]}
                 for m, r in per.items()} for k, per in records.items()}
 
 
@@ -584,19 +620,20 @@ def selected_methods(names):
 
 
 def report(benchmark, args, runs, levels, n_of, level_titles, *, alphas, round_alphas,
-           start, extra=None):
+           start, extra=None, accuracy=None):
     """Measure the runs, print the per-pair table and the JSON line (last), write
     ``<out>/<benchmark>_<mode>.md`` and, with ``--plot``, the profiles PNG.
 
     ``levels[key] = {label: solved(point, value)}``; ``level_titles[label]`` names a
-    level in the figure; ``extra(summary, records)`` adds entries to the JSON line.
+    level in the figure; ``extra(summary, records)`` adds entries to the JSON line;
+    ``accuracy[key](point, value)`` measures how far a run got (see :func:`measure`).
     Returns the JSON line's dict.
     """
     from benchmarks.peers import machine
 
     labels = list(level_titles)
     methods = list(next(iter(runs.values()))) if runs else []
-    records = measure(runs, levels)
+    records = measure(runs, levels, accuracy)
     summary, cost = summarize(records, n_of, methods, labels, alphas, round_alphas)
     mode = "quick" if args.quick else "full"
     text = markdown_table(records, n_of, methods, labels)

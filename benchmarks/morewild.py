@@ -19,7 +19,10 @@ Hillstrom 1981; CUTEr), n = 2..12, from ``x0`` or ``10 x0`` (see
 JSON line (last): ``evals_ratio_tau1e-1`` ... ``evals_ratio_tau1e-7`` (geometric mean,
 over the problems both solve, of DFO-LS's evaluations / ours: above 1, ours needs
 fewer), ``rounds_ratio_W8_tau...`` (the same for rounds at W = 8), ``solved``,
-``stop_evals_ratio``, ``ours_fail_dfols_ok``, profiles and per-problem figures.
+``stop_evals_ratio``, ``after_final_accuracy_ours`` (median of the evaluations spent
+after the run came within half a digit of its final gap ``(f - f_L) / (f0 - f_L)``,
+as a fraction of those it took to get there), ``ours_fail_dfols_ok``, profiles and
+per-problem figures.
 
     python -m benchmarks.morewild [--quick] [--plot] [--only INDEX ...] [--methods M ...]
 
@@ -67,6 +70,13 @@ def levels_from(runs, problem):
             for label, tau in TAUS.items()}, f0, f_low
 
 
+def gap_digits(f0, f_L):
+    """Accuracy as the digits of the remaining gap, ``-log10((f - f_L) / (f0 - f_L))``
+    (at most 16)."""
+    span = max(f0 - f_L, 1e-300)
+    return lambda b, v: -math.log10(min(max((v - f_L) / span, 1e-16), 1.0))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     prof.add_arguments(parser, f"{len(QUICK)} of the 53 problems (< 2 min)")
@@ -87,7 +97,8 @@ def main(argv=None):
     return prof.report("morewild", args, runs, levels, {k: chosen[k].n for k in runs},
                        {label: f"tau = {tau:g}" for label, tau in TAUS.items()},
                        alphas=ALPHAS, round_alphas=ROUND_ALPHAS, start=start,
-                       extra=lambda summary, records: {"f0_fL": f_info})
+                       extra=lambda summary, records: {"f0_fL": f_info},
+                       accuracy={k: gap_digits(**f_info[k]) for k in runs})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ JSON line (last): ``evals_ratio_lre4`` / ``evals_ratio_lre6`` (geometric mean ov
 pairs both solve of DFO-LS's evaluations / ours: above 1, ours needs fewer),
 ``rounds_ratio_W8`` (the same for rounds at W = 8, LRE >= 4; ``rounds_ratio_W8_lre6``
 at LRE >= 6), ``stop_evals_ratio`` (median over pairs of ours / DFO-LS's evaluations
-until stop), ``solved`` (pairs solved per method), ``ours_fail_dfols_ok`` (pairs DFO-LS
+until stop), ``after_final_accuracy_ours`` (median over pairs of the evaluations ours
+spent after its best point came within half a digit of the LRE it ends with, as a
+fraction of those it took to get there; ``after_final_accuracy`` per method),
+``solved`` (pairs solved per method), ``ours_fail_dfols_ok`` (pairs DFO-LS
 solves and ours does not), the profiles at a few alphas and the per-pair figures.
 
     python -m benchmarks.strd [--quick] [--plot] [--only NAME ...] [--methods M ...]
@@ -94,7 +97,9 @@ def main(argv=None):
     return prof.report("strd", args, runs, {k: levels_of(problems[k]) for k in runs},
                        {k: problems[k].num_params for k in runs},
                        {label: f"LRE >= {t:g}" for label, t in LEVELS.items()},
-                       alphas=ALPHAS, round_alphas=ROUND_ALPHAS, start=start, extra=extra)
+                       alphas=ALPHAS, round_alphas=ROUND_ALPHAS, start=start, extra=extra,
+                       accuracy={k: (lambda b, v, c=problems[k].certified: prof.lre(b, c))
+                                 for k in runs})
 
 
 if __name__ == "__main__":

@@ -122,6 +122,24 @@ def test_first_solved_counts_evaluations_one_by_one_and_rounds_by_whole_groups()
     assert best_points == [0.0, 1.0, 2.0, 4.0, 5.0, 11.0, 27.0]
 
 
+def test_evaluations_to_the_final_accuracy_are_counted_to_the_first_point_within_half_a_digit():
+    # accuracy = -log10(value): the run ends at 1e-6; 3e-6 (5.52 digits) is within half
+    # a digit of it, 1e-5 (5.0) is not
+    values = [1.0, 1e-2, 1e-5, 2e-5, 3e-6, 2e-6, 1e-6, 1e-6, 1e-6, 1e-6]
+    log = _log([1, 3, 6], values)
+    digits = lambda point, value: -math.log10(value)  # noqa: E731
+    assert prof.evals_to_final_accuracy(log, digits) == 5
+    assert prof.evals_to_final_accuracy(log, digits, slack=0.0) == 7
+    failed = _log([2], [math.inf, math.inf])
+    assert prof.evals_to_final_accuracy(failed, digits) == math.inf
+    # (stop - final) / final, median over the pairs with a finite final count
+    records = {"a": {"m": {"stop_evals": 10, "final_evals": 5}},
+               "b": {"m": {"stop_evals": 8, "final_evals": 8}},
+               "c": {"m": {"stop_evals": 9, "final_evals": math.inf}},
+               "d": {"m": {"stop_evals": 30, "final_evals": 10}}}
+    assert prof._after_final(records, "m") == 1.0
+
+
 def test_truncation_cuts_the_group_that_crosses_the_budget():
     log = _log([1, 8, 3], list(np.linspace(1, 0, 12)))
     cut = log.truncated(5)
@@ -221,7 +239,8 @@ def test_quick_run_of_one_problem_prints_the_json_line(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("evals_ratio_lre4", "evals_ratio_lre6", "rounds_ratio_W8",
                 "rounds_ratio_W8_lre6", "stop_evals_ratio", "solved", "ours_fail_dfols_ok",
-                "stop_evals_median", "profiles", "per_pair", "final_lre"):
+                "stop_evals_median", "profiles", "per_pair", "final_lre",
+                "after_final_accuracy", "after_final_accuracy_ours"):
         assert key in summary, key
     assert summary["pairs"] == 1 and set(summary["solved"]) == {
         "ours", "DFO-LS", "DFBGN", "scipy trf", "scipy lm"}
@@ -230,4 +249,5 @@ def test_quick_run_of_one_problem_prints_the_json_line(tmp_path, capsys):
     assert summary["solved"]["scipy lm"]["lre6"] == 1
     pair = summary["per_pair"]["DanWood/start1"]["DFO-LS"]
     assert pair["evals_lre4"] <= pair["evals_lre6"] <= pair["stop"] <= 300
+    assert 1 <= pair["final"] <= pair["stop"]
     assert (tmp_path / "strd_quick.md").exists()
