@@ -366,6 +366,37 @@ def test_the_default_run_depends_on_its_width_not_on_the_backend(ridge):
     assert threaded.phi.tobytes() == serial.phi.tobytes() and threaded.nfev == serial.nfev
 
 
+class _StopAt(Exception):
+    pass
+
+
+def _raise_at(step):
+    def callback(record):
+        if record.step == step:
+            raise _StopAt(f"stopped at step {step}")
+    return callback
+
+
+@pytest.mark.timeout(60)
+def test_a_resume_on_another_number_of_workers_keeps_the_runs_width(ridge, tmp_path):
+    # Started on two threads, stopped after step 2, resumed on the default single
+    # worker: the run keeps W = 2 (its groups are those of W = 2) and ends where the
+    # uninterrupted W = 2 run ends, bit for bit.
+    reference = fz.minimize(ridge.problem(), np.zeros(5), rng=0, workers=2, progress=False)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(_StopAt):
+        fz.minimize(ridge.problem(), np.zeros(5), rng=0, backend="threading", n_jobs=2,
+                    checkpoint=ckpt, callback=_raise_at(2), progress=False)
+    assert fz.read_checkpoint(ckpt).config["workers"] == 2
+    resumed = fz.resume(ckpt, ridge.problem(), progress=False)
+    assert resumed.workers == 2 and resumed.status == reference.status == "converged"
+    assert resumed.phi.tobytes() == reference.phi.tobytes()
+    assert resumed.nfev == reference.nfev and resumed.groups == reference.groups
+    with pytest.raises(fz.CheckpointError, match="workers"):
+        fz.minimize(ridge.problem(), np.zeros(5), rng=0, checkpoint=ckpt, resume=True,
+                    workers=3, progress=False)
+
+
 class BreakingSolver:
     """Ridge solver that fails on every call once ``broken`` is set (a crashed simulator)."""
 
