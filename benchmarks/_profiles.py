@@ -50,7 +50,9 @@ pairs solved within ``alpha (n + 1)`` evaluations (or ``alpha`` rounds), against
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -612,11 +614,25 @@ def add_arguments(parser, quick_help):
                         help=f"subset of {', '.join(m.name for m in METHODS)}")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS,
                         help="folder of the result files")
+    parser.add_argument("--width", type=_positive_int, default=WIDTH,
+                        help=f"workers of ours' runs, its width (default {WIDTH}; 1: a "
+                             f"sequential user); rounds are counted at W = {WIDTH} for "
+                             "every method")
     return parser
 
 
-def selected_methods(names):
-    return [m for m in METHODS if names is None or m.name in names]
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def selected_methods(names, width=WIDTH):
+    """The methods named (all when ``names`` is None); ours runs at ``width``."""
+    return [dataclasses.replace(m, run=functools.partial(ours, width=width))
+            if m.name == "ours" and width != WIDTH else m
+            for m in METHODS if names is None or m.name in names]
 
 
 def report(benchmark, args, runs, levels, n_of, level_titles, *, alphas, round_alphas,
@@ -635,7 +651,8 @@ def report(benchmark, args, runs, levels, n_of, level_titles, *, alphas, round_a
     methods = list(next(iter(runs.values()))) if runs else []
     records = measure(runs, levels, accuracy)
     summary, cost = summarize(records, n_of, methods, labels, alphas, round_alphas)
-    mode = "quick" if args.quick else "full"
+    width = getattr(args, "width", WIDTH)
+    mode = ("quick" if args.quick else "full") + ("" if width == WIDTH else f"_w{width}")
     text = markdown_table(records, n_of, methods, labels)
     print()
     print(text)
@@ -652,7 +669,7 @@ def report(benchmark, args, runs, levels, n_of, level_titles, *, alphas, round_a
         figure = plot_profiles(panels, args.out / f"{benchmark}_{mode}_profiles.png",
                                f"{benchmark}: {len(records)} pairs, defaults only")
     result = {"benchmark": benchmark, "mode": mode, "pairs": len(records),
-              "budget": "100 (n + 1) evaluations", "width": WIDTH,
+              "budget": "100 (n + 1) evaluations", "width": WIDTH, "ours_width": width,
               "groups": {m.name: m.groups for m in METHODS if m.name in methods},
               **summary, **(extra(summary, records) if extra else {}),
               "per_pair": per_pair(records, labels),
@@ -660,7 +677,8 @@ def report(benchmark, args, runs, levels, n_of, level_titles, *, alphas, round_a
               "wall_s": round(time.perf_counter() - start, 1), "machine": machine()}
     line = json.dumps(result, default=_json_default)
     with open(args.out / f"{benchmark}_{mode}.md", "w") as fh:
-        fh.write(f"# python -m benchmarks.{benchmark}{' --quick' if args.quick else ''}\n\n"
+        fh.write(f"# python -m benchmarks.{benchmark}{' --quick' if args.quick else ''}"
+                 f"{'' if width == WIDTH else f' --width {width}'}\n\n"
                  f"Evaluations to {' / '.join(labels)} / until the method stopped (budget "
                  f"100 (n + 1); — : not reached); {result['wall_s']:.0f} s.\n\n{text}\n\n"
                  f"```json\n{json.dumps(result, indent=1, default=_json_default)}\n```\n")

@@ -88,7 +88,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     todo, chosen = pairs(set(args.only or (QUICK if args.quick else range(1, 54))))
-    runs = prof.run_pairs(todo, prof.selected_methods(args.methods),
+    runs = prof.run_pairs(todo, prof.selected_methods(args.methods, args.width),
                           log=lambda s: print(s, flush=True))
     levels, f_info = {}, {}
     for key, per in runs.items():

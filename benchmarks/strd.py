@@ -81,7 +81,7 @@ def main(argv=None):
     start = time.perf_counter()
     todo, problems = pairs(args.only or (QUICK if args.quick else NAMES),
                            (0,) if args.quick else (0, 1))
-    runs = prof.run_pairs(todo, prof.selected_methods(args.methods),
+    runs = prof.run_pairs(todo, prof.selected_methods(args.methods, args.width),
                           log=lambda s: print(s, flush=True))
 
     def extra(summary, records):

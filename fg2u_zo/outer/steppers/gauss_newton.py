@@ -46,7 +46,8 @@ rejected trial: ``delta`` halves, below ``rho`` if need be.
 
 **Stopping** (``StepUpdate.converged``, the run's status ``"converged"``): ``rho`` fell
 below ``xtol * max(1, |z|_inf)`` (DFO-LS's ``rhoend``); or the complete model, measured
-near ``z_k`` (or verified by its last trial's ratio), predicts within at least the
+near ``z_k`` (or confirmed by its last trials' ratios, its columns measured within
+twice the path those trials covered), predicts within at least the
 initial radius a decrease below what ``F`` resolves: the noise of ``F`` when it was
 measured, ``ftol * |F|``, or the round-off of ``F`` (of the residuals, for least
 squares); a vanishing model gradient predicts none.
@@ -106,6 +107,9 @@ REFRESH_SHARE = 2.0 / 3.0
 #: A model whose last trial's ratio is within this of 1 may stop the run without being
 #: measured again.
 VERIFIED = 0.1
+#: ... and whose columns were all measured within this many times the path of the
+#: trials that did so in a row.
+VERIFIED_REACH = 2.0
 #: ``rho`` is divided by this when a fresh model fails at ``delta = rho``.
 RHO_FACTOR = 10.0
 #: Extra trials (multiples of the radius) after a very successful boundary step: the
@@ -291,7 +295,7 @@ class GaussNewton(Stepper):
             if data.get("key") != m.key:
                 # Another solver: its noise is measured anew, the radii start again.
                 for key in ("noise", "probed", "probe_due", "miss", "ratio", "step_len",
-                            "check", "curvature", "streak"):
+                            "check", "curvature", "streak", "verified_path"):
                     data.pop(key, None)
                 data["rho"] = data["delta"] = max(float(data["delta"]), float(data["rho"]))
             return self._start(m, z, data)
@@ -408,9 +412,14 @@ class GaussNewton(Stepper):
             # against the step.
             stale = age > STALE * step_norm
             fresh = not stale.any()
-            # A model whose last trial landed where it predicted is trusted as it is.
+            # A model whose last trials landed where it predicted is trusted as it is,
+            # when its columns were measured within reach of the path those trials
+            # covered (a trial checks the model along its own direction only: columns
+            # measured many steps back, kept by Broyden updates, are measured again).
             ratio = data.get("ratio")
-            verified = ratio is not None and abs(ratio - 1.0) <= VERIFIED
+            reach = VERIFIED_REACH * float(data.get("verified_path") or 0.0)
+            verified = (ratio is not None and abs(ratio - 1.0) <= VERIFIED
+                        and not (age > reach).any())
 
             # Stop before spending a solve: the complete model, measured about where it
             # is used, sees nothing to gain; a stale one is measured again first.
@@ -557,7 +566,7 @@ class GaussNewton(Stepper):
                 delta = 0.5 * min(delta, step_norm)
                 rho = min(rho, delta)
                 info["accepted"] = False
-                data.update(ratio=0.0, check=False, rho=rho)
+                data.update(ratio=0.0, check=False, rho=rho, verified_path=0.0)
             else:
                 F_t, ratio, z_b, theta_b, norm_b, delta_used, main = min(
                     results, key=lambda r: r[0])
@@ -570,7 +579,11 @@ class GaussNewton(Stepper):
                 streak = (int(data.get("streak", 0)) + 1
                           if ratio > ETA2 and boundary else 0)
                 delta = radius_update(ratio, delta_used, norm_b, rho, streak)
-                data.update(ratio=float(ratio), step_len=norm_b, check=False, streak=streak)
+                # The path of the trials that kept landing where the model predicted.
+                path = (float(data.get("verified_path") or 0.0) + norm_b
+                        if abs(ratio - 1.0) <= VERIFIED else 0.0)
+                data.update(ratio=float(ratio), step_len=norm_b, check=False, streak=streak,
+                            verified_path=path)
                 if ratio < ETA1:
                     converged = self._failed(m, data, fresh, delta_used, rho, F_k, F_t,
                                              predicted if main else None, norm_b, z_k,
