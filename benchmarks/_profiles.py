@@ -66,9 +66,9 @@ from benchmarks.peers import rounds
 
 __all__ = ["WIDTH", "LeastSquaresFit", "EvaluationLog", "CountingEvaluator", "Run",
            "Method", "METHODS", "ours", "lre", "first_solved", "data_profile",
-           "geometric_mean_ratio", "evals_to_final_accuracy", "run_pairs", "measure", "summarize", "per_pair",
-           "markdown_table", "plot_profiles", "quiet_library", "add_arguments",
-           "selected_methods", "report"]
+           "geometric_mean_ratio", "evals_to_final_accuracy", "run_pairs", "measure",
+           "summarize", "per_pair", "markdown_table", "plot_profiles", "quiet_library",
+           "add_arguments", "selected_methods", "report"]
 
 #: Workers of a parallel round (ours runs with this many).
 WIDTH = 8
@@ -194,10 +194,8 @@ def evals_to_final_accuracy(log, accuracy, slack=FINAL_SLACK):
     if not improvements:
         return math.inf
     reached = [accuracy(log.points[k], log.values[k]) for k in improvements]
-    for k, a in zip(improvements, reached):
-        if a >= reached[-1] - slack:
-            return k + 1
-    return improvements[-1] + 1
+    # The last improvement qualifies: the search always ends.
+    return next(k + 1 for k, a in zip(improvements, reached) if a >= reached[-1] - slack)
 
 
 def lre(b, certified, cap=LRE_CAP) -> float:
@@ -631,8 +629,7 @@ def _positive_int(text):
 def selected_methods(names, width=WIDTH):
     """The methods named (all when ``names`` is None); ours runs at ``width``."""
     return [dataclasses.replace(m, run=functools.partial(ours, width=width))
-            if m.name == "ours" and width != WIDTH else m
-            for m in METHODS if names is None or m.name in names]
+            if m.name == "ours" else m for m in METHODS if names is None or m.name in names]
 
 
 def report(benchmark, args, runs, levels, n_of, level_titles, *, alphas, round_alphas,
@@ -651,7 +648,7 @@ def report(benchmark, args, runs, levels, n_of, level_titles, *, alphas, round_a
     methods = list(next(iter(runs.values()))) if runs else []
     records = measure(runs, levels, accuracy)
     summary, cost = summarize(records, n_of, methods, labels, alphas, round_alphas)
-    width = getattr(args, "width", WIDTH)
+    width = args.width
     mode = ("quick" if args.quick else "full") + ("" if width == WIDTH else f"_w{width}")
     text = markdown_table(records, n_of, methods, labels)
     print()

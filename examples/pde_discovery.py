@@ -203,16 +203,17 @@ def write_data(equation, path, coefficients=None, *, n_modes=None, dt=None, x=No
 def build(args):
     """The discovery problem: observations, ``build(horizon)`` and the start.
 
-    Returns ``(at_horizon, obs_times, phi0, learn, init)``: ``at_horizon(T)`` is the
-    BilevelProblem over the observations with ``t <= T``, its simulator run to the
-    last of them.
+    Returns ``(at_horizon, obs_times, t0, phi0, learn, init, rms)``: ``at_horizon(T)``
+    is the BilevelProblem over the observations with ``t <= T``, its simulator run to
+    the last of them; ``rms`` is the field's root mean square (the noise's unit).
     """
     x, t, u = solvers.load_raissi_mat(args.data)
+    rms = float(np.sqrt(np.mean(u ** 2)))
     rng = np.random.default_rng(args.seed)
     it, ix = sample_points(t, x, args.points, args.sampling, rng)
     u_obs = u[it, ix]
     if args.noise > 0:
-        u_obs = u_obs + args.noise * np.sqrt(np.mean(u ** 2)) * rng.standard_normal(u_obs.shape)
+        u_obs = u_obs + args.noise * rms * rng.standard_normal(u_obs.shape)
     cls = EQUATIONS[args.equation]
     learn = tuple(args.learn)
     unknown = set(learn) - set(cls.coefficient_names)
@@ -234,16 +235,15 @@ def build(args):
 
     init = {name: args.init.get(name, 2.0 * cls.default_coefficients[name]) for name in learn}
     phi0 = np.log([init[name] for name in learn])
-    return at_horizon, t_obs - t[0], float(t[0]), phi0, learn, init
+    return at_horizon, t_obs - t[0], float(t[0]), phi0, learn, init, rms
 
 
-def observation_noise(args):
+def observation_noise(args, rms):
     """The standard deviation of the observations' noise: the one added (``--noise``
-    times the RMS of the field), else the resolution a fit is judged at, 1e-6 of the
-    RMS (the simulators are accurate to ~1e-14, data from elsewhere to their digits)."""
-    x, t, u = solvers.load_raissi_mat(args.data)
-    scale = float(np.sqrt(np.mean(u ** 2)))
-    return max(args.noise, 1e-5) * scale
+    times the field's RMS ``rms``), at least the resolution a fit is judged at, 1e-5 of
+    the RMS (the simulators are accurate to ~1e-14, data from elsewhere to their
+    digits)."""
+    return max(args.noise, 1e-5) * rms
 
 
 def at_noise_level(misfit, sigma, num_points):
@@ -332,7 +332,7 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    at_horizon, obs_times, t0, phi0, learn, init = build(args)
+    at_horizon, obs_times, t0, phi0, learn, init, rms = build(args)
     n = len(learn)
     horizons = (fz.horizon_schedule(obs_times, min_points=max(10, 4 * n)) + t0
                 if args.continuation else [float(obs_times.max() + t0)])
@@ -359,7 +359,7 @@ def main(argv=None):
                if first_order else {})
     bounds = (phi0 - math.log(args.bound_factor), phi0 + math.log(args.bound_factor))
     problem = at_horizon(horizons[-1])
-    noise_level = observation_noise(args)
+    noise_level = observation_noise(args, rms)
     results = []
     with fz.Evaluator(backend=args.backend, n_jobs=args.n_jobs) as ev:
         workers = ev.workers

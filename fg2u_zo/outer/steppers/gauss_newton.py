@@ -294,8 +294,8 @@ class GaussNewton(Stepper):
         if not state.arrays or data.get("key") != m.key:
             if data.get("key") != m.key:
                 # Another solver: its noise is measured anew, the radii start again.
-                for key in ("noise", "probed", "probe_due", "miss", "ratio", "step_len",
-                            "check", "curvature", "streak", "verified_path"):
+                for key in ("noise", "probed", "probe_due", "miss", "ratio", "check",
+                            "curvature", "streak", "verified_path"):
                     data.pop(key, None)
                 data["rho"] = data["delta"] = max(float(data["delta"]), float(data["rho"]))
             return self._start(m, z, data)
@@ -417,9 +417,9 @@ class GaussNewton(Stepper):
             # covered (a trial checks the model along its own direction only: columns
             # measured many steps back, kept by Broyden updates, are measured again).
             ratio = data.get("ratio")
-            reach = VERIFIED_REACH * float(data.get("verified_path") or 0.0)
+            confirmed = VERIFIED_REACH * float(data.get("verified_path") or 0.0)
             verified = (ratio is not None and abs(ratio - 1.0) <= VERIFIED
-                        and not (age > reach).any())
+                        and not (age > confirmed).any())
 
             # Stop before spending a solve: the complete model, measured about where it
             # is used, sees nothing to gain; a stale one is measured again first.
@@ -582,7 +582,7 @@ class GaussNewton(Stepper):
                 # The path of the trials that kept landing where the model predicted.
                 path = (float(data.get("verified_path") or 0.0) + norm_b
                         if abs(ratio - 1.0) <= VERIFIED else 0.0)
-                data.update(ratio=float(ratio), step_len=norm_b, check=False, streak=streak,
+                data.update(ratio=float(ratio), check=False, streak=streak,
                             verified_path=path)
                 if ratio < ETA1:
                     converged = self._failed(m, data, fresh, delta_used, rho, F_k, F_t,
