@@ -57,6 +57,33 @@ def test_quick_burgers_on_the_shipped_data_recovers_nu():
 
 
 @pytest.mark.timeout(400)
+def test_checkpoint_saves_the_local_run_and_a_second_call_answers_from_it(example, tmp_path,
+                                                                           monkeypatch):
+    # --checkpoint PATH: the local run (continuation included) is saved at PATH; the
+    # same command again finds it finished and answers with the same fit and counts
+    # without calling the simulator. A multi-start, when it runs, goes to PATH.multistart.
+    from examples import pde_discovery
+
+    calls = []
+    solve = pde_discovery.LogCoefficients.__call__
+    monkeypatch.setattr(pde_discovery.LogCoefficients, "__call__",
+                        lambda self, phi, **kw: calls.append(1) or solve(self, phi, **kw))
+    ckpt = tmp_path / "burgers.ckpt"
+    args = ("--quick", "--no-uncertainty", "--checkpoint", ckpt)
+    first = example(*args)
+    solved = len(calls)
+    assert solved == first["nfev"] > 0 and ckpt.exists()
+    again = example(*args)
+    assert len(calls) == solved  # nothing solved again
+    assert again["estimates"] == first["estimates"] and again["nfev"] == first["nfev"]
+    assert not (tmp_path / "burgers.ckpt.multistart").exists()
+    # --multistart alone: no local run, the multi-start saved beside PATH
+    forced = tmp_path / "forced.ckpt"
+    example("--quick", "--no-uncertainty", "--multistart", "--checkpoint", forced)
+    assert (tmp_path / "forced.ckpt.multistart").exists() and not forced.exists()
+
+
+@pytest.mark.timeout(400)
 def test_kdv_on_data_made_by_the_simulator(tmp_path):
     # Any Raissi-layout file works: make KdV data (l1 = 1, l2 = 0.0025) with the
     # spectral solver, written (nx, nt) with keys x / tt / uu as in Raissi's files.
